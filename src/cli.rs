@@ -1,0 +1,234 @@
+//! The command line (contract A1). Problems go to stderr, one line each; a one-line summary
+//! goes to stdout. Exit codes: 0 ok, 1 invalid input, 2 usage, other = runtime failure.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::policy::{self, Checked, diagnostic};
+
+pub mod env {
+    //! Environment variables, named once.
+    pub const DATAPLANE: &str = "TRACECAR_DATAPLANE";
+    pub const POLICY: &str = "TRACECAR_POLICY";
+    pub const ADMIN: &str = "TRACECAR_ADMIN";
+    pub const LOG: &str = "TRACECAR_LOG";
+    pub const LOG_FORMAT: &str = "TRACECAR_LOG_FORMAT";
+    pub const DRAIN_TIMEOUT: &str = "TRACECAR_DRAIN_TIMEOUT";
+    pub const WORKERS: &str = "TRACECAR_WORKERS";
+}
+
+/// Exit code for invalid input (configuration, policy).
+pub const EXIT_INVALID: u8 = 1;
+/// Exit code for a failure at run time (a port that cannot be bound, …).
+pub const EXIT_RUNTIME: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tracecar",
+    version,
+    about = "A tracing sidecar proxy: B3 spans for HTTP/1.1, HTTP/2 and gRPC, exported to the backend a Kuma TrafficTrace selects"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar.
+    Run(RunArgs),
+    /// Load and validate policy and dataplane files; print one line per problem.
+    Validate(ValidateArgs),
+    /// Print, as JSON, what `run` would apply (the same document as /config_dump).
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The Dataplane file describing this proxy's inbounds and outbounds.
+    #[arg(long, env = env::DATAPLANE)]
+    pub dataplane: PathBuf,
+    /// Policy files or folders (every *.yaml/*.yml inside). Repeatable.
+    #[arg(long, env = env::POLICY, value_delimiter = ',', required = true)]
+    pub policy: Vec<PathBuf>,
+    /// Admin server address (/ready, /metrics, /config_dump).
+    #[arg(long, env = env::ADMIN, default_value = "127.0.0.1:9901")]
+    pub admin: String,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long, env = env::WORKERS)]
+    pub workers: Option<usize>,
+    /// How long in-flight requests may take to finish on shutdown (e.g. `10s`, `500ms`).
+    #[arg(long, env = env::DRAIN_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Also validate this Dataplane file.
+    #[arg(long)]
+    pub dataplane: Option<PathBuf>,
+    /// Treat warnings as errors.
+    #[arg(long)]
+    pub strict: bool,
+    /// Policy files or folders.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[arg(long, env = env::DATAPLANE)]
+    pub dataplane: PathBuf,
+    #[arg(long, env = env::POLICY, value_delimiter = ',', required = true)]
+    pub policy: Vec<PathBuf>,
+}
+
+/// Durations as Envoy and Kubernetes users write them: `10s`, `500ms`, `1m`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let span: jiff::Span = text
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a duration (use e.g. 10s, 500ms, 1m)"))?;
+    let signed = jiff::SignedDuration::try_from(span)
+        .map_err(|_| format!("\"{text}\" is not a duration (use e.g. 10s, 500ms, 1m)"))?;
+    std::time::Duration::try_from(signed).map_err(|_| format!("\"{text}\" must not be negative"))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate(args) => validate(&args),
+        Command::Explain(args) => explain(&args),
+        Command::Run(args) => run(args),
+    }
+}
+
+/// Prints every diagnostic to stderr.
+pub fn print_diagnostics(checked: &Checked) {
+    for d in &checked.diagnostics {
+        eprintln!("{d}");
+    }
+}
+
+fn summary(checked: &Checked) -> String {
+    let (errors, warnings) = diagnostic::count(&checked.diagnostics);
+    format!(
+        "{} file{}, {} resource{}: {} error{}, {} warning{}",
+        checked.files.len(),
+        plural(checked.files.len()),
+        checked.resource_count(),
+        plural(checked.resource_count()),
+        errors,
+        plural(errors),
+        warnings,
+        plural(warnings),
+    )
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn validate(args: &ValidateArgs) -> ExitCode {
+    let checked = policy::check(&args.paths, args.dataplane.as_deref());
+    print_diagnostics(&checked);
+    let failed = checked.failed(args.strict);
+    println!(
+        "{}: {}",
+        if failed { "invalid" } else { "valid" },
+        summary(&checked)
+    );
+    if failed {
+        ExitCode::from(EXIT_INVALID)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Loads and validates for `explain` and `run`: errors refuse the input, warnings are printed.
+pub fn load_for_run(dataplane: &Path, policy: &[PathBuf]) -> Result<Checked, ExitCode> {
+    let checked = policy::check(policy, Some(dataplane));
+    print_diagnostics(&checked);
+    if checked.failed(false) || checked.dataplane.is_none() {
+        println!("invalid: {}", summary(&checked));
+        return Err(ExitCode::from(EXIT_INVALID));
+    }
+    Ok(checked)
+}
+
+fn explain(args: &ExplainArgs) -> ExitCode {
+    let checked = match load_for_run(&args.dataplane, &args.policy) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(dataplane) = &checked.dataplane else {
+        return ExitCode::from(EXIT_INVALID);
+    };
+    let effective = checked.set.effective(dataplane, 1);
+    match serde_json::to_string_pretty(&effective) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tracecar: cannot render the configuration: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn init_logging() -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var(env::LOG).unwrap_or_else(|_| "info".to_string());
+    let filter = EnvFilter::try_new(&filter)
+        .map_err(|e| format!("{}: invalid log filter \"{filter}\": {e}", env::LOG))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match std::env::var(env::LOG_FORMAT).as_deref() {
+        Ok("json") => builder.json().init(),
+        Ok("text") | Err(_) => builder.init(),
+        Ok(other) => {
+            return Err(format!(
+                "{}: unknown log format \"{other}\" (use text or json)",
+                env::LOG_FORMAT
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    if let Err(e) = init_logging() {
+        eprintln!("tracecar: {e}");
+        return ExitCode::from(2);
+    }
+    let checked = match load_for_run(&args.dataplane, &args.policy) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(workers) = args.workers {
+        if workers == 0 {
+            eprintln!("tracecar: --workers ({}) must be at least 1", env::WORKERS);
+            return ExitCode::from(2);
+        }
+        runtime.worker_threads(workers);
+    }
+    let runtime = match runtime.build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tracecar: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(crate::app::run(args, checked)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tracecar: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The effective configuration: what `run` applies to this proxy, and what `explain` and
+//! `/config_dump` print. Built whole from a validated policy set and swapped whole on reload.
+
+use serde::Serialize;
+
+use super::resource::{
+    DatadogConf, Dataplane, Mesh, Protocol, SERVICE_TAG, TrafficTrace, TracingBackend, ZipkinConf,
+};
+use super::select::{self, Rank};
+
+/// Where outbound listeners bind when the Dataplane does not say (Kuma's default).
+pub const OUTBOUND_ADDRESS: &str = "127.0.0.1";
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Effective {
+    pub dataplane: DataplaneSummary,
+    #[serde(rename = "trafficTrace")]
+    pub traffic_trace: Option<ChosenTrafficTrace>,
+    pub backend: Option<Backend>,
+    /// Why nothing is traced, when nothing is.
+    pub reason: Option<String>,
+    pub listeners: Vec<Listener>,
+    #[serde(rename = "policyVersion")]
+    pub policy_version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataplaneSummary {
+    pub mesh: String,
+    pub name: String,
+    pub service: String,
+}
+
+/// The TrafficTrace that applies, and why: its best matching selector and the inbound it matched.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChosenTrafficTrace {
+    pub name: String,
+    pub mesh: String,
+    pub selector: std::collections::BTreeMap<String, String>,
+    pub inbound: String,
+    pub rank: Rank,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Backend {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: BackendKind,
+    /// Percent, 0–100.
+    pub sampling: f64,
+    pub conf: BackendConf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Zipkin,
+    Datadog,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum BackendConf {
+    Zipkin(ZipkinBackend),
+    Datadog(DatadogBackend),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ZipkinBackend {
+    pub url: String,
+    #[serde(rename = "traceId128bit")]
+    pub trace_id_128bit: bool,
+    pub api_version: ApiVersion,
+    pub shared_span_context: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ApiVersion {
+    /// JSON v2 (`httpJsonV1` in a policy is read as this, as Kuma's Envoy config does).
+    #[serde(rename = "httpJson")]
+    HttpJson,
+    #[serde(rename = "httpProto")]
+    HttpProto,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatadogBackend {
+    pub address: String,
+    pub port: u16,
+    pub split_service: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Listener {
+    pub direction: Direction,
+    /// `host:port` the listener binds.
+    pub address: String,
+    pub protocol: Protocol,
+    pub service: String,
+    /// Inbound: the application's `host:port`. Outbound: the service name (the Envoy cluster).
+    pub upstream: String,
+    /// Outbound only: where the service lives, used round robin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<String>>,
+    pub tls: bool,
+    /// Whether requests on this listener are traced: an http/http2/grpc listener of a proxy
+    /// that a TrafficTrace with a resolvable backend selects.
+    pub traced: bool,
+}
+
+/// `host:port`, bracketing IPv6 hosts.
+pub fn join_host_port(host: &str, port: i64) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Resolves a mesh backend to its typed, defaulted form. Call on validated meshes only: a conf
+/// that does not parse gives `None`.
+pub fn resolve_backend(backend: &TracingBackend) -> Option<Backend> {
+    let conf = backend.conf.clone().unwrap_or(serde_json::Value::Null);
+    let conf = match backend.kind.as_str() {
+        "zipkin" => {
+            let c: ZipkinConf = if conf.is_null() {
+                ZipkinConf::default()
+            } else {
+                serde_json::from_value(conf).ok()?
+            };
+            BackendConf::Zipkin(ZipkinBackend {
+                url: c.url,
+                trace_id_128bit: c.trace_id128bit,
+                api_version: if c.api_version == "httpProto" {
+                    ApiVersion::HttpProto
+                } else {
+                    ApiVersion::HttpJson
+                },
+                shared_span_context: c.shared_span_context.unwrap_or(true),
+            })
+        }
+        "datadog" => {
+            let c: DatadogConf = if conf.is_null() {
+                DatadogConf::default()
+            } else {
+                serde_json::from_value(conf).ok()?
+            };
+            BackendConf::Datadog(DatadogBackend {
+                address: c.address,
+                port: u16::try_from(c.port).ok()?,
+                split_service: c.split_service,
+            })
+        }
+        _ => return None,
+    };
+    Some(Backend {
+        name: backend.name.clone(),
+        kind: match conf {
+            BackendConf::Zipkin(_) => BackendKind::Zipkin,
+            BackendConf::Datadog(_) => BackendKind::Datadog,
+        },
+        sampling: backend.sampling.unwrap_or(100.0),
+        conf,
+    })
+}
+
+/// Computes what applies to `dataplane` under the given (validated) policy.
+pub fn compute(
+    dataplane: &Dataplane,
+    meshes: &[Mesh],
+    traffic_traces: &[TrafficTrace],
+    policy_version: u64,
+) -> Effective {
+    let chosen = select::select_traffic_trace(dataplane, traffic_traces);
+    let mesh_name = &dataplane.meta.mesh;
+    let (backend, reason) = match (chosen, select::find_mesh(dataplane, meshes)) {
+        (None, _) => (None, Some("no TrafficTrace matches".to_string())),
+        (Some(_), None) => (None, Some(format!("mesh \"{mesh_name}\" not found"))),
+        (Some(m), Some(mesh)) => {
+            let tracing = mesh.spec.tracing.as_ref();
+            let wanted = match m.traffic_trace.spec.backend() {
+                "" => tracing.map_or("", |t| t.default_backend.as_str()),
+                named => named,
+            };
+            let found = tracing
+                .and_then(|t| t.backends.iter().find(|b| b.name == wanted))
+                .and_then(resolve_backend);
+            match found {
+                Some(b) => (Some(b), None),
+                None if wanted.is_empty() => (
+                    None,
+                    Some(format!(
+                        "TrafficTrace \"{}\" names no backend and mesh \"{mesh_name}\" has no defaultBackend",
+                        m.traffic_trace.meta.name
+                    )),
+                ),
+                None => (
+                    None,
+                    Some(format!("backend \"{wanted}\" not found in mesh \"{mesh_name}\"")),
+                ),
+            }
+        }
+    };
+    let networking = dataplane.spec.networking();
+    let traced_proxy = backend.is_some();
+    let inbounds = networking.inbound.iter().map(|inbound| {
+        let address = if inbound.address.is_empty() {
+            &networking.address
+        } else {
+            &inbound.address
+        };
+        let service_address = if inbound.service_address.is_empty() {
+            address
+        } else {
+            &inbound.service_address
+        };
+        let service_port = if inbound.service_port == 0 {
+            inbound.port
+        } else {
+            inbound.service_port
+        };
+        let protocol = Protocol::of(&inbound.tags).unwrap_or(Protocol::Tcp);
+        Listener {
+            direction: Direction::Inbound,
+            address: join_host_port(address, inbound.port),
+            protocol,
+            service: inbound.tags.get(SERVICE_TAG).cloned().unwrap_or_default(),
+            upstream: join_host_port(service_address, service_port),
+            endpoints: None,
+            tls: inbound.tls.is_some(),
+            traced: traced_proxy && protocol.is_traced(),
+        }
+    });
+    let outbounds = networking.outbound.iter().map(|outbound| {
+        let address = if outbound.address.is_empty() {
+            OUTBOUND_ADDRESS
+        } else {
+            &outbound.address
+        };
+        let protocol = Protocol::of(&outbound.tags).unwrap_or(Protocol::Tcp);
+        Listener {
+            direction: Direction::Outbound,
+            address: join_host_port(address, outbound.port),
+            protocol,
+            service: outbound.service_name().to_string(),
+            upstream: outbound.service_name().to_string(),
+            endpoints: Some(outbound.endpoints.clone()),
+            tls: outbound.tls.is_some(),
+            traced: traced_proxy && protocol.is_traced(),
+        }
+    });
+    let listeners = inbounds.chain(outbounds).collect();
+    Effective {
+        dataplane: DataplaneSummary {
+            mesh: mesh_name.clone(),
+            name: dataplane.meta.name.clone(),
+            service: dataplane.service().to_string(),
+        },
+        traffic_trace: chosen.map(|m| ChosenTrafficTrace {
+            name: m.traffic_trace.meta.name.clone(),
+            mesh: m.traffic_trace.meta.mesh.clone(),
+            selector: m.selector.tags.clone(),
+            inbound: join_host_port(
+                if m.inbound.address.is_empty() {
+                    &networking.address
+                } else {
+                    &m.inbound.address
+                },
+                m.inbound.port,
+            ),
+            rank: m.rank,
+        }),
+        backend,
+        reason,
+        listeners,
+        policy_version,
+    }
+}
