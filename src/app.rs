@@ -1,7 +1,10 @@
-//! `tracecar run`: wires the loaded policy to the running parts.
+//! `tracecar run`: wires the loaded policy to the data path and waits for the end.
+
+use std::sync::Arc;
 
 use crate::cli::RunArgs;
 use crate::policy::Checked;
+use crate::proxy::{self, ProxyConfig, observe::NoObserver};
 
 pub async fn run(args: RunArgs, checked: Checked) -> anyhow::Result<()> {
     let Some(dataplane) = &checked.dataplane else {
@@ -10,13 +13,17 @@ pub async fn run(args: RunArgs, checked: Checked) -> anyhow::Result<()> {
     let effective = checked.set.effective(dataplane, 1);
     tracing::info!(
         dataplane = %effective.dataplane.name,
-        traffic_trace = effective.traffic_trace.as_ref().map(|t| t.name.as_str()).unwrap_or("-"),
-        backend = effective.backend.as_ref().map(|b| b.name.as_str()).unwrap_or("-"),
+        traffic_trace = effective.traffic_trace.as_ref().map_or("-", |t| t.name.as_str()),
+        backend = effective.backend.as_ref().map_or("-", |b| b.name.as_str()),
         reason = effective.reason.as_deref().unwrap_or("-"),
         "policy loaded"
     );
-    let _ = args;
+    let running = proxy::start(dataplane, &effective, Arc::new(NoObserver), &ProxyConfig::default()).await?;
     crate::shutdown::signal().await;
-    tracing::info!("shutting down");
+    tracing::info!(drain_timeout = ?args.drain_timeout, "draining");
+    if !running.drain(args.drain_timeout).await {
+        tracing::warn!("drain timeout reached with requests still in flight");
+    }
+    tracing::info!("stopped");
     Ok(())
 }

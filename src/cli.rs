@@ -185,6 +185,7 @@ fn init_logging() -> Result<(), String> {
         .map_err(|e| format!("{}: invalid log filter \"{filter}\": {e}", env::LOG))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match std::env::var(env::LOG_FORMAT).as_deref() {
         Ok("json") => builder.json().init(),

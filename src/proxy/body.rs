@@ -1,0 +1,279 @@
+//! Bodies streamed through the proxy, frame by frame, never buffered whole.
+//!
+//! - [`RequestBody`]: the caller's body on its way upstream. It counts bytes when observed, and
+//!   can be taken back if the upstream connection failed before the first frame was read, so
+//!   the request can go to the next endpoint.
+//! - [`ResponseBody`]: the upstream's body (or a local reply) on its way back. It counts bytes,
+//!   sees the trailers, and ends the exchange exactly once: at end of stream, on error, or when
+//!   dropped early (the caller went away).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::observe::{End, Exchange, ResponseFlags};
+
+/// Errors surfaced by proxied bodies.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+type Slot = Arc<Mutex<Option<Incoming>>>;
+
+pub struct RequestBody {
+    inner: RequestInner,
+    counter: Option<Arc<AtomicU64>>,
+}
+
+enum RequestInner {
+    Empty,
+    Direct(Incoming),
+    /// Still in the slot until the first poll, so a failed connect can hand it back.
+    Reclaimable { slot: Slot, taken: Option<Incoming> },
+}
+
+impl RequestBody {
+    pub fn empty() -> Self {
+        RequestBody {
+            inner: RequestInner::Empty,
+            counter: None,
+        }
+    }
+
+    pub fn direct(body: Incoming, counter: Option<Arc<AtomicU64>>) -> Self {
+        RequestBody {
+            inner: RequestInner::Direct(body),
+            counter,
+        }
+    }
+
+    /// A body that [`reclaim`] can take back while it has not been read.
+    pub fn reclaimable(body: Incoming, counter: Option<Arc<AtomicU64>>) -> (Self, Reclaim) {
+        let slot = Arc::new(Mutex::new(Some(body)));
+        (
+            RequestBody {
+                inner: RequestInner::Reclaimable {
+                    slot: slot.clone(),
+                    taken: None,
+                },
+                counter,
+            },
+            Reclaim(slot),
+        )
+    }
+}
+
+/// The other half of a reclaimable body.
+pub struct Reclaim(Slot);
+
+impl Reclaim {
+    /// The body, if nobody started reading it.
+    pub fn take(&self) -> Option<Incoming> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let body = match &mut this.inner {
+            RequestInner::Empty => return Poll::Ready(None),
+            RequestInner::Direct(b) => b,
+            RequestInner::Reclaimable { slot, taken } => {
+                if taken.is_none() {
+                    *taken = slot.lock().ok().and_then(|mut s| s.take());
+                }
+                match taken {
+                    Some(b) => b,
+                    None => return Poll::Ready(None),
+                }
+            }
+        };
+        let frame = ready!(Pin::new(body).poll_frame(cx));
+        if let (Some(Ok(frame)), Some(counter)) = (&frame, &this.counter) {
+            if let Some(data) = frame.data_ref() {
+                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            RequestInner::Empty => true,
+            RequestInner::Direct(b) => b.is_end_stream(),
+            RequestInner::Reclaimable { slot, taken } => match taken {
+                Some(b) => b.is_end_stream(),
+                None => slot
+                    .lock()
+                    .map(|s| s.as_ref().is_none_or(Body::is_end_stream))
+                    .unwrap_or(true),
+            },
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            RequestInner::Empty => SizeHint::with_exact(0),
+            RequestInner::Direct(b) => b.size_hint(),
+            RequestInner::Reclaimable { slot, taken } => match taken {
+                Some(b) => b.size_hint(),
+                None => slot
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.as_ref().map(Body::size_hint))
+                    .unwrap_or_else(|| SizeHint::with_exact(0)),
+            },
+        }
+    }
+}
+
+/// What the response body carries.
+pub enum ResponseInner {
+    Upstream(Incoming),
+    /// A local reply (errors): a short text, or nothing.
+    Local(Option<Bytes>),
+}
+
+pub struct ResponseBody {
+    inner: ResponseInner,
+    /// Present when observed.
+    tracker: Option<Box<Tracker>>,
+}
+
+/// Ends an exchange exactly once.
+pub struct Tracker {
+    exchange: Option<Box<dyn Exchange>>,
+    pub status: u16,
+    pub flags: ResponseFlags,
+    pub request_bytes: Option<Arc<AtomicU64>>,
+    response_bytes: u64,
+    trailers: Option<HeaderMap>,
+}
+
+impl Tracker {
+    pub fn new(exchange: Box<dyn Exchange>, request_bytes: Option<Arc<AtomicU64>>) -> Self {
+        Tracker {
+            exchange: Some(exchange),
+            status: 0,
+            flags: ResponseFlags::NONE,
+            request_bytes,
+            response_bytes: 0,
+            trailers: None,
+        }
+    }
+
+    pub fn exchange_mut(&mut self) -> Option<&mut Box<dyn Exchange>> {
+        self.exchange.as_mut()
+    }
+
+    /// Ends the exchange; later calls do nothing.
+    pub fn finish(&mut self, aborted: bool) {
+        if let Some(exchange) = self.exchange.take() {
+            let end = End {
+                status: self.status,
+                response_flags: self.flags,
+                request_bytes: self
+                    .request_bytes
+                    .as_ref()
+                    .map_or(0, |c| c.load(Ordering::Relaxed)),
+                response_bytes: self.response_bytes,
+                trailers: self.trailers.as_ref(),
+                aborted,
+            };
+            exchange.on_end(&end);
+        }
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        // Dropped before the end of the body: the caller went away.
+        if self.exchange.is_some() {
+            self.flags.insert(ResponseFlags::DC);
+            self.finish(true);
+        }
+    }
+}
+
+impl ResponseBody {
+    pub fn new(inner: ResponseInner, tracker: Option<Box<Tracker>>) -> Self {
+        let mut body = ResponseBody { inner, tracker };
+        // A body that is empty from the start never gets polled to its end by some servers.
+        if body.is_end_stream() {
+            if let Some(t) = &mut body.tracker {
+                t.finish(false);
+            }
+        }
+        body
+    }
+
+    pub fn local(text: Option<Bytes>) -> Self {
+        ResponseBody::new(ResponseInner::Local(text), None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let frame = match &mut this.inner {
+            ResponseInner::Local(text) => text.take().map(|t| Ok(Frame::data(t))),
+            ResponseInner::Upstream(body) => {
+                ready!(Pin::new(body).poll_frame(cx)).map(|r| r.map_err(BodyError::from))
+            }
+        };
+        if let Some(tracker) = &mut this.tracker {
+            match &frame {
+                Some(Ok(f)) => {
+                    if let Some(data) = f.data_ref() {
+                        tracker.response_bytes += data.len() as u64;
+                    } else if let Some(trailers) = f.trailers_ref() {
+                        tracker.trailers = Some(trailers.clone());
+                    }
+                }
+                Some(Err(_)) => {
+                    tracker.flags.insert(ResponseFlags::UC);
+                    tracker.finish(true);
+                }
+                None => tracker.finish(false),
+            }
+        }
+        let ended = frame.is_none() || this.is_end_stream();
+        if ended {
+            if let Some(tracker) = &mut this.tracker {
+                tracker.finish(false);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            ResponseInner::Local(text) => text.is_none(),
+            ResponseInner::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            ResponseInner::Local(text) => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
+            ResponseInner::Upstream(body) => body.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The HTTP request path, as named phases (in order):
+//!
+//! 1. `check`        — refuse what cannot be forwarded (400).
+//! 2. `observe`      — the observer (tracing, metrics) sees the request head and may rewrite it.
+//! 3. `rewrite`      — hop-by-hop headers out, `x-forwarded-proto` in, URI and version for the
+//!    upstream's wire.
+//! 4. `forward`      — round robin over the endpoints; one that refuses the connection is
+//!    skipped and the request goes to the next while its body is unread.
+//! 5. `respond`      — hop-by-hop headers out of the response; a failure becomes a local reply
+//!    (503 `UF`/`UH`/`UC`, 504 `UT`; gRPC callers get a trailers-only gRPC status instead).
+//! 6. `stream`       — the body streams back; its end (or an abort) ends the exchange.
+//!
+//! HTTP/1.1 upgrades (WebSocket) are tunnelled after phase 5.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use super::body::{RequestBody, ResponseBody, ResponseInner, Tracker};
+use super::observe::{ListenerInfo, Observer, ResponseFlags};
+use super::upstream::{Upstream, Wire};
+
+/// Per-listener state of the HTTP path.
+pub struct HttpProxy {
+    pub info: Arc<ListenerInfo>,
+    pub upstream: Upstream,
+    pub observer: Arc<dyn Observer>,
+    /// Time allowed for the upstream's response head on non-streaming requests (gRPC and
+    /// upgrades are streams: no limit).
+    pub request_timeout: Option<Duration>,
+}
+
+impl HttpProxy {
+    /// Serves one request. Never fails: every failure is a response.
+    pub async fn serve(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        // Phase 1: check.
+        if let Err(reason) = check(&req) {
+            return Ok(local_reply(StatusCode::BAD_REQUEST, reason, false));
+        }
+        let grpc = is_grpc(req.headers());
+        let downstream_version = req.version();
+        let upgrade = wants_upgrade(&req);
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        let (mut head, body) = req.into_parts();
+        // Phase 2: observe.
+        let exchange = self.observer.on_request(&self.info, peer, &mut head);
+        let request_bytes = exchange.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
+        let mut tracker = exchange.map(|e| Box::new(Tracker::new(e, request_bytes.clone())));
+
+        // Phase 3: rewrite.
+        if let Err(reason) = self.rewrite(&mut head, upgrade) {
+            return Ok(self.fail(tracker, StatusCode::BAD_REQUEST, ResponseFlags::NONE, reason, grpc));
+        }
+
+        // Phase 4: forward.
+        let result = self.forward(head, body, request_bytes, grpc || upgrade).await;
+
+        // Phase 5: respond.
+        let response = match result {
+            Ok(response) => response,
+            Err(Failure { status, flags, reason }) => {
+                return Ok(self.fail(tracker, status, flags, reason, grpc));
+            }
+        };
+        let mut response = response;
+        let upstream_upgrade = (response.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade)
+            .then(|| hyper::upgrade::on(&mut response));
+        let (mut parts, upstream_body) = response.into_parts();
+        // The caller gets its own protocol back, whatever the upstream spoke.
+        parts.version = downstream_version;
+        if parts.status != StatusCode::SWITCHING_PROTOCOLS {
+            remove_hop_by_hop(&mut parts.headers);
+        }
+        if let Some(t) = &mut tracker {
+            t.status = parts.status.as_u16();
+            if let Some(e) = t.exchange_mut() {
+                e.on_response(parts.status, &parts.headers);
+            }
+        }
+        if let (Some(down), Some(up)) = (downstream_upgrade, upstream_upgrade) {
+            tokio::spawn(tunnel(down, up));
+        }
+        // Phase 6: stream.
+        Ok(Response::from_parts(
+            parts,
+            ResponseBody::new(ResponseInner::Upstream(upstream_body), tracker),
+        ))
+    }
+
+    fn rewrite(&self, head: &mut http::request::Parts, upgrade: bool) -> Result<(), &'static str> {
+        let upgrade_value = if upgrade {
+            head.headers.get(header::UPGRADE).cloned()
+        } else {
+            None
+        };
+        remove_hop_by_hop(&mut head.headers);
+        if let Some(value) = upgrade_value {
+            head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            head.headers.insert(header::UPGRADE, value);
+        }
+        if !head.headers.contains_key(X_FORWARDED_PROTO) {
+            let proto = if self.info.tls { "https" } else { "http" };
+            head.headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
+        // The authority the caller asked for: `:authority` (h2) or Host (HTTP/1.1).
+        let authority = match head.uri.authority() {
+            Some(a) => a.clone(),
+            None => {
+                let host = head
+                    .headers
+                    .get(header::HOST)
+                    .ok_or("missing Host header")?;
+                http::uri::Authority::try_from(host.as_bytes()).map_err(|_| "invalid Host header")?
+            }
+        };
+        let path = head
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        head.uri = Uri::builder()
+            .scheme(if self.upstream.tls { "https" } else { "http" })
+            .authority(authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| "invalid request target")?;
+        match self.upstream.wire {
+            Wire::Http1 => {
+                head.version = Version::HTTP_11;
+                if !head.headers.contains_key(header::HOST) {
+                    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| "invalid authority")?;
+                    head.headers.insert(header::HOST, host);
+                }
+            }
+            Wire::Http2 => {
+                head.version = Version::HTTP_2;
+                // `:authority` carries it; a duplicate Host confuses some h2 servers.
+                head.headers.remove(header::HOST);
+            }
+        }
+        Ok(())
+    }
+
+    async fn forward(
+        &self,
+        head: http::request::Parts,
+        body: Incoming,
+        request_bytes: Option<Arc<AtomicU64>>,
+        streaming: bool,
+    ) -> Result<Response<Incoming>, Failure> {
+        if self.upstream.is_empty() {
+            return Err(Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::UH,
+                "no healthy upstream",
+            ));
+        }
+        let timeout = if streaming { None } else { self.request_timeout };
+        let single = self.upstream.len() == 1;
+        let mut pending = Some((head, body));
+        let mut last = Failure::new(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UF, "upstream connect error");
+        for endpoint in self.upstream.plan() {
+            let Some((head, body)) = pending.take() else {
+                break;
+            };
+            // With one endpoint there is nowhere else to go: skip the bookkeeping for a retry.
+            let (request, reclaim) = if single {
+                (Request::from_parts(head, RequestBody::direct(body, request_bytes.clone())), None)
+            } else {
+                let (body, reclaim) = RequestBody::reclaimable(body, request_bytes.clone());
+                let copy = copy_head(&head);
+                (Request::from_parts(head, body), Some((copy, reclaim)))
+            };
+            let sent = endpoint.client.request(request);
+            let result = match timeout {
+                Some(limit) => match tokio::time::timeout(limit, sent).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(Failure::new(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            ResponseFlags::UT,
+                            "upstream request timeout",
+                        ));
+                    }
+                },
+                None => sent.await,
+            };
+            match result {
+                Ok(response) => {
+                    self.upstream.mark_up(endpoint);
+                    return Ok(response);
+                }
+                Err(e) if e.is_connect() => {
+                    tracing::debug!(endpoint = %endpoint.address, error = %e, "upstream connect failed");
+                    self.upstream.mark_down(endpoint);
+                    last = Failure::new(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UF, "upstream connect error");
+                    // The next endpoint gets the request only if its body was never read.
+                    if let Some((copy, reclaim)) = reclaim {
+                        if let Some(body) = reclaim.take() {
+                            pending = Some((copy, body));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(endpoint = %endpoint.address, error = %e, "upstream request failed");
+                    return Err(Failure::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ResponseFlags::UC,
+                        "upstream connect error or disconnect/reset before headers",
+                    ));
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// A local reply, observed like any response.
+    fn fail(
+        &self,
+        mut tracker: Option<Box<Tracker>>,
+        status: StatusCode,
+        flags: ResponseFlags,
+        reason: &'static str,
+        grpc: bool,
+    ) -> Response<ResponseBody> {
+        let (response, text) = local_head(status, reason, grpc);
+        if let Some(t) = &mut tracker {
+            t.status = response.status().as_u16();
+            t.flags.insert(flags);
+            if let Some(e) = t.exchange_mut() {
+                e.on_response(response.status(), response.headers());
+            }
+        }
+        response.map(|()| ResponseBody::new(ResponseInner::Local(text), tracker))
+    }
+}
+
+struct Failure {
+    status: StatusCode,
+    flags: ResponseFlags,
+    reason: &'static str,
+}
+
+impl Failure {
+    fn new(status: StatusCode, flags: ResponseFlags, reason: &'static str) -> Self {
+        Failure { status, flags, reason }
+    }
+}
+
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// A reply made by the proxy, unobserved.
+pub fn local_reply(status: StatusCode, reason: &'static str, grpc: bool) -> Response<ResponseBody> {
+    let (response, text) = local_head(status, reason, grpc);
+    response.map(|()| ResponseBody::local(text))
+}
+
+/// The head and body text of a local reply. gRPC callers get what gRPC expects (as Envoy
+/// does): HTTP 200, trailers-only, `grpc-status` UNAVAILABLE (14), DEADLINE_EXCEEDED (4) or
+/// INTERNAL (13), and the reason as `grpc-message`.
+fn local_head(status: StatusCode, reason: &'static str, grpc: bool) -> (Response<()>, Option<Bytes>) {
+    let mut response = Response::new(());
+    let headers = response.headers_mut();
+    if grpc {
+        let code = match status {
+            StatusCode::GATEWAY_TIMEOUT => "4",
+            StatusCode::BAD_REQUEST => "13",
+            _ => "14",
+        };
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from_static(code));
+        headers.insert("grpc-message", HeaderValue::from_static(reason));
+        return (response, None);
+    }
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    *response.status_mut() = status;
+    (response, Some(Bytes::from_static(reason.as_bytes())))
+}
+
+fn check<B>(req: &Request<B>) -> Result<(), &'static str> {
+    if req.method() == Method::CONNECT {
+        return Err("CONNECT is not supported");
+    }
+    if req.version() == Version::HTTP_2 {
+        if req.uri().authority().is_none() && !req.headers().contains_key(header::HOST) {
+            return Err("missing :authority");
+        }
+    } else if req.headers().get_all(header::HOST).iter().count() > 1 {
+        return Err("more than one Host header");
+    }
+    Ok(())
+}
+
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| connection_tokens(v).any(|t| t.eq_ignore_ascii_case("upgrade")))
+}
+
+fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes the hop-by-hop fields of RFC 9110 §7.6.1 and those the Connection header names.
+/// `te: trailers` survives: gRPC needs it end to end, and it is the one TE value h2 allows.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.get(header::CONNECTION) {
+        if connection.as_bytes().contains(&b',') || !connection.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+            && !connection.as_bytes().eq_ignore_ascii_case(b"close")
+        {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .flat_map(connection_tokens)
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+                .collect();
+            for name in named {
+                if name != header::TE {
+                    headers.remove(&name);
+                }
+            }
+        }
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| connection_tokens(v).any(|t| t.eq_ignore_ascii_case("trailers")));
+    if headers.contains_key(header::TE) {
+        headers.remove(header::TE);
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+}
+
+fn copy_head(head: &http::request::Parts) -> http::request::Parts {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = head.method.clone();
+    parts.uri = head.uri.clone();
+    parts.version = head.version;
+    parts.headers = head.headers.clone();
+    parts
+}
+
+/// Copies bytes both ways between the two upgraded connections until either side closes.
+async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (down, up) = match tokio::join!(downstream, upstream) {
+        (Ok(d), Ok(u)) => (d, u),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut down = hyper_util::rt::TokioIo::new(down);
+    let mut up = hyper_util::rt::TokioIo::new(up);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
