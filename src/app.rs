@@ -18,7 +18,13 @@ pub async fn run(args: RunArgs, checked: Checked) -> anyhow::Result<()> {
         reason = effective.reason.as_deref().unwrap_or("-"),
         "policy loaded"
     );
-    let running = proxy::start(dataplane, &effective, Arc::new(NoObserver), &ProxyConfig::default()).await?;
+    let running = proxy::start(
+        dataplane,
+        &effective,
+        Arc::new(NoObserver),
+        &ProxyConfig::default(),
+    )
+    .await?;
     crate::shutdown::signal().await;
     tracing::info!(drain_timeout = ?args.drain_timeout, "draining");
     if !running.drain(args.drain_timeout).await {

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::resource::{
-    DatadogConf, Dataplane, Mesh, Protocol, SERVICE_TAG, TrafficTrace, TracingBackend, ZipkinConf,
+    DatadogConf, Dataplane, Mesh, Protocol, SERVICE_TAG, TracingBackend, TrafficTrace, ZipkinConf,
 };
 use super::select::{self, Rank};
 
@@ -205,7 +205,9 @@ pub fn compute(
                 ),
                 None => (
                     None,
-                    Some(format!("backend \"{wanted}\" not found in mesh \"{mesh_name}\"")),
+                    Some(format!(
+                        "backend \"{wanted}\" not found in mesh \"{mesh_name}\""
+                    )),
                 ),
             }
         }

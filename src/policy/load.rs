@@ -107,10 +107,15 @@ pub fn expand_paths(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Diagnostic>) {
                     found.sort();
                     files.extend(found);
                 }
-                Err(e) => problems.push(Diagnostic::error(path, format!("cannot read folder: {e}"))),
+                Err(e) => {
+                    problems.push(Diagnostic::error(path, format!("cannot read folder: {e}")))
+                }
             },
             Ok(_) => files.push(path.clone()),
-            Err(e) => problems.push(Diagnostic::error(path, format!("cannot read: {}", io_reason(&e)))),
+            Err(e) => problems.push(Diagnostic::error(
+                path,
+                format!("cannot read: {}", io_reason(&e)),
+            )),
         }
     }
     (files, problems)
@@ -204,7 +209,10 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Resource>, Vec<Diagnostic>) {
     if documents.is_empty() {
         return (
             Vec::new(),
-            vec![Diagnostic::error(file, "file is empty: it holds no resource")],
+            vec![Diagnostic::error(
+                file,
+                "file is empty: it holds no resource",
+            )],
         );
     }
     let mut resources = Vec::new();
@@ -345,20 +353,21 @@ fn read_meta(
     source: &Source,
 ) -> Result<Meta, Diagnostic> {
     let file = &source.file;
-    let string_field = |container: &Map<String, Value>, key: &str, path: &str| -> Result<String, Diagnostic> {
-        match container.get(key) {
-            None | Some(Value::Null) => Ok(String::new()),
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(other) => Err(Diagnostic::error(
-                file,
-                format!(
-                    "document {}: {kind}: {path}: expected a string, found {}",
-                    source.document,
-                    describe(other)
-                ),
-            )),
-        }
-    };
+    let string_field =
+        |container: &Map<String, Value>, key: &str, path: &str| -> Result<String, Diagnostic> {
+            match container.get(key) {
+                None | Some(Value::Null) => Ok(String::new()),
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(other) => Err(Diagnostic::error(
+                    file,
+                    format!(
+                        "document {}: {kind}: {path}: expected a string, found {}",
+                        source.document,
+                        describe(other)
+                    ),
+                )),
+            }
+        };
     let empty = Map::new();
     let (name, namespace, created, mesh) = if kubernetes {
         let metadata = match object.get("metadata") {
@@ -393,7 +402,10 @@ fn read_meta(
         let path = if kubernetes { "metadata.name" } else { "name" };
         return Err(Diagnostic::error(
             file,
-            format!("document {}: {kind}: {path}: cannot be empty", source.document),
+            format!(
+                "document {}: {kind}: {path}: cannot be empty",
+                source.document
+            ),
         ));
     }
     // Kuma names a namespaced Kubernetes Dataplane `<name>.<namespace>`.

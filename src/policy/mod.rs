@@ -38,7 +38,12 @@ impl PolicySet {
 
     /// What applies to `dataplane` under this policy.
     pub fn effective(&self, dataplane: &Dataplane, policy_version: u64) -> Effective {
-        effective::compute(dataplane, &self.meshes, &self.traffic_traces, policy_version)
+        effective::compute(
+            dataplane,
+            &self.meshes,
+            &self.traffic_traces,
+            policy_version,
+        )
     }
 }
 
@@ -93,7 +98,8 @@ pub fn check(policy_paths: &[PathBuf], dataplane_file: Option<&Path>) -> Checked
                     &dp.meta,
                     validate::validate_dataplane(&dp),
                 ));
-                if !set.meshes.is_empty() && !set.meshes.iter().any(|m| m.meta.name == dp.meta.mesh) {
+                if !set.meshes.is_empty() && !set.meshes.iter().any(|m| m.meta.name == dp.meta.mesh)
+                {
                     diagnostics.push(
                         Diagnostic::warning(
                             file,

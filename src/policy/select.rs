@@ -25,7 +25,10 @@ pub struct Rank {
 const WILDCARD: &str = "*";
 
 /// Whether `selector` matches one inbound's tags.
-pub fn selector_matches(selector: &BTreeMap<String, String>, tags: &BTreeMap<String, String>) -> bool {
+pub fn selector_matches(
+    selector: &BTreeMap<String, String>,
+    tags: &BTreeMap<String, String>,
+) -> bool {
     selector.iter().all(|(key, want)| match tags.get(key) {
         Some(have) => want == WILDCARD || want == have,
         None => false,

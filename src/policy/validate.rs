@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::diagnostic::Diagnostic;
 use super::resource::{
     DatadogConf, Dataplane, Inbound, Kind, Mesh, Meta, Outbound, PROTOCOL_TAG, Protocol, Resource,
-    SERVICE_TAG, TrafficTrace, TracingBackend, ZipkinConf,
+    SERVICE_TAG, TracingBackend, TrafficTrace, ZipkinConf,
 };
 
 /// One problem inside a resource: Kuma's field path and message.
@@ -147,20 +147,25 @@ fn validate_backend(v: &mut Violations, path: &str, backend: &TracingBackend) {
     if backend.name.is_empty() {
         v.error(format!("{path}.name"), MSG_EMPTY);
     }
-    if let Some(sampling) = backend.sampling {
-        if !(0.0..=100.0).contains(&sampling) && !sampling.is_nan() {
-            v.error(format!("{path}.sampling"), MSG_SAMPLING_RANGE);
-        }
+    if let Some(sampling) = backend.sampling
+        && !(0.0..=100.0).contains(&sampling)
+        && !sampling.is_nan()
+    {
+        v.error(format!("{path}.sampling"), MSG_SAMPLING_RANGE);
     }
     let config = format!("{path}.config");
     match backend.kind.as_str() {
         "zipkin" => {
-            if let Some(conf) = parse_conf::<ZipkinConf>(v, &config, backend.conf.as_ref(), ZIPKIN_KEYS) {
+            if let Some(conf) =
+                parse_conf::<ZipkinConf>(v, &config, backend.conf.as_ref(), ZIPKIN_KEYS)
+            {
                 validate_zipkin(v, &config, &conf);
             }
         }
         "datadog" => {
-            if let Some(conf) = parse_conf::<DatadogConf>(v, &config, backend.conf.as_ref(), DATADOG_KEYS) {
+            if let Some(conf) =
+                parse_conf::<DatadogConf>(v, &config, backend.conf.as_ref(), DATADOG_KEYS)
+            {
                 validate_datadog(v, &config, &conf);
             }
         }
@@ -361,7 +366,10 @@ pub fn validate_dataplane(dp: &Dataplane) -> Vec<Violation> {
         let path = format!("networking.inbound[{i}]");
         validate_inbound(&mut v, &path, inbound, address);
         if !inbound.tags.contains_key(SERVICE_TAG) {
-            v.error(key(&format!("{path}.tags"), SERVICE_TAG), "tag has to exist");
+            v.error(
+                key(&format!("{path}.tags"), SERVICE_TAG),
+                "tag has to exist",
+            );
         }
     }
     for (i, outbound) in networking.outbound.iter().enumerate() {
@@ -397,17 +405,20 @@ fn validate_inbound(v: &mut Violations, path: &str, inbound: &Inbound, dp_addres
     }
     if !inbound.address.is_empty() {
         if inbound.address.parse::<IpAddr>().is_err() {
-            v.error(format!("{path}.address"), "address has to be valid IP address");
+            v.error(
+                format!("{path}.address"),
+                "address has to be valid IP address",
+            );
         }
         if inbound.address == inbound.service_address && same_port {
             v.error(format!("{path}.serviceAddress"), differ);
         }
     }
     let tags = format!("{path}.tags");
-    if let Some(protocol) = inbound.tags.get(PROTOCOL_TAG) {
-        if Protocol::parse(protocol).is_none() {
-            v.error(key(&tags, PROTOCOL_TAG), invalid_protocol(protocol));
-        }
+    if let Some(protocol) = inbound.tags.get(PROTOCOL_TAG)
+        && Protocol::parse(protocol).is_none()
+    {
+        v.error(key(&tags, PROTOCOL_TAG), invalid_protocol(protocol));
     }
     validate_tag_keys_values(v, &tags, &inbound.tags, TagValues::Dataplane);
     if let Some(tls) = &inbound.tls {
@@ -433,7 +444,10 @@ pub fn invalid_protocol(value: &str) -> String {
 fn validate_outbound(v: &mut Violations, path: &str, outbound: &Outbound) {
     validate_port(v, format!("{path}.port"), outbound.port);
     if !outbound.address.is_empty() && outbound.address.parse::<IpAddr>().is_err() {
-        v.error(format!("{path}.address"), "address has to be valid IP address");
+        v.error(
+            format!("{path}.address"),
+            "address has to be valid IP address",
+        );
     }
     let tags = format!("{path}.tags");
     let missing_service = format!("mandatory tag \"{SERVICE_TAG}\" is missing");
@@ -468,10 +482,10 @@ fn validate_outbound(v: &mut Violations, path: &str, outbound: &Outbound) {
             );
         }
     }
-    if let Some(tls) = &outbound.tls {
-        if tls.ca_file.is_empty() {
-            v.error(format!("{path}.tls.caFile"), MSG_EMPTY);
-        }
+    if let Some(tls) = &outbound.tls
+        && tls.ca_file.is_empty()
+    {
+        v.error(format!("{path}.tls.caFile"), MSG_EMPTY);
     }
 }
 
@@ -518,7 +532,11 @@ fn validate_listener_ports(v: &mut Violations, dp: &Dataplane) {
         } else {
             &inbound.address
         };
-        (format!("networking.inbound[{i}]"), address.clone(), inbound.port)
+        (
+            format!("networking.inbound[{i}]"),
+            address.clone(),
+            inbound.port,
+        )
     });
     let outbounds = networking.outbound.iter().enumerate().map(|(i, outbound)| {
         let address = if outbound.address.is_empty() {

@@ -33,7 +33,10 @@ enum RequestInner {
     Empty,
     Direct(Incoming),
     /// Still in the slot until the first poll, so a failed connect can hand it back.
-    Reclaimable { slot: Slot, taken: Option<Incoming> },
+    Reclaimable {
+        slot: Slot,
+        taken: Option<Incoming>,
+    },
 }
 
 impl RequestBody {
@@ -100,10 +103,10 @@ impl Body for RequestBody {
             }
         };
         let frame = ready!(Pin::new(body).poll_frame(cx));
-        if let (Some(Ok(frame)), Some(counter)) = (&frame, &this.counter) {
-            if let Some(data) = frame.data_ref() {
-                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
+        if let (Some(Ok(frame)), Some(counter)) = (&frame, &this.counter)
+            && let Some(data) = frame.data_ref()
+        {
+            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         Poll::Ready(frame.map(|f| f.map_err(Into::into)))
     }
@@ -210,10 +213,10 @@ impl ResponseBody {
     pub fn new(inner: ResponseInner, tracker: Option<Box<Tracker>>) -> Self {
         let mut body = ResponseBody { inner, tracker };
         // A body that is empty from the start never gets polled to its end by some servers.
-        if body.is_end_stream() {
-            if let Some(t) = &mut body.tracker {
-                t.finish(false);
-            }
+        if body.is_end_stream()
+            && let Some(t) = &mut body.tracker
+        {
+            t.finish(false);
         }
         body
     }
@@ -255,10 +258,8 @@ impl Body for ResponseBody {
             }
         }
         let ended = frame.is_none() || this.is_end_stream();
-        if ended {
-            if let Some(tracker) = &mut this.tracker {
-                tracker.finish(false);
-            }
+        if ended && let Some(tracker) = &mut this.tracker {
+            tracker.finish(false);
         }
         Poll::Ready(frame)
     }
@@ -272,7 +273,9 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            ResponseInner::Local(text) => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
+            ResponseInner::Local(text) => {
+                SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
+            }
             ResponseInner::Upstream(body) => body.size_hint(),
         }
     }

@@ -61,16 +61,28 @@ impl HttpProxy {
 
         // Phase 3: rewrite.
         if let Err(reason) = self.rewrite(&mut head, upgrade) {
-            return Ok(self.fail(tracker, StatusCode::BAD_REQUEST, ResponseFlags::NONE, reason, grpc));
+            return Ok(self.fail(
+                tracker,
+                StatusCode::BAD_REQUEST,
+                ResponseFlags::NONE,
+                reason,
+                grpc,
+            ));
         }
 
         // Phase 4: forward.
-        let result = self.forward(head, body, request_bytes, grpc || upgrade).await;
+        let result = self
+            .forward(head, body, request_bytes, grpc || upgrade)
+            .await;
 
         // Phase 5: respond.
         let response = match result {
             Ok(response) => response,
-            Err(Failure { status, flags, reason }) => {
+            Err(Failure {
+                status,
+                flags,
+                reason,
+            }) => {
                 return Ok(self.fail(tracker, status, flags, reason, grpc));
             }
         };
@@ -107,12 +119,14 @@ impl HttpProxy {
         };
         remove_hop_by_hop(&mut head.headers);
         if let Some(value) = upgrade_value {
-            head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            head.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             head.headers.insert(header::UPGRADE, value);
         }
         if !head.headers.contains_key(X_FORWARDED_PROTO) {
             let proto = if self.info.tls { "https" } else { "http" };
-            head.headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+            head.headers
+                .insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
         // The authority the caller asked for: `:authority` (h2) or Host (HTTP/1.1).
         let authority = match head.uri.authority() {
@@ -122,7 +136,8 @@ impl HttpProxy {
                     .headers
                     .get(header::HOST)
                     .ok_or("missing Host header")?;
-                http::uri::Authority::try_from(host.as_bytes()).map_err(|_| "invalid Host header")?
+                http::uri::Authority::try_from(host.as_bytes())
+                    .map_err(|_| "invalid Host header")?
             }
         };
         let path = head
@@ -140,7 +155,8 @@ impl HttpProxy {
             Wire::Http1 => {
                 head.version = Version::HTTP_11;
                 if !head.headers.contains_key(header::HOST) {
-                    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| "invalid authority")?;
+                    let host = HeaderValue::from_str(authority.as_str())
+                        .map_err(|_| "invalid authority")?;
                     head.headers.insert(header::HOST, host);
                 }
             }
@@ -167,17 +183,28 @@ impl HttpProxy {
                 "no healthy upstream",
             ));
         }
-        let timeout = if streaming { None } else { self.request_timeout };
+        let timeout = if streaming {
+            None
+        } else {
+            self.request_timeout
+        };
         let single = self.upstream.len() == 1;
         let mut pending = Some((head, body));
-        let mut last = Failure::new(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UF, "upstream connect error");
+        let mut last = Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ResponseFlags::UF,
+            "upstream connect error",
+        );
         for endpoint in self.upstream.plan() {
             let Some((head, body)) = pending.take() else {
                 break;
             };
             // With one endpoint there is nowhere else to go: skip the bookkeeping for a retry.
             let (request, reclaim) = if single {
-                (Request::from_parts(head, RequestBody::direct(body, request_bytes.clone())), None)
+                (
+                    Request::from_parts(head, RequestBody::direct(body, request_bytes.clone())),
+                    None,
+                )
             } else {
                 let (body, reclaim) = RequestBody::reclaimable(body, request_bytes.clone());
                 let copy = copy_head(&head);
@@ -205,12 +232,16 @@ impl HttpProxy {
                 Err(e) if e.is_connect() => {
                     tracing::debug!(endpoint = %endpoint.address, error = %e, "upstream connect failed");
                     self.upstream.mark_down(endpoint);
-                    last = Failure::new(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UF, "upstream connect error");
+                    last = Failure::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ResponseFlags::UF,
+                        "upstream connect error",
+                    );
                     // The next endpoint gets the request only if its body was never read.
-                    if let Some((copy, reclaim)) = reclaim {
-                        if let Some(body) = reclaim.take() {
-                            pending = Some((copy, body));
-                        }
+                    if let Some((copy, reclaim)) = reclaim
+                        && let Some(body) = reclaim.take()
+                    {
+                        pending = Some((copy, body));
                     }
                 }
                 Err(e) => {
@@ -255,7 +286,11 @@ struct Failure {
 
 impl Failure {
     fn new(status: StatusCode, flags: ResponseFlags, reason: &'static str) -> Self {
-        Failure { status, flags, reason }
+        Failure {
+            status,
+            flags,
+            reason,
+        }
     }
 }
 
@@ -270,7 +305,11 @@ pub fn local_reply(status: StatusCode, reason: &'static str, grpc: bool) -> Resp
 /// The head and body text of a local reply. gRPC callers get what gRPC expects (as Envoy
 /// does): HTTP 200, trailers-only, `grpc-status` UNAVAILABLE (14), DEADLINE_EXCEEDED (4) or
 /// INTERNAL (13), and the reason as `grpc-message`.
-fn local_head(status: StatusCode, reason: &'static str, grpc: bool) -> (Response<()>, Option<Bytes>) {
+fn local_head(
+    status: StatusCode,
+    reason: &'static str,
+    grpc: bool,
+) -> (Response<()>, Option<Bytes>) {
     let mut response = Response::new(());
     let headers = response.headers_mut();
     if grpc {
@@ -279,7 +318,10 @@ fn local_head(status: StatusCode, reason: &'static str, grpc: bool) -> (Response
             StatusCode::BAD_REQUEST => "13",
             _ => "14",
         };
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         headers.insert("grpc-status", HeaderValue::from_static(code));
         headers.insert("grpc-message", HeaderValue::from_static(reason));
         return (response, None);
@@ -331,20 +373,20 @@ fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
 /// Removes the hop-by-hop fields of RFC 9110 §7.6.1 and those the Connection header names.
 /// `te: trailers` survives: gRPC needs it end to end, and it is the one TE value h2 allows.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(connection) = headers.get(header::CONNECTION) {
-        if connection.as_bytes().contains(&b',') || !connection.as_bytes().eq_ignore_ascii_case(b"keep-alive")
-            && !connection.as_bytes().eq_ignore_ascii_case(b"close")
-        {
-            let named: Vec<HeaderName> = headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .flat_map(connection_tokens)
-                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-                .collect();
-            for name in named {
-                if name != header::TE {
-                    headers.remove(&name);
-                }
+    if let Some(connection) = headers.get(header::CONNECTION)
+        && (connection.as_bytes().contains(&b',')
+            || !connection.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+                && !connection.as_bytes().eq_ignore_ascii_case(b"close"))
+    {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(connection_tokens)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            if name != header::TE {
+                headers.remove(&name);
             }
         }
     }

@@ -133,8 +133,12 @@ pub async fn serve(
                                 acceptor.accept(stream),
                             );
                             match handshake.await {
-                                Ok(Ok(tls)) => serve_http(tls, peer, proxy, &builder, watcher).await,
-                                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                                Ok(Ok(tls)) => {
+                                    serve_http(tls, peer, proxy, &builder, watcher).await
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                                }
                                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                             }
                         }
@@ -151,8 +155,11 @@ pub async fn serve(
                     match tls {
                         None => tcp::pass_through(stream, upstream).await,
                         Some(acceptor) => {
-                            if let Ok(Ok(tls)) =
-                                tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await
+                            if let Ok(Ok(tls)) = tokio::time::timeout(
+                                limits.tls_handshake_timeout,
+                                acceptor.accept(stream),
+                            )
+                            .await
                             {
                                 tcp::pass_through(tls, upstream).await;
                             }
@@ -228,4 +235,3 @@ mod counter {
         }
     }
 }
-

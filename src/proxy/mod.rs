@@ -118,7 +118,12 @@ pub async fn start(
                         } else {
                             Some(
                                 rustls::pki_types::ServerName::try_from(t.server_name.clone())
-                                    .map_err(|_| anyhow::anyhow!("tls.serverName \"{}\" is not a valid name", t.server_name))?,
+                                    .map_err(|_| {
+                                        anyhow::anyhow!(
+                                            "tls.serverName \"{}\" is not a valid name",
+                                            t.server_name
+                                        )
+                                    })?,
                             )
                         };
                         Some(UpstreamTls {
@@ -144,13 +149,22 @@ pub async fn start(
                         upstream_cluster: upstream_cluster(l),
                         tls: server_tls.is_some(),
                     }),
-                    upstream: Upstream::http(&endpoints, wire, client_tls.as_ref(), &config.upstream)?,
+                    upstream: Upstream::http(
+                        &endpoints,
+                        wire,
+                        client_tls.as_ref(),
+                        &config.upstream,
+                    )?,
                     observer: observer.clone(),
                     request_timeout: config.request_timeout,
                 }),
                 builder.clone(),
             ),
-            None => Handler::Tcp(Arc::new(Upstream::tcp(&endpoints, client_tls.as_ref(), &config.upstream)?)),
+            None => Handler::Tcp(Arc::new(Upstream::tcp(
+                &endpoints,
+                client_tls.as_ref(),
+                &config.upstream,
+            )?)),
         };
         let socket = listener::bind(&l.address).await?;
         addresses.push(socket.local_addr()?);

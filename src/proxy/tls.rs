@@ -18,7 +18,11 @@ pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 
 /// A server config for an inbound: certificate chain and key from PEM files; offers h2 and
 /// http/1.1 for HTTP listeners.
-pub fn server_config(cert_file: &Path, key_file: &Path, http: bool) -> anyhow::Result<rustls::ServerConfig> {
+pub fn server_config(
+    cert_file: &Path,
+    key_file: &Path,
+    http: bool,
+) -> anyhow::Result<rustls::ServerConfig> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .with_context(|| format!("{}: cannot read certificates", cert_file.display()))?
         .collect::<Result<_, _>>()
@@ -33,7 +37,12 @@ pub fn server_config(cert_file: &Path, key_file: &Path, http: bool) -> anyhow::R
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .with_context(|| format!("{}: certificate and key do not form a valid pair", cert_file.display()))?;
+        .with_context(|| {
+            format!(
+                "{}: certificate and key do not form a valid pair",
+                cert_file.display()
+            )
+        })?;
     if http {
         config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
     }
@@ -46,7 +55,8 @@ pub fn client_config(ca_file: &Path, alpn: Option<&[u8]>) -> anyhow::Result<rust
     for cert in CertificateDer::pem_file_iter(ca_file)
         .with_context(|| format!("{}: cannot read CA certificates", ca_file.display()))?
     {
-        let cert = cert.with_context(|| format!("{}: invalid PEM certificate", ca_file.display()))?;
+        let cert =
+            cert.with_context(|| format!("{}: invalid PEM certificate", ca_file.display()))?;
         roots
             .add(cert)
             .with_context(|| format!("{}: unusable CA certificate", ca_file.display()))?;

@@ -93,12 +93,13 @@ pub fn connectors(
             let tls = match tls {
                 None => None,
                 Some(t) => {
-                    let name = match &t.server_name {
-                        Some(name) => name.clone(),
-                        None => ServerName::try_from(host_of(address).to_string()).map_err(|_| {
-                            anyhow::anyhow!("{address}: not a valid TLS server name")
-                        })?,
-                    };
+                    let name =
+                        match &t.server_name {
+                            Some(name) => name.clone(),
+                            None => ServerName::try_from(host_of(address).to_string()).map_err(
+                                |_| anyhow::anyhow!("{address}: not a valid TLS server name"),
+                            )?,
+                        };
                     Some((t.connector.clone(), name))
                 }
             };
@@ -113,7 +114,11 @@ pub fn connectors(
 }
 
 /// A pooled client that always dials `connector`'s endpoint.
-pub fn http_client(connector: EndpointConnector, wire: Wire, settings: &UpstreamSettings) -> HttpClient {
+pub fn http_client(
+    connector: EndpointConnector,
+    wire: Wire,
+    settings: &UpstreamSettings,
+) -> HttpClient {
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -152,12 +157,22 @@ impl Upstream<EndpointConnector> {
         settings: &UpstreamSettings,
     ) -> anyhow::Result<Self> {
         let connectors = connectors(addresses, tls, settings)?;
-        Ok(Upstream::new(connectors, Wire::Http1, tls.is_some(), settings))
+        Ok(Upstream::new(
+            connectors,
+            Wire::Http1,
+            tls.is_some(),
+            settings,
+        ))
     }
 }
 
 impl<C> Upstream<C> {
-    pub fn new(clients: Vec<(String, C)>, wire: Wire, tls: bool, settings: &UpstreamSettings) -> Self {
+    pub fn new(
+        clients: Vec<(String, C)>,
+        wire: Wire,
+        tls: bool,
+        settings: &UpstreamSettings,
+    ) -> Self {
         Upstream {
             wire,
             tls,
@@ -228,9 +243,12 @@ impl EndpointConnector {
         match &self.tls {
             None => Ok(Stream::Plain(tcp)),
             Some((connector, name)) => {
-                let tls = tokio::time::timeout(self.connect_timeout, connector.connect(name.clone(), tcp))
-                    .await
-                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
+                let tls = tokio::time::timeout(
+                    self.connect_timeout,
+                    connector.connect(name.clone(), tcp),
+                )
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
                 Ok(Stream::Tls(Box::new(tls)))
             }
         }
@@ -288,7 +306,11 @@ impl Connection for Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -297,7 +319,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
