@@ -373,11 +373,12 @@ fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
 /// Removes the hop-by-hop fields of RFC 9110 §7.6.1 and those the Connection header names.
 /// `te: trailers` survives: gRPC needs it end to end, and it is the one TE value h2 allows.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(connection) = headers.get(header::CONNECTION)
-        && (connection.as_bytes().contains(&b',')
-            || !connection.as_bytes().eq_ignore_ascii_case(b"keep-alive")
-                && !connection.as_bytes().eq_ignore_ascii_case(b"close"))
-    {
+    // `Connection: keep-alive` / `close` name no other field: the common case costs nothing.
+    let names_fields = |v: &HeaderValue| {
+        let v = v.as_bytes();
+        !v.eq_ignore_ascii_case(b"keep-alive") && !v.eq_ignore_ascii_case(b"close")
+    };
+    if headers.get_all(header::CONNECTION).iter().any(names_fields) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
