@@ -176,6 +176,37 @@ fn validate_5_mb_file_is_one_line() {
 }
 
 #[test]
+fn validate_deeply_nested_yaml_is_one_line() {
+    // A parser that recursed without limit would overflow the stack (an abort, not a panic).
+    let dir = tempfile::tempdir().unwrap();
+    let depth = 100_000;
+    let file = write(
+        dir.path(),
+        "deep.yaml",
+        format!(
+            "type: Mesh\nname: x\ntracing: {}{}\n",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        ),
+    );
+    assert_refused_with_one_line(&file);
+}
+
+#[test]
+fn validate_alias_bomb_is_one_line() {
+    // "Billion laughs": nine levels of nine aliases each would expand to 9^10 nodes.
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+        yaml.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    yaml.push_str("type: Mesh\nname: x\n");
+    let file = write(dir.path(), "bomb.yaml", yaml);
+    assert_refused_with_one_line(&file);
+}
+
+#[test]
 fn validate_missing_file_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("nope.yaml");
