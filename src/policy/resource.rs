@@ -123,8 +123,9 @@ pub struct ZipkinConf {
 pub struct DatadogConf {
     #[serde(default)]
     pub address: String,
+    /// Unsigned as in Kuma's proto: a negative port does not parse.
     #[serde(default)]
-    pub port: i64,
+    pub port: u32,
     #[serde(default)]
     pub split_service: bool,
 }

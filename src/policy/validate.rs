@@ -231,8 +231,9 @@ enum UrlCheck {
     UnsupportedScheme,
 }
 
-/// Mirrors Go's `url.ParseRequestURI` as Kuma uses it: an absolute URI or an absolute path,
-/// which then needs an explicit port.
+/// Mirrors Go's `url.ParseRequestURI` as Kuma uses it: an absolute path, an opaque URI
+/// (`scheme:rest`, no host, so no port), or `scheme://authority/...` whose port, when
+/// written, must be digits.
 fn check_url(url: &str) -> UrlCheck {
     if url.starts_with('/') {
         return UrlCheck::NoPort;
@@ -240,19 +241,38 @@ fn check_url(url: &str) -> UrlCheck {
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return UrlCheck::Invalid;
     }
-    let Ok(uri) = url.parse::<http::Uri>() else {
+    let Some((scheme, rest)) = url.split_once(':') else {
         return UrlCheck::Invalid;
     };
-    let Some(scheme) = uri.scheme_str() else {
+    let mut chars = scheme.chars();
+    let scheme_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    if !scheme_ok {
         return UrlCheck::Invalid;
-    };
-    if uri.port_u16().is_none() {
+    }
+    let Some(after) = rest.strip_prefix("//") else {
         return UrlCheck::NoPort;
+    };
+    let authority = after.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let port = if let Some(v6) = host_port.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((_, tail)) => tail.strip_prefix(':'),
+            None => return UrlCheck::Invalid,
+        }
+    } else {
+        host_port.rsplit_once(':').map(|(_, p)| p)
+    };
+    match port {
+        None | Some("") => UrlCheck::NoPort,
+        Some(p) if !p.bytes().all(|b| b.is_ascii_digit()) => UrlCheck::Invalid,
+        Some(_)
+            if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") =>
+        {
+            UrlCheck::UnsupportedScheme
+        }
+        Some(_) => UrlCheck::Ok,
     }
-    if scheme != "http" && scheme != "https" {
-        return UrlCheck::UnsupportedScheme;
-    }
-    UrlCheck::Ok
 }
 
 fn validate_datadog(v: &mut Violations, path: &str, conf: &DatadogConf) {
