@@ -143,10 +143,10 @@ pub async fn start(
                     info: Arc::new(ListenerInfo {
                         direction: l.direction,
                         protocol: l.protocol,
-                        address: l.address.clone(),
-                        local_service: effective.dataplane.service.clone(),
-                        service: l.service.clone(),
-                        upstream_cluster: upstream_cluster(l),
+                        address: Arc::from(l.address.as_str()),
+                        local_service: Arc::from(effective.dataplane.service.as_str()),
+                        service: Arc::from(l.service.as_str()),
+                        upstream_cluster: Arc::from(upstream_cluster(l)),
                         tls: server_tls.is_some(),
                     }),
                     upstream: Upstream::http(

@@ -21,13 +21,13 @@ pub struct ListenerInfo {
     pub direction: Direction,
     pub protocol: Protocol,
     /// The listener's own address (`host:port`).
-    pub address: String,
+    pub address: Arc<str>,
     /// The proxy's service (local service of every span).
-    pub local_service: String,
+    pub local_service: Arc<str>,
     /// The service on the other side: the inbound's service, or the outbound's destination.
-    pub service: String,
+    pub service: Arc<str>,
     /// Envoy's `upstream_cluster`.
-    pub upstream_cluster: String,
+    pub upstream_cluster: Arc<str>,
     /// Whether the downstream connection is TLS (for `x-forwarded-proto` and `http.url`).
     pub tls: bool,
 }

@@ -1,0 +1,351 @@
+//! The tracing layer of the data path: for each request on an http/http2/grpc listener it reads
+//! the caller's B3 context, decides once whether to sample, writes the context for the next hop,
+//! and — only when sampled — records a span that ends with the response body.
+//!
+//! Unsampled requests allocate no span and build no tags: they pay for the header lookups and
+//! the ids they forward, nothing more.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+
+use super::SpanSink;
+use super::b3::{self, SpanContext};
+use super::id::{SpanId, TraceId};
+use super::sampler;
+use super::span::{Span, SpanKind, TagValue};
+use crate::policy::effective::Direction;
+use crate::proxy::observe::{End, Exchange, ListenerInfo, Observer, ResponseFlags};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// `http.url` keeps at most this many characters of the path (Envoy's limit).
+const MAX_PATH_CHARS: usize = 256;
+
+/// gRPC codes that mark a span as an error (Envoy's list): Unknown, DeadlineExceeded,
+/// ResourceExhausted, Unimplemented, Internal, Unavailable, DataLoss.
+const GRPC_ERROR_CODES: [&[u8]; 7] = [b"2", b"4", b"8", b"12", b"13", b"14", b"15"];
+
+/// The backend a proxy traces to, as the data path needs it.
+pub struct TracedBackend {
+    pub name: Arc<str>,
+    /// Sampling in basis points (0–10,000).
+    pub basis_points: u32,
+    /// The SERVER span shares the caller's span id. A Zipkin notion: false for Datadog.
+    pub shared_span_context: bool,
+    /// New root traces get 128-bit ids.
+    pub trace_id_128bit: bool,
+    pub sink: Arc<dyn SpanSink>,
+}
+
+/// What the tracing layer applies now; replaced whole on a policy change.
+#[derive(Default)]
+pub struct TraceConfig {
+    /// `None`: no TrafficTrace (or no backend) applies; nothing is traced.
+    pub backend: Option<TracedBackend>,
+}
+
+pub struct Tracer {
+    config: ArcSwap<TraceConfig>,
+    /// Envoy's `node_id` tag: `<mesh>.<dataplane>`.
+    node_id: Arc<str>,
+    invalid_contexts: AtomicU64,
+}
+
+impl Tracer {
+    pub fn new(node_id: &str, config: TraceConfig) -> Tracer {
+        Tracer {
+            config: ArcSwap::from_pointee(config),
+            node_id: Arc::from(node_id),
+            invalid_contexts: AtomicU64::new(0),
+        }
+    }
+
+    /// Applies a new configuration to the requests that start from now on.
+    pub fn set_config(&self, config: TraceConfig) {
+        self.config.store(Arc::new(config));
+    }
+
+    /// Requests whose B3 context was malformed and ignored.
+    pub fn invalid_contexts(&self) -> u64 {
+        self.invalid_contexts.load(Ordering::Relaxed)
+    }
+}
+
+impl Observer for Tracer {
+    fn on_request(
+        &self,
+        listener: &Arc<ListenerInfo>,
+        peer: SocketAddr,
+        head: &mut http::request::Parts,
+    ) -> Option<Box<dyn Exchange>> {
+        if !listener.protocol.is_traced() {
+            return None;
+        }
+        let config = self.config.load();
+        let backend = config.backend.as_ref()?;
+
+        // Never rewrite a caller's request id; make one when there is none.
+        if !head.headers.contains_key(&X_REQUEST_ID) {
+            head.headers.insert(X_REQUEST_ID, new_request_id());
+        }
+        let incoming = b3::extract(&head.headers);
+        if incoming.invalid {
+            self.invalid_contexts.fetch_add(1, Ordering::Relaxed);
+        }
+        let decision = match &incoming.context {
+            Some(c) => sampler::decide(
+                incoming.sampling,
+                c.trace_id.to_hex().as_bytes(),
+                backend.basis_points,
+            ),
+            None => sampler::decide(
+                incoming.sampling,
+                head.headers
+                    .get(&X_REQUEST_ID)
+                    .map_or(&[][..], HeaderValue::as_bytes),
+                backend.basis_points,
+            ),
+        };
+        let inbound = listener.direction == Direction::Inbound;
+        let (context, shared) = match incoming.context {
+            Some(caller) if inbound && backend.shared_span_context => (caller, true),
+            Some(caller) => (
+                SpanContext {
+                    trace_id: caller.trace_id,
+                    span_id: SpanId::random(),
+                    parent_id: Some(caller.span_id),
+                },
+                false,
+            ),
+            None => (
+                SpanContext {
+                    trace_id: TraceId::random(backend.trace_id_128bit),
+                    span_id: SpanId::random(),
+                    parent_id: None,
+                },
+                false,
+            ),
+        };
+        b3::inject(
+            &mut head.headers,
+            &context,
+            decision.sampled,
+            decision.debug,
+            incoming.single,
+        );
+        if !decision.sampled {
+            return None;
+        }
+        Some(Box::new(Recording::start(
+            self,
+            listener,
+            backend,
+            peer,
+            head,
+            context,
+            shared,
+            decision.debug,
+        )))
+    }
+}
+
+/// A UUIDv4 from a fast thread-local generator (a syscall per request would cost more than
+/// the rest of the tracing path).
+fn new_request_id() -> HeaderValue {
+    let bytes = fastrand::u128(..).to_le_bytes();
+    let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut buf).as_bytes())
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// A sampled request's span under way.
+struct Recording {
+    span: Span,
+    started: Instant,
+    sink: Arc<dyn SpanSink>,
+    upstream_cluster: Arc<str>,
+    grpc: bool,
+    status: StatusCode,
+    /// gRPC status and message of a trailers-only response (in the headers).
+    grpc_status: Option<HeaderValue>,
+    grpc_message: Option<HeaderValue>,
+}
+
+impl Recording {
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        tracer: &Tracer,
+        listener: &ListenerInfo,
+        backend: &TracedBackend,
+        peer: SocketAddr,
+        head: &http::request::Parts,
+        context: SpanContext,
+        shared: bool,
+        debug: bool,
+    ) -> Recording {
+        let timestamp_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let host = head
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| head.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+            .unwrap_or("");
+        let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+        let grpc = crate::proxy::http::is_grpc(&head.headers);
+
+        let mut tags: Vec<(&'static str, TagValue)> = Vec::with_capacity(17);
+        tags.push(("node_id", TagValue::Shared(tracer.node_id.clone())));
+        tags.push(("component", TagValue::Static("proxy")));
+        if let Some(id) = header_text(&head.headers, &X_REQUEST_ID) {
+            tags.push(("guid:x-request-id", TagValue::Owned(id)));
+        }
+        let scheme = if listener.tls { "https://" } else { "http://" };
+        let mut url =
+            String::with_capacity(scheme.len() + host.len() + path.len().min(MAX_PATH_CHARS));
+        url.push_str(scheme);
+        url.push_str(host);
+        url.push_str(cut_chars(path, MAX_PATH_CHARS));
+        tags.push(("http.url", TagValue::Owned(url)));
+        tags.push((
+            "http.method",
+            TagValue::Owned(head.method.as_str().to_string()),
+        ));
+        tags.push((
+            "http.protocol",
+            TagValue::Static(match head.version {
+                Version::HTTP_2 => "HTTP/2",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            }),
+        ));
+        if let Some(agent) = header_text(&head.headers, &header::USER_AGENT) {
+            tags.push(("user_agent", TagValue::Owned(agent)));
+        }
+        tags.push(("peer.address", TagValue::Owned(peer.ip().to_string())));
+        if grpc {
+            tags.push(("grpc.path", TagValue::Owned(head.uri.path().to_string())));
+        }
+
+        let (kind, remote_service) = match listener.direction {
+            Direction::Inbound => (SpanKind::Server, None),
+            Direction::Outbound => (SpanKind::Client, Some(listener.service.clone())),
+        };
+        Recording {
+            span: Span {
+                trace_id: context.trace_id,
+                id: context.span_id,
+                parent_id: context.parent_id,
+                kind,
+                direction: listener.direction,
+                name: host.to_string(),
+                timestamp_us,
+                duration_us: 0,
+                local_service: listener.local_service.clone(),
+                remote_service,
+                shared,
+                debug,
+                error: false,
+                tags,
+            },
+            started: Instant::now(),
+            sink: backend.sink.clone(),
+            upstream_cluster: listener.upstream_cluster.clone(),
+            grpc,
+            status: StatusCode::OK,
+            grpc_status: None,
+            grpc_message: None,
+        }
+    }
+}
+
+impl Exchange for Recording {
+    fn on_response(&mut self, status: StatusCode, headers: &HeaderMap) {
+        self.status = status;
+        if self.grpc {
+            self.grpc_status = headers.get(&GRPC_STATUS).cloned();
+            self.grpc_message = headers.get(&GRPC_MESSAGE).cloned();
+        }
+    }
+
+    fn on_end(self: Box<Self>, end: &End<'_>) {
+        let Recording {
+            mut span,
+            started,
+            sink,
+            upstream_cluster,
+            grpc,
+            grpc_status,
+            grpc_message,
+            ..
+        } = *self;
+        span.duration_us = (started.elapsed().as_micros() as u64).max(1);
+        let tags = &mut span.tags;
+        tags.push((
+            "request_size",
+            TagValue::Owned(end.request_bytes.to_string()),
+        ));
+        tags.push((
+            "response_size",
+            TagValue::Owned(end.response_bytes.to_string()),
+        ));
+        tags.push(("upstream_cluster", TagValue::Shared(upstream_cluster)));
+        tags.push(("http.status_code", TagValue::Owned(end.status.to_string())));
+        tags.push((
+            "response_flags",
+            TagValue::Owned(end.response_flags.to_string()),
+        ));
+        let mut grpc_error = false;
+        if grpc {
+            // Trailers carry the status; a trailers-only response carries it in its headers.
+            let status = end
+                .trailers
+                .and_then(|t| t.get(&GRPC_STATUS))
+                .or(grpc_status.as_ref());
+            let message = end
+                .trailers
+                .and_then(|t| t.get(&GRPC_MESSAGE))
+                .or(grpc_message.as_ref());
+            if let Some(code) = status.filter(|v| !v.is_empty()) {
+                grpc_error = GRPC_ERROR_CODES.contains(&code.as_bytes());
+                tags.push(("grpc.status_code", TagValue::Owned(lossy(code))));
+            }
+            if let Some(message) = message.filter(|v| !v.is_empty()) {
+                tags.push(("grpc.message", TagValue::Owned(lossy(message))));
+            }
+        }
+        // No response at all is an error, unless the caller is the one who left.
+        let no_response = end.status == 0 && !end.response_flags.contains(ResponseFlags::DC);
+        span.error = end.status >= 500 || no_response || grpc_error;
+        if span.error {
+            span.tags.push(("error", TagValue::Static("true")));
+        }
+        sink.try_send(span);
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    headers.get(name).filter(|v| !v.is_empty()).map(lossy)
+}
+
+fn lossy(value: &HeaderValue) -> String {
+    String::from_utf8_lossy(value.as_bytes()).into_owned()
+}
+
+/// The first `max` characters of `s`.
+fn cut_chars(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => &s[..at],
+        None => s,
+    }
+}

@@ -1,0 +1,17 @@
+//! Per-request tracing decisions, no I/O: B3 context, the sampler, the span record and its
+//! tags, and the layer that puts them in the data path.
+
+pub mod b3;
+pub mod id;
+pub mod layer;
+pub mod sampler;
+pub mod span;
+
+pub use layer::{TraceConfig, TracedBackend, Tracer};
+pub use span::{Span, SpanKind, TagValue};
+
+/// Where finished spans go. Implemented by the exporter; must never block or wait: the data
+/// path calls it as a request ends.
+pub trait SpanSink: Send + Sync + 'static {
+    fn try_send(&self, span: Span);
+}
