@@ -5,6 +5,8 @@
 
 pub mod app;
 pub mod cli;
+pub mod export;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod shutdown;

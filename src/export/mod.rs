@@ -1,0 +1,466 @@
+//! Getting spans out, never in a request's way.
+//!
+//! One exporter per backend: a bounded queue fed by a non-blocking `try_send` from the data
+//! path, and a worker that sends a batch when it is full or on an interval, retries transient
+//! failures (connect errors, timeouts, 429, 5xx) with capped exponential backoff, and counts
+//! every span it could not deliver by reason. For every backend, at rest:
+//! `sampled = exported + dropped` (all reasons).
+
+pub mod client;
+pub mod datadog;
+pub mod zipkin;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::metrics::{BackendLabels, DropReason, DroppedLabels, ExportLabels, Metrics};
+use crate::policy::effective::{Backend, BackendConf};
+use crate::trace::{Span, SpanSink};
+
+/// Export tuning. Defaults per the contract: 8,192 queued spans, batches of 512, at least
+/// every second, 3 tries within 10 s.
+#[derive(Debug, Clone)]
+pub struct ExportSettings {
+    pub queue_capacity: usize,
+    pub batch_size: usize,
+    pub interval: Duration,
+    pub max_tries: u32,
+    /// No retry starts after this long since the first try.
+    pub retry_budget: Duration,
+    /// One POST may take this long.
+    pub request_timeout: Duration,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Repeated failures are logged at most once per this interval, with a count.
+    pub warn_interval: Duration,
+}
+
+impl Default for ExportSettings {
+    fn default() -> Self {
+        ExportSettings {
+            queue_capacity: 8192,
+            batch_size: 512,
+            interval: Duration::from_secs(1),
+            max_tries: 3,
+            retry_budget: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            warn_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A request body ready to POST, and how many spans it carries.
+pub struct Payload {
+    pub body: Bytes,
+    pub spans: usize,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Encoded batches: payloads to send, and spans that could not be encoded within the size
+/// limit (dropped as `too_large`).
+#[derive(Default)]
+pub struct Encoded {
+    pub payloads: Vec<Payload>,
+    pub too_large: usize,
+}
+
+/// A wire format.
+pub trait Encode: Send + Sync + 'static {
+    fn encode(&self, spans: &[Span]) -> Encoded;
+}
+
+/// Metric handles of one backend, resolved once.
+struct BackendMetrics {
+    sampled: Counter,
+    exported: Counter,
+    /// Spans accepted into the queue and not yet exported or dropped.
+    pending: Gauge,
+    dropped_queue_full: Counter,
+    dropped_export_failed: Counter,
+    dropped_shutdown: Counter,
+    dropped_too_large: Counter,
+    requests_ok: Counter,
+    requests_failed: Counter,
+}
+
+impl BackendMetrics {
+    fn new(metrics: &Metrics, backend: &str) -> Self {
+        let b = || BackendLabels {
+            backend: backend.to_string(),
+        };
+        let dropped = |reason: DropReason| {
+            metrics
+                .spans_dropped
+                .get_or_create(&DroppedLabels {
+                    backend: backend.to_string(),
+                    reason: reason.as_str(),
+                })
+                .clone()
+        };
+        let requests = |result: &'static str| {
+            metrics
+                .export_requests
+                .get_or_create(&ExportLabels {
+                    backend: backend.to_string(),
+                    result,
+                })
+                .clone()
+        };
+        BackendMetrics {
+            sampled: metrics.spans_sampled.get_or_create(&b()).clone(),
+            exported: metrics.spans_exported.get_or_create(&b()).clone(),
+            pending: metrics.export_queue.get_or_create(&b()).clone(),
+            dropped_queue_full: dropped(DropReason::QueueFull),
+            dropped_export_failed: dropped(DropReason::ExportFailed),
+            dropped_shutdown: dropped(DropReason::Shutdown),
+            dropped_too_large: dropped(DropReason::TooLarge),
+            requests_ok: requests("success"),
+            requests_failed: requests("failure"),
+        }
+    }
+
+    fn settle(&self, spans: usize) {
+        self.pending.dec_by(spans as i64);
+    }
+}
+
+/// The data path's side of an exporter.
+pub struct Handle {
+    tx: mpsc::Sender<Span>,
+    metrics: Arc<BackendMetrics>,
+}
+
+impl SpanSink for Handle {
+    fn try_send(&self, span: Span) {
+        self.metrics.sampled.inc();
+        // Counted before the send: the worker may settle it before `try_send` returns.
+        self.metrics.pending.inc();
+        if let Err(e) = self.tx.try_send(span) {
+            self.metrics.pending.dec();
+            match e {
+                mpsc::error::TrySendError::Full(_) => self.metrics.dropped_queue_full.inc(),
+                mpsc::error::TrySendError::Closed(_) => self.metrics.dropped_shutdown.inc(),
+            };
+        }
+    }
+}
+
+/// One backend's queue and worker.
+pub struct Exporter {
+    /// `None` once retired: the data path holds the last handles.
+    handle: Option<Arc<Handle>>,
+    worker: JoinHandle<()>,
+    closing: Arc<Notify>,
+    metrics: Arc<BackendMetrics>,
+}
+
+/// Where and how to send.
+pub struct Target {
+    pub name: String,
+    pub uri: http::Uri,
+    pub encoder: Box<dyn Encode>,
+}
+
+impl Target {
+    pub fn for_backend(backend: &Backend) -> anyhow::Result<Target> {
+        let (uri, encoder): (String, Box<dyn Encode>) = match &backend.conf {
+            BackendConf::Zipkin(z) => (z.url.clone(), Box::new(zipkin::Zipkin::new(z.api_version))),
+            BackendConf::Datadog(d) => (
+                format!("http://{}/v0.4/traces", join_host_port(&d.address, d.port)),
+                Box::new(datadog::Datadog::new(d.split_service)),
+            ),
+        };
+        let uri: http::Uri = uri
+            .parse()
+            .map_err(|e| anyhow::anyhow!("backend \"{}\": invalid url {uri}: {e}", backend.name))?;
+        Ok(Target {
+            name: backend.name.clone(),
+            uri,
+            encoder,
+        })
+    }
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+impl Exporter {
+    pub fn start(
+        target: Target,
+        settings: &ExportSettings,
+        metrics: &Metrics,
+        client: client::ExportClient,
+    ) -> Exporter {
+        let backend_metrics = Arc::new(BackendMetrics::new(metrics, &target.name));
+        let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
+        let closing = Arc::new(Notify::new());
+        let worker = Worker {
+            target,
+            settings: settings.clone(),
+            metrics: backend_metrics.clone(),
+            client,
+            rx,
+            closing: closing.clone(),
+            failures_since_warn: 0,
+            last_warn: None,
+        };
+        Exporter {
+            handle: Some(Arc::new(Handle {
+                tx,
+                metrics: backend_metrics.clone(),
+            })),
+            worker: tokio::spawn(worker.run()),
+            closing,
+            metrics: backend_metrics,
+        }
+    }
+
+    pub fn handle(&self) -> Option<Arc<Handle>> {
+        self.handle.clone()
+    }
+
+    /// Lets go of this exporter's own handle: its worker delivers what it holds and stops once
+    /// the data path drops the last handle.
+    fn retire(mut self) -> Exporter {
+        self.handle = None;
+        self
+    }
+
+    /// Flushes what is queued within `deadline`; what is left then is counted as `shutdown`.
+    pub async fn shutdown(self, deadline: Duration) {
+        let Exporter {
+            handle,
+            mut worker,
+            closing,
+            metrics,
+        } = self;
+        drop(handle);
+        // Wakes the worker now, or at its next wait if it is busy sending.
+        closing.notify_one();
+        if tokio::time::timeout(deadline, &mut worker).await.is_err() {
+            worker.abort();
+            let _ = worker.await;
+            let left = metrics.pending.get().max(0);
+            metrics.dropped_shutdown.inc_by(left as u64);
+            metrics.pending.set(0);
+        }
+    }
+}
+
+struct Worker {
+    target: Target,
+    settings: ExportSettings,
+    metrics: Arc<BackendMetrics>,
+    client: client::ExportClient,
+    rx: mpsc::Receiver<Span>,
+    closing: Arc<Notify>,
+    failures_since_warn: u64,
+    last_warn: Option<Instant>,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let batch_size = self.settings.batch_size.max(1);
+        let mut batch: Vec<Span> = Vec::with_capacity(batch_size);
+        let mut ticker = tokio::time::interval(self.settings.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let closing = self.closing.clone();
+        let mut closed = false;
+        loop {
+            let room = batch_size - batch.len();
+            tokio::select! {
+                biased;
+                _ = closing.notified(), if !closed => {
+                    // Take nothing new; flush what is queued.
+                    closed = true;
+                    self.rx.close();
+                }
+                received = self.rx.recv_many(&mut batch, room) => {
+                    if received == 0 {
+                        self.flush(&mut batch).await;
+                        return;
+                    }
+                    if batch.len() >= batch_size {
+                        self.flush(&mut batch).await;
+                    }
+                }
+                _ = ticker.tick() => {
+                    if !batch.is_empty() {
+                        self.flush(&mut batch).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self, batch: &mut Vec<Span>) {
+        if batch.is_empty() {
+            return;
+        }
+        let encoded = self.target.encoder.encode(batch);
+        batch.clear();
+        if encoded.too_large > 0 {
+            self.metrics
+                .dropped_too_large
+                .inc_by(encoded.too_large as u64);
+            self.metrics.settle(encoded.too_large);
+        }
+        for payload in encoded.payloads {
+            let spans = payload.spans;
+            if self.send(payload).await {
+                self.metrics.exported.inc_by(spans as u64);
+            } else {
+                self.metrics.dropped_export_failed.inc_by(spans as u64);
+            }
+            self.metrics.settle(spans);
+        }
+    }
+
+    /// Sends one payload, retrying transient failures. Returns whether it was delivered.
+    async fn send(&mut self, payload: Payload) -> bool {
+        let started = Instant::now();
+        let mut backoff = self.settings.initial_backoff;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let outcome = self
+                .client
+                .post(&self.target.uri, &payload, self.settings.request_timeout)
+                .await;
+            match outcome {
+                Ok(()) => {
+                    self.metrics.requests_ok.inc();
+                    return true;
+                }
+                Err(failure) => {
+                    self.metrics.requests_failed.inc();
+                    let retry = failure.retryable
+                        && tries < self.settings.max_tries
+                        && started.elapsed() + backoff < self.settings.retry_budget;
+                    if !retry {
+                        self.warn(&failure.message, payload.spans);
+                        return false;
+                    }
+                    // Jitter keeps many sidecars from retrying in lockstep.
+                    let jitter = fastrand::u64(0..=backoff.as_millis() as u64 / 2);
+                    tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                }
+            }
+        }
+    }
+
+    /// One warning per interval, with how many failures it stands for (no log storms).
+    fn warn(&mut self, message: &str, spans: usize) {
+        self.failures_since_warn += 1;
+        let due = self
+            .last_warn
+            .is_none_or(|at| at.elapsed() >= self.settings.warn_interval);
+        if due {
+            tracing::warn!(
+                backend = %self.target.name,
+                url = %self.target.uri,
+                failures = self.failures_since_warn,
+                spans,
+                "span export failed: {message}"
+            );
+            self.failures_since_warn = 0;
+            self.last_warn = Some(Instant::now());
+        }
+    }
+}
+
+/// The exporters of the backends in use, keyed by their full configuration: a policy change
+/// that moves to another backend starts a new exporter, and spans already queued still go
+/// to the backend they were recorded for.
+pub struct Exporters {
+    settings: ExportSettings,
+    metrics: Arc<Metrics>,
+    client: client::ExportClient,
+    active: Mutex<HashMap<String, Exporter>>,
+    retired: Mutex<Vec<Exporter>>,
+}
+
+impl Exporters {
+    pub fn new(settings: ExportSettings, metrics: Arc<Metrics>) -> Exporters {
+        Exporters {
+            settings,
+            metrics,
+            client: client::ExportClient::new(),
+            active: Mutex::new(HashMap::new()),
+            retired: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The sink for `backend`, starting its exporter if it is new. The exporters of other
+    /// backends are retired: they deliver what they hold, then stop.
+    pub fn use_backend(&self, backend: Option<&Backend>) -> anyhow::Result<Option<Arc<Handle>>> {
+        let key = backend.map(backend_key);
+        let Ok(mut active) = self.active.lock() else {
+            anyhow::bail!("exporter registry poisoned");
+        };
+        let stale: Vec<String> = active
+            .keys()
+            .filter(|k| Some(*k) != key.as_ref())
+            .cloned()
+            .collect();
+        for k in stale {
+            if let (Some(exporter), Ok(mut retired)) = (active.remove(&k), self.retired.lock()) {
+                retired.push(exporter.retire());
+            }
+        }
+        let (Some(backend), Some(key)) = (backend, key) else {
+            return Ok(None);
+        };
+        if let Some(existing) = active.get(&key) {
+            return Ok(existing.handle());
+        }
+        let exporter = Exporter::start(
+            Target::for_backend(backend)?,
+            &self.settings,
+            &self.metrics,
+            self.client.clone(),
+        );
+        let handle = exporter.handle();
+        active.insert(key, exporter);
+        Ok(handle)
+    }
+
+    /// Flushes every exporter within `deadline`.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let mut all: Vec<Exporter> = Vec::new();
+        if let Ok(mut active) = self.active.lock() {
+            all.extend(active.drain().map(|(_, e)| e));
+        }
+        if let Ok(mut retired) = self.retired.lock() {
+            all.append(&mut retired);
+        }
+        // One deadline for all: they flush concurrently.
+        let waits: Vec<_> = all
+            .into_iter()
+            .map(|e| tokio::spawn(e.shutdown(deadline)))
+            .collect();
+        for wait in waits {
+            let _ = wait.await;
+        }
+    }
+}
+
+fn backend_key(backend: &Backend) -> String {
+    serde_json::to_string(backend).unwrap_or_else(|_| backend.name.clone())
+}
