@@ -38,10 +38,19 @@ use tracecar::proxy::{ProxyConfig, Running};
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// A port that was free a moment ago. The Dataplane validator wants real ports (1–65535), so
-/// the proxy cannot be told to bind port 0.
+/// the proxy cannot be told to bind port 0. The same port is never handed out twice in one
+/// test binary, since tests ask for several before binding any.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = listener.local_addr().expect("local address").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A running tracecar data path and the folder its Dataplane file lives in.
