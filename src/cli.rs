@@ -178,18 +178,51 @@ fn explain(args: &ExplainArgs) -> ExitCode {
     }
 }
 
-fn init_logging() -> Result<(), String> {
-    use tracing_subscriber::EnvFilter;
+/// The log filter, changeable at run time through the admin server.
+struct ReloadableFilter {
+    handle: tracing_subscriber::reload::Handle<
+        tracing_subscriber::EnvFilter,
+        tracing_subscriber::Registry,
+    >,
+    current: std::sync::Mutex<String>,
+}
+
+impl crate::admin::LogControl for ReloadableFilter {
+    fn current(&self) -> String {
+        self.current.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn set(&self, filter: &str) -> Result<(), String> {
+        let parsed = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+        self.handle.reload(parsed).map_err(|e| e.to_string())?;
+        if let Ok(mut current) = self.current.lock() {
+            *current = filter.to_string();
+        }
+        tracing::info!(filter, "log filter changed");
+        Ok(())
+    }
+}
+
+fn init_logging() -> Result<ReloadableFilter, String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, fmt, reload};
     let filter = std::env::var(env::LOG).unwrap_or_else(|_| "info".to_string());
-    let filter = EnvFilter::try_new(&filter)
+    let parsed = EnvFilter::try_new(&filter)
         .map_err(|e| format!("{}: invalid log filter \"{filter}\": {e}", env::LOG))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+    let (layer, handle) = reload::Layer::new(parsed);
+    let registry = tracing_subscriber::registry().with(layer);
     match std::env::var(env::LOG_FORMAT).as_deref() {
-        Ok("json") => builder.json().init(),
-        Ok("text") | Err(_) => builder.init(),
+        Ok("json") => registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .try_init(),
+        Ok("text") | Err(_) => registry
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
         Ok(other) => {
             return Err(format!(
                 "{}: unknown log format \"{other}\" (use text or json)",
@@ -197,14 +230,21 @@ fn init_logging() -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    .map_err(|e| format!("cannot set up logging: {e}"))?;
+    Ok(ReloadableFilter {
+        handle,
+        current: std::sync::Mutex::new(filter),
+    })
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    if let Err(e) = init_logging() {
-        eprintln!("tracecar: {e}");
-        return ExitCode::from(2);
-    }
+    let log = match init_logging() {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("tracecar: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let checked = match load_for_run(&args.dataplane, &args.policy) {
         Ok(c) => c,
         Err(code) => return code,
@@ -225,7 +265,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    match runtime.block_on(crate::app::run(args, checked)) {
+    match runtime.block_on(crate::app::run(args, checked, Some(Box::new(log)))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tracecar: {e:#}");

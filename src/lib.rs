@@ -3,6 +3,7 @@
 //! Layers, top to bottom (data flows down): `cli` → `policy` (what users write) → `trace`
 //! (per-request decisions, no I/O) → `proxy` (the data path) → `export` (getting spans out).
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod export;

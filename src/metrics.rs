@@ -164,3 +164,55 @@ impl Metrics {
         out
     }
 }
+
+/// Request metrics of one listener, resolved once: the request path only bumps atomics.
+pub struct ListenerStats {
+    family: Family<RequestLabels, Counter>,
+    direction: &'static str,
+    service: String,
+    protocol: &'static str,
+    /// One counter per status code (0 = no response), created on first use.
+    by_status: Box<[std::sync::OnceLock<Counter>]>,
+    pub duration: Histogram,
+}
+
+impl ListenerStats {
+    pub fn new(
+        metrics: &Metrics,
+        direction: &'static str,
+        service: &str,
+        protocol: &'static str,
+    ) -> ListenerStats {
+        ListenerStats {
+            family: metrics.requests.clone(),
+            direction,
+            service: service.to_string(),
+            protocol,
+            by_status: (0..600).map(|_| std::sync::OnceLock::new()).collect(),
+            duration: metrics
+                .request_duration
+                .get_or_create(&DurationLabels {
+                    direction,
+                    service: service.to_string(),
+                })
+                .clone(),
+        }
+    }
+
+    /// Records one finished request.
+    pub fn record(&self, status: u16, seconds: f64) {
+        let index = usize::from(status).min(self.by_status.len() - 1);
+        let counter = self.by_status[index].get_or_init(|| {
+            self.family
+                .get_or_create(&RequestLabels {
+                    direction: self.direction,
+                    service: self.service.clone(),
+                    protocol: self.protocol,
+                    status_code: status,
+                })
+                .clone()
+        });
+        counter.inc();
+        self.duration.observe(seconds);
+    }
+}

@@ -87,7 +87,7 @@ impl ExportClient {
             })?;
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| Failure {
-                message: format!("{e}"),
+                message: chain(&e),
                 retryable: true,
             })?;
             let status = response.status();
@@ -110,4 +110,16 @@ impl ExportClient {
             })
         }
     }
+}
+
+/// An error with its causes, `a: b: c`.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -7,6 +7,7 @@ pub mod load;
 pub mod resource;
 pub mod select;
 pub mod validate;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 

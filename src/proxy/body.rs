@@ -152,6 +152,22 @@ pub struct ResponseBody {
     inner: ResponseInner,
     /// Present when observed.
     tracker: Option<Box<Tracker>>,
+    /// Records the request's metrics when the body is dropped (ended or abandoned).
+    _stats: Option<StatsGuard>,
+}
+
+/// Counts a finished request in its listener's metrics, once, when dropped.
+pub struct StatsGuard {
+    pub stats: Arc<crate::metrics::ListenerStats>,
+    pub started: std::time::Instant,
+    pub status: u16,
+}
+
+impl Drop for StatsGuard {
+    fn drop(&mut self) {
+        self.stats
+            .record(self.status, self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// Ends an exchange exactly once.
@@ -210,8 +226,16 @@ impl Drop for Tracker {
 }
 
 impl ResponseBody {
-    pub fn new(inner: ResponseInner, tracker: Option<Box<Tracker>>) -> Self {
-        let mut body = ResponseBody { inner, tracker };
+    pub fn new(
+        inner: ResponseInner,
+        tracker: Option<Box<Tracker>>,
+        stats: Option<StatsGuard>,
+    ) -> Self {
+        let mut body = ResponseBody {
+            inner,
+            tracker,
+            _stats: stats,
+        };
         // A body that is empty from the start never gets polled to its end by some servers.
         if body.is_end_stream()
             && let Some(t) = &mut body.tracker
@@ -222,7 +246,7 @@ impl ResponseBody {
     }
 
     pub fn local(text: Option<Bytes>) -> Self {
-        ResponseBody::new(ResponseInner::Local(text), None)
+        ResponseBody::new(ResponseInner::Local(text), None, None)
     }
 }
 

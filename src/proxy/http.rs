@@ -23,7 +23,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-use super::body::{RequestBody, ResponseBody, ResponseInner, Tracker};
+use super::body::{RequestBody, ResponseBody, ResponseInner, StatsGuard, Tracker};
 use super::observe::{ListenerInfo, Observer, ResponseFlags};
 use super::upstream::{Upstream, Wire};
 
@@ -35,6 +35,8 @@ pub struct HttpProxy {
     /// Time allowed for the upstream's response head on non-streaming requests (gRPC and
     /// upgrades are streams: no limit).
     pub request_timeout: Option<Duration>,
+    /// Request metrics of this listener.
+    pub stats: Option<Arc<crate::metrics::ListenerStats>>,
 }
 
 impl HttpProxy {
@@ -44,11 +46,19 @@ impl HttpProxy {
         mut req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
+        let started = std::time::Instant::now();
+        let grpc = is_grpc(req.headers());
         // Phase 1: check.
         if let Err(reason) = check(&req) {
-            return Ok(local_reply(StatusCode::BAD_REQUEST, reason, false));
+            return Ok(self.fail(
+                None,
+                started,
+                StatusCode::BAD_REQUEST,
+                ResponseFlags::NONE,
+                reason,
+                grpc,
+            ));
         }
-        let grpc = is_grpc(req.headers());
         let downstream_version = req.version();
         let upgrade = wants_upgrade(&req);
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -63,6 +73,7 @@ impl HttpProxy {
         if let Err(reason) = self.rewrite(&mut head, upgrade) {
             return Ok(self.fail(
                 tracker,
+                started,
                 StatusCode::BAD_REQUEST,
                 ResponseFlags::NONE,
                 reason,
@@ -83,7 +94,7 @@ impl HttpProxy {
                 flags,
                 reason,
             }) => {
-                return Ok(self.fail(tracker, status, flags, reason, grpc));
+                return Ok(self.fail(tracker, started, status, flags, reason, grpc));
             }
         };
         let mut response = response;
@@ -105,9 +116,10 @@ impl HttpProxy {
             tokio::spawn(tunnel(down, up));
         }
         // Phase 6: stream.
+        let stats = self.stats_guard(started, parts.status.as_u16());
         Ok(Response::from_parts(
             parts,
-            ResponseBody::new(ResponseInner::Upstream(upstream_body), tracker),
+            ResponseBody::new(ResponseInner::Upstream(upstream_body), tracker, stats),
         ))
     }
 
@@ -261,6 +273,7 @@ impl HttpProxy {
     fn fail(
         &self,
         mut tracker: Option<Box<Tracker>>,
+        started: std::time::Instant,
         status: StatusCode,
         flags: ResponseFlags,
         reason: &'static str,
@@ -274,7 +287,16 @@ impl HttpProxy {
                 e.on_response(response.status(), response.headers());
             }
         }
-        response.map(|()| ResponseBody::new(ResponseInner::Local(text), tracker))
+        let stats = self.stats_guard(started, response.status().as_u16());
+        response.map(|()| ResponseBody::new(ResponseInner::Local(text), tracker, stats))
+    }
+
+    fn stats_guard(&self, started: std::time::Instant, status: u16) -> Option<StatsGuard> {
+        self.stats.as_ref().map(|stats| StatsGuard {
+            stats: stats.clone(),
+            started,
+            status,
+        })
     }
 }
 

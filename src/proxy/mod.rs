@@ -25,12 +25,14 @@ use observe::{ListenerInfo, Observer};
 use upstream::{Upstream, UpstreamSettings, UpstreamTls, Wire};
 
 /// Settings of the data path.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProxyConfig {
     pub limits: Limits,
     pub upstream: UpstreamSettings,
     /// Time allowed for an upstream's response head on non-streaming requests.
     pub request_timeout: Option<Duration>,
+    /// Where request metrics go; `None` records none.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Default for ProxyConfig {
@@ -39,6 +41,7 @@ impl Default for ProxyConfig {
             limits: Limits::default(),
             upstream: UpstreamSettings::default(),
             request_timeout: Some(Duration::from_secs(15)),
+            metrics: None,
         }
     }
 }
@@ -157,6 +160,17 @@ pub async fn start(
                     )?,
                     observer: observer.clone(),
                     request_timeout: config.request_timeout,
+                    stats: config.metrics.as_ref().map(|m| {
+                        Arc::new(crate::metrics::ListenerStats::new(
+                            m,
+                            match l.direction {
+                                Direction::Inbound => "inbound",
+                                Direction::Outbound => "outbound",
+                            },
+                            &l.service,
+                            l.protocol.as_str(),
+                        ))
+                    }),
                 }),
                 builder.clone(),
             ),

@@ -7,12 +7,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
+use prometheus_client::metrics::counter::Counter;
 
 use super::SpanSink;
 use super::b3::{self, SpanContext};
@@ -56,15 +56,24 @@ pub struct Tracer {
     config: ArcSwap<TraceConfig>,
     /// Envoy's `node_id` tag: `<mesh>.<dataplane>`.
     node_id: Arc<str>,
-    invalid_contexts: AtomicU64,
+    invalid_contexts: Counter,
 }
 
 impl Tracer {
     pub fn new(node_id: &str, config: TraceConfig) -> Tracer {
+        Tracer::with_invalid_counter(node_id, config, Counter::default())
+    }
+
+    /// Counts malformed contexts on `invalid_contexts` (a registered metric).
+    pub fn with_invalid_counter(
+        node_id: &str,
+        config: TraceConfig,
+        invalid_contexts: Counter,
+    ) -> Tracer {
         Tracer {
             config: ArcSwap::from_pointee(config),
             node_id: Arc::from(node_id),
-            invalid_contexts: AtomicU64::new(0),
+            invalid_contexts,
         }
     }
 
@@ -75,7 +84,7 @@ impl Tracer {
 
     /// Requests whose B3 context was malformed and ignored.
     pub fn invalid_contexts(&self) -> u64 {
-        self.invalid_contexts.load(Ordering::Relaxed)
+        self.invalid_contexts.get()
     }
 }
 
@@ -98,7 +107,7 @@ impl Observer for Tracer {
         }
         let incoming = b3::extract(&head.headers);
         if incoming.invalid {
-            self.invalid_contexts.fetch_add(1, Ordering::Relaxed);
+            self.invalid_contexts.inc();
         }
         let decision = match &incoming.context {
             Some(c) => sampler::decide(
