@@ -443,6 +443,23 @@ fn parent_span_id_dash_is_ignored_as_a_whole() {
 }
 
 #[test]
+fn malformed_ids_take_their_sampling_state_with_them() {
+    // "Ignored as a whole": a deny or debug beside bad ids is not honoured either; the request
+    // is treated as having no context (and a new root trace may start).
+    for (name, v) in [
+        ("x-b3-sampled", "0"),
+        ("x-b3-sampled", "1"),
+        ("x-b3-flags", "1"),
+    ] {
+        let map = headers(&[("x-b3-traceid", "zz"), ("x-b3-spanid", SPAN), (name, v)]);
+        let got = extract(&map);
+        assert!(got.invalid, "{name}: {v}");
+        assert_eq!(got.context, None, "{name}: {v}");
+        assert_eq!(got.sampling, None, "{name}: {v}");
+    }
+}
+
+#[test]
 fn lone_trace_id_is_ignored_as_a_whole() {
     // Multi headers need both ids.
     let map = headers(&[("x-b3-traceid", TRACE_128), ("x-b3-sampled", "1")]);
