@@ -1,0 +1,110 @@
+//! The per-request tracing work on the data path: extract the caller's B3 context, decide,
+//! inject the context for the next hop. Header construction is outside the measurement.
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use tracecar::trace::b3::{SpanContext, extract, inject};
+use tracecar::trace::id::{SpanId, TraceId};
+use tracecar::trace::sampler::{basis_points, decide};
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A browser-ish request as it reaches a sidecar, plus the given B3 headers.
+fn request(b3: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    map.insert("host", HeaderValue::from_static("backend.mesh:8080"));
+    map.insert(
+        "user-agent",
+        HeaderValue::from_static("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101"),
+    );
+    map.insert(
+        "accept",
+        HeaderValue::from_static(
+            "text/html,application/xhtml+xml,application/json;q=0.9,*/*;q=0.8",
+        ),
+    );
+    map.insert(
+        X_REQUEST_ID,
+        HeaderValue::from_static("3f1c7a52-9b1e-4d8a-a6f0-2c8e5b7d9e41"),
+    );
+    for (name, value) in b3 {
+        map.insert(*name, HeaderValue::from_static(value));
+    }
+    map
+}
+
+/// What the layer does per request (inbound, shared span context), minus the span record.
+fn trace_path(mut headers: HeaderMap, bp: u32) -> HeaderMap {
+    let incoming = extract(&headers);
+    let decision = match &incoming.context {
+        Some(c) => decide(incoming.sampling, c.trace_id.to_hex().as_bytes(), bp),
+        None => decide(
+            incoming.sampling,
+            headers
+                .get(&X_REQUEST_ID)
+                .map_or(&[][..], HeaderValue::as_bytes),
+            bp,
+        ),
+    };
+    let context = incoming.context.unwrap_or_else(|| SpanContext {
+        trace_id: TraceId::random(false),
+        span_id: SpanId::random(),
+        parent_id: None,
+    });
+    inject(
+        &mut headers,
+        &context,
+        decision.sampled,
+        decision.debug,
+        incoming.single,
+    );
+    headers
+}
+
+fn bench(c: &mut Criterion) {
+    let bp = basis_points(50.0);
+    let cases: [(&str, &[(&'static str, &'static str)]); 4] = [
+        (
+            "unsampled_multi",
+            &[
+                ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+                ("x-b3-spanid", "e457b5a2e4d86bd1"),
+                ("x-b3-parentspanid", "05e3ac9a4f6e3b90"),
+                ("x-b3-sampled", "0"),
+            ],
+        ),
+        (
+            "sampled_multi",
+            &[
+                ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+                ("x-b3-spanid", "e457b5a2e4d86bd1"),
+                ("x-b3-parentspanid", "05e3ac9a4f6e3b90"),
+                ("x-b3-sampled", "1"),
+            ],
+        ),
+        ("root_no_context", &[]),
+        (
+            "single_b3",
+            &[(
+                "b3",
+                "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+            )],
+        ),
+    ];
+    let mut group = c.benchmark_group("trace_path");
+    for (name, b3) in cases {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || request(b3),
+                |headers| trace_path(black_box(headers), black_box(bp)),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
