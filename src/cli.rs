@@ -43,6 +43,17 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Print, as JSON, what `run` would apply (the same document as /config_dump).
     Explain(ExplainArgs),
+    /// A self-contained tour on loopback: two services with a sidecar each, some traffic,
+    /// and the traces printed as trees.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Send the spans to this Zipkin collector (e.g. http://127.0.0.1:9411/api/v2/spans)
+    /// instead of the demo's own receiver.
+    #[arg(long)]
+    pub zipkin_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +112,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate(&args),
         Command::Explain(args) => explain(&args),
         Command::Run(args) => run(args),
+        Command::Demo(args) => demo(args),
     }
 }
 
@@ -269,6 +281,29 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tracecar: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn demo(args: DemoArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tracecar: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(crate::demo::run(args.zipkin_url)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tracecar demo: {e:#}");
             ExitCode::from(EXIT_RUNTIME)
         }
     }
