@@ -1,0 +1,23 @@
+# tracecar: a small, non-root image that runs with a read-only root filesystem.
+#   docker build -t tracecar .
+#   docker run --read-only -v $PWD/config:/etc/tracecar:ro tracecar \
+#     run --dataplane /etc/tracecar/dataplane.yaml --policy /etc/tracecar
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src src
+COPY config config
+COPY benches benches
+RUN cargo build --profile dist --locked --bin tracecar \
+ && cp target/dist/tracecar /tracecar
+
+# distroless/cc: glibc and CA certificates, no shell, uid 65532.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /tracecar /usr/local/bin/tracecar
+COPY --from=build /src/config /etc/tracecar/examples
+USER nonroot:nonroot
+# Inbound and outbound ports come from the Dataplane; 9901 is the admin server, which listens
+# on loopback unless TRACECAR_ADMIN says otherwise (e.g. 0.0.0.0:9901 for kubelet probes).
+EXPOSE 9901
+ENTRYPOINT ["/usr/local/bin/tracecar"]
+CMD ["run"]
