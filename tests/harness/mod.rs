@@ -227,9 +227,13 @@ pub async fn tcp_echo() -> SocketAddr {
 
 /// A Dataplane with one inbound in front of `app`.
 pub fn inbound_yaml(app: SocketAddr, protocol: &str) -> String {
+    inbound_yaml_on(free_port(), app, protocol)
+}
+
+/// A Dataplane with one inbound on `port` in front of `app`.
+pub fn inbound_yaml_on(port: u16, app: SocketAddr, protocol: &str) -> String {
     format!(
-        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {}\n      servicePort: {}\n      tags: {{kuma.io/service: web, kuma.io/protocol: {protocol}}}\n",
-        free_port(),
+        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {port}\n      servicePort: {}\n      tags: {{kuma.io/service: web, kuma.io/protocol: {protocol}}}\n",
         app.port()
     )
 }
@@ -350,5 +354,425 @@ impl Observed {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("no exchange ended within 5 s");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A Zipkin collector, HTTP clients, policy files, and the real binary: shared by the export,
+// reload, shutdown and admin tests.
+// ---------------------------------------------------------------------------------------------
+
+/// How an in-test Zipkin collector answers a POST.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// 202 Accepted at once, as Zipkin and Jaeger do.
+    Accept,
+    /// 202 Accepted, after this long.
+    Slow(Duration),
+    /// This status at once (429, 500, 400, …).
+    Status(u16),
+}
+
+/// A Zipkin collector on loopback (`POST /api/v2/spans`) whose answers the test controls. A
+/// collector that is down is just a URL nobody listens on: see [`down_collector_url`].
+pub struct Collector {
+    pub address: SocketAddr,
+    answer: Arc<Mutex<Answer>>,
+    /// Statuses answered before falling back to `answer`, first one first.
+    script: Arc<Mutex<std::collections::VecDeque<u16>>>,
+    /// Every POST that arrived, whatever it was answered.
+    pub attempts: Arc<AtomicUsize>,
+    /// Spans in the JSON posts answered with 2xx.
+    pub accepted_spans: Arc<AtomicUsize>,
+}
+
+impl Collector {
+    pub async fn start(answer: Answer) -> Collector {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind collector");
+        let collector = Collector {
+            address: listener.local_addr().expect("address"),
+            answer: Arc::new(Mutex::new(answer)),
+            script: Arc::default(),
+            attempts: Arc::default(),
+            accepted_spans: Arc::default(),
+        };
+        let answer = collector.answer.clone();
+        let script = collector.script.clone();
+        let attempts = collector.attempts.clone();
+        let accepted = collector.accepted_spans.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (answer, script) = (answer.clone(), script.clone());
+                let (attempts, accepted) = (attempts.clone(), accepted.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (answer, script) = (answer.clone(), script.clone());
+                        let (attempts, accepted) = (attempts.clone(), accepted.clone());
+                        async move {
+                            attempts.fetch_add(1, Ordering::SeqCst);
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let scripted = script.lock().ok().and_then(|mut s| s.pop_front());
+                            let now = answer.lock().map(|a| *a).unwrap_or(Answer::Accept);
+                            let status = match (scripted, now) {
+                                (Some(status), _) | (None, Answer::Status(status)) => status,
+                                (None, Answer::Accept) => 202,
+                                (None, Answer::Slow(delay)) => {
+                                    tokio::time::sleep(delay).await;
+                                    202
+                                }
+                            };
+                            if (200..300).contains(&status) {
+                                let spans = serde_json::from_slice::<Vec<serde_json::Value>>(&body)
+                                    .map(|v| v.len())
+                                    .unwrap_or(0);
+                                accepted.fetch_add(spans, Ordering::SeqCst);
+                            }
+                            let mut response = Response::new(Full::new(Bytes::new()));
+                            *response.status_mut() =
+                                StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        collector
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/api/v2/spans", self.address)
+    }
+
+    /// Changes how the following POSTs are answered.
+    pub fn set(&self, answer: Answer) {
+        if let Ok(mut a) = self.answer.lock() {
+            *a = answer;
+        }
+    }
+
+    /// Answers the next POSTs with these statuses, then as set.
+    pub fn script(&self, statuses: &[u16]) {
+        if let Ok(mut s) = self.script.lock() {
+            s.extend(statuses.iter().copied());
+        }
+    }
+
+    pub fn attempts(&self) -> usize {
+        self.attempts.load(Ordering::SeqCst)
+    }
+
+    pub fn spans(&self) -> usize {
+        self.accepted_spans.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to `within` for at least `n` accepted spans; returns how many arrived.
+    pub async fn wait_for_spans(&self, n: usize, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.spans() < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.spans()
+    }
+}
+
+/// The URL of a collector that is down: a free port nobody listens on.
+pub fn down_collector_url() -> String {
+    format!("http://127.0.0.1:{}/api/v2/spans", free_port())
+}
+
+/// A keep-alive HTTP/1.1 client connection.
+pub struct Client {
+    address: SocketAddr,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    pub async fn connect(address: SocketAddr) -> Result<Client, String> {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("connect {address}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake {address}: {e}"))?;
+        tokio::spawn(connection);
+        Ok(Client { address, sender })
+    }
+
+    /// Sends one request and reads the whole answer: (status, body).
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, String), String> {
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| format!("connection not ready: {e}"))?;
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.address.to_string())
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{method} {path}: body: {e}"))?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).to_string()))
+    }
+
+    pub async fn get(&mut self, path: &str) -> Result<(u16, String), String> {
+        self.send("GET", path, "").await
+    }
+}
+
+/// One request on a fresh connection: (status, body).
+pub async fn http(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    Client::connect(address)
+        .await?
+        .send(method, path, body)
+        .await
+}
+
+/// The sum of the samples of `name` whose labels include every one of `labels`, from
+/// Prometheus text; `None` when no sample matches.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(split) => split,
+            None => continue,
+        };
+        let (series_name, series_labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            continue;
+        }
+        let matches = labels
+            .iter()
+            .all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")));
+        if let (true, Ok(value)) = (matches, value.parse::<f64>()) {
+            *found.get_or_insert(0.0) += value;
+        }
+    }
+    found
+}
+
+/// A Mesh "default" with Zipkin backends `(name, url)`; the first is the default.
+pub fn mesh_yaml(backends: &[(&str, &str)]) -> String {
+    let mut yaml = format!(
+        "type: Mesh\nname: default\ntracing:\n  defaultBackend: {}\n  backends:\n",
+        backends.first().map_or("none", |b| b.0)
+    );
+    for (name, url) in backends {
+        yaml.push_str(&format!(
+            "    - name: {name}\n      type: zipkin\n      sampling: 100.0\n      conf:\n        url: {url}\n"
+        ));
+    }
+    yaml
+}
+
+/// A TrafficTrace selecting every proxy of mesh "default", tracing to `backend`.
+pub fn traffic_trace_yaml(backend: &str) -> String {
+    format!(
+        "type: TrafficTrace\nname: trace-all-traffic\nmesh: default\nselectors:\n  - match:\n      kuma.io/service: '*'\nconf:\n  backend: {backend}\n"
+    )
+}
+
+/// Writes `content` to `path` the way editors do: a temporary file beside it (named with a
+/// leading `.`, so a folder load skips it), then a rename over the target.
+pub fn replace_file(path: &std::path::Path, content: &str) {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a file name");
+    let temporary = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&temporary, content).expect("write the temporary file");
+    std::fs::rename(&temporary, path).expect("rename over the target");
+}
+
+/// The files of one sidecar: `dataplane.yaml` (inbound on `inbound`, in front of the app) and a
+/// `policy/` folder with `mesh.yaml` and `trace.yaml`.
+pub struct SidecarFiles {
+    pub dir: tempfile::TempDir,
+    pub dataplane: std::path::PathBuf,
+    pub policy: std::path::PathBuf,
+    pub inbound: SocketAddr,
+}
+
+impl SidecarFiles {
+    pub fn new(app: SocketAddr, backends: &[(&str, &str)], trace_backend: &str) -> SidecarFiles {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let dataplane = dir.path().join("dataplane.yaml");
+        std::fs::write(&dataplane, inbound_yaml_on(port, app, "http")).expect("write dataplane");
+        let policy = dir.path().join("policy");
+        std::fs::create_dir(&policy).expect("policy folder");
+        std::fs::write(policy.join("mesh.yaml"), mesh_yaml(backends)).expect("write mesh");
+        std::fs::write(policy.join("trace.yaml"), traffic_trace_yaml(trace_backend))
+            .expect("write trace");
+        SidecarFiles {
+            dir,
+            dataplane,
+            policy,
+            inbound: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+/// `tracecar run` as a user starts it, with its admin server on a free loopback port and its
+/// log in a file (a pipe nobody reads would eventually block it).
+pub struct Sidecar {
+    child: std::process::Child,
+    pub admin: SocketAddr,
+    log: std::path::PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Sidecar {
+    /// Starts the binary and waits until `/ready` answers 200.
+    pub async fn start(
+        dataplane: &std::path::Path,
+        policy: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Sidecar {
+        let log_dir = tempfile::tempdir().expect("tempdir");
+        let log = log_dir.path().join("tracecar.log");
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tracecar"))
+            .arg("run")
+            .arg("--dataplane")
+            .arg(dataplane)
+            .arg("--policy")
+            .arg(policy)
+            .args(["--admin", &admin.to_string()])
+            .env_remove("TRACECAR_POLICY")
+            .env_remove("TRACECAR_DATAPLANE")
+            .env_remove("TRACECAR_ADMIN")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("tracecar starts");
+        let mut sidecar = Sidecar {
+            child,
+            admin,
+            log,
+            _log_dir: log_dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok((200, _)) = sidecar.admin_get("/ready").await {
+                return sidecar;
+            }
+            if let Ok(Some(status)) = sidecar.child.try_wait() {
+                panic!(
+                    "tracecar exited with {status} before ready:\n{}",
+                    sidecar.log()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tracecar not ready within 15 s:\n{}",
+                sidecar.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Result<(u16, String), String> {
+        http(self.admin, "GET", path, "").await
+    }
+
+    pub async fn admin_post(&self, path: &str, body: &str) -> Result<(u16, String), String> {
+        http(self.admin, "POST", path, body).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        match self.admin_get("/metrics").await {
+            Ok((200, text)) => text,
+            other => panic!("/metrics: {other:?}"),
+        }
+    }
+
+    pub async fn config_dump(&self) -> serde_json::Value {
+        match self.admin_get("/config_dump").await {
+            Ok((200, json)) => serde_json::from_str(&json).expect("/config_dump is JSON"),
+            other => panic!("/config_dump: {other:?}"),
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM could not be sent");
+    }
+
+    /// Waits up to `within` for the process to exit.
+    pub async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tracecar did not exit within {within:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        // A failed assertion must not leave our own child running.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

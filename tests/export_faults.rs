@@ -1,0 +1,423 @@
+//! The exporter under collector faults (contract A6): whatever the collector does — down, slow,
+//! failing — proxied requests neither fail nor slow down, memory stays bounded, and every
+//! sampled span is accounted for as exported or dropped with a reason.
+//!
+//! The sidecar runs in-process, wired as `tracecar run` wires it (policy → Exporters → Tracer →
+//! proxy with metrics), in front of the harness app, with an in-test Zipkin collector.
+
+mod harness;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use harness::{Answer, Client, Collector, Upstream, down_collector_url, metric};
+use tracecar::export::{ExportSettings, Exporters};
+use tracecar::metrics::{BackendLabels, Metrics};
+use tracecar::proxy::{ProxyConfig, Running};
+use tracecar::trace::{TraceConfig, Tracer};
+
+const REQUESTS: usize = 2000;
+const CLIENTS: usize = 16;
+const BACKEND: &str = "collector";
+/// What the collector's slowness is: well past a batch interval, within the request timeout.
+const SLOW: Duration = Duration::from_secs(2);
+/// Time the exporters get to flush at shutdown, as `tracecar run` gives them.
+const FLUSH: Duration = tracecar::app::FLUSH_TIMEOUT;
+
+/// Latency comparisons only mean something when one load runs at a time: the tests of this
+/// file take turns.
+static ONE_LOAD_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The defaults, with the retry backoff shortened so failing runs finish quickly; the shape
+/// (queue, batch size, interval, tries, timeouts) is the one users get.
+fn settings() -> ExportSettings {
+    ExportSettings {
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        ..ExportSettings::default()
+    }
+}
+
+/// One sidecar in this process, tracing everything (sampling 100) to the collector at `url`.
+struct InProcess {
+    running: Running,
+    tracer: Arc<Tracer>,
+    exporters: Arc<Exporters>,
+    metrics: Arc<Metrics>,
+    address: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    async fn start(app: &Upstream, url: &str, settings: ExportSettings) -> InProcess {
+        let files = harness::SidecarFiles::new(app.address, &[(BACKEND, url)], BACKEND);
+        let checked =
+            tracecar::policy::check(std::slice::from_ref(&files.policy), Some(&files.dataplane));
+        assert!(!checked.failed(false), "{:?}", checked.diagnostics);
+        let dataplane = checked.dataplane.clone().expect("a dataplane");
+        let effective = checked.set.effective(&dataplane, 1);
+        let metrics = Metrics::new();
+        let exporters = Arc::new(Exporters::new(settings, metrics.clone()));
+        let tracer = Arc::new(Tracer::with_invalid_counter(
+            "default.web-1",
+            TraceConfig::default(),
+            metrics.trace_context_invalid.clone(),
+        ));
+        tracer.set_config(
+            tracecar::app::trace_config(&effective, &exporters).expect("the backend resolves"),
+        );
+        let config = ProxyConfig {
+            metrics: Some(metrics.clone()),
+            ..ProxyConfig::default()
+        };
+        let running = tracecar::proxy::start(&dataplane, &effective, tracer.clone(), &config)
+            .await
+            .expect("proxy starts");
+        InProcess {
+            address: running.addresses[0],
+            running,
+            tracer,
+            exporters,
+            metrics,
+            _dir: files.dir,
+        }
+    }
+
+    /// The span queue gauge of the backend, read directly.
+    fn queue_gauge(&self) -> i64 {
+        self.metrics
+            .export_queue
+            .get_or_create(&BackendLabels {
+                backend: BACKEND.to_string(),
+            })
+            .get()
+    }
+
+    /// Shuts down in `tracecar run`'s order: drain, detach the tracer, flush the exporters.
+    async fn stop(self) -> Accounts {
+        assert!(
+            self.running.drain(Duration::from_secs(5)).await,
+            "drain timed out"
+        );
+        self.tracer.set_config(TraceConfig::default());
+        self.exporters.shutdown(FLUSH).await;
+        Accounts::read(&self.metrics.encode())
+    }
+}
+
+/// One backend's span accounts, from the Prometheus text.
+#[derive(Debug)]
+struct Accounts {
+    sampled: f64,
+    exported: f64,
+    dropped: f64,
+    queue_full: f64,
+    export_failed: f64,
+    pending: f64,
+}
+
+impl Accounts {
+    fn read(text: &str) -> Accounts {
+        let b = [("backend", BACKEND)];
+        let dropped = |reason| {
+            metric(
+                text,
+                "tracecar_spans_dropped_total",
+                &[("backend", BACKEND), ("reason", reason)],
+            )
+            .unwrap_or(0.0)
+        };
+        Accounts {
+            sampled: metric(text, "tracecar_spans_sampled_total", &b).unwrap_or(0.0),
+            exported: metric(text, "tracecar_spans_exported_total", &b).unwrap_or(0.0),
+            dropped: metric(text, "tracecar_spans_dropped_total", &b).unwrap_or(0.0),
+            queue_full: dropped("queue_full"),
+            export_failed: dropped("export_failed"),
+            pending: metric(text, "tracecar_export_queue_spans", &b).unwrap_or(f64::NAN),
+        }
+    }
+
+    /// Every sampled span is exported or dropped with a reason, none is still pending.
+    fn assert_balanced(&self, run: &str) {
+        assert_eq!(
+            self.sampled,
+            self.exported + self.dropped,
+            "{run}: sampled = exported + dropped must hold exactly: {self:?}"
+        );
+        assert_eq!(self.pending, 0.0, "{run}: spans still pending: {self:?}");
+    }
+}
+
+/// What a load run saw.
+struct Load {
+    latencies: Vec<Duration>,
+    failures: Vec<String>,
+    /// The highest queue gauge seen while the load ran.
+    max_queue: i64,
+}
+
+impl Load {
+    fn p99(&self) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let index = ((sorted.len() as f64) * 0.99).ceil() as usize;
+        sorted
+            .get(index.saturating_sub(1))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// `REQUESTS` requests from `CLIENTS` keep-alive clients, each timed from send to the end of
+/// the response body; the queue gauge is sampled meanwhile.
+async fn load(sidecar: &InProcess) -> Load {
+    let next = Arc::new(AtomicUsize::new(0));
+    let max_queue = Arc::new(AtomicI64::new(0));
+    let sampling = {
+        let metrics = sidecar.metrics.clone();
+        let max_queue = max_queue.clone();
+        tokio::spawn(async move {
+            let gauge = metrics
+                .export_queue
+                .get_or_create(&BackendLabels {
+                    backend: BACKEND.to_string(),
+                })
+                .clone();
+            loop {
+                max_queue.fetch_max(gauge.get(), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (address, next) = (sidecar.address, next.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut failures = Vec::new();
+                let mut client = None;
+                while next.fetch_add(1, Ordering::SeqCst) < REQUESTS {
+                    let started = Instant::now();
+                    let outcome = match client.as_mut() {
+                        Some(c) => Client::get(c, "/echo").await,
+                        None => match Client::connect(address).await {
+                            Ok(c) => Client::get(client.insert(c), "/echo").await,
+                            Err(e) => Err(e),
+                        },
+                    };
+                    match outcome {
+                        Ok((200, _)) => latencies.push(started.elapsed()),
+                        Ok((status, body)) => failures.push(format!("{status}: {body}")),
+                        Err(e) => {
+                            failures.push(e);
+                            client = None;
+                        }
+                    }
+                }
+                (latencies, failures)
+            })
+        })
+        .collect();
+    let mut run = Load {
+        latencies: Vec::new(),
+        failures: Vec::new(),
+        max_queue: 0,
+    };
+    for client in clients {
+        let (latencies, failures) = client.await.expect("client task");
+        run.latencies.extend(latencies);
+        run.failures.extend(failures);
+    }
+    sampling.abort();
+    max_queue.fetch_max(sidecar.queue_gauge(), Ordering::SeqCst);
+    run.max_queue = max_queue.load(Ordering::SeqCst);
+    run
+}
+
+/// One full run: a fresh sidecar exporting to `url`, the load, then shutdown.
+async fn run(app: &Upstream, url: &str, settings: ExportSettings) -> (Load, Accounts) {
+    let sidecar = InProcess::start(app, url, settings).await;
+    let load = load(&sidecar).await;
+    let accounts = sidecar.stop().await;
+    (load, accounts)
+}
+
+/// Runs the healthy baseline and then the fault, and checks what every fault must leave
+/// intact: all requests succeed, p99 stays within 1.5× of the baseline's, every span is
+/// accounted for and nothing is left pending.
+async fn fault_leaves_requests_and_accounts_intact(name: &str, url: &str) -> Load {
+    let _turn = ONE_LOAD_AT_A_TIME.lock().await;
+    let app = Upstream::start().await;
+    let healthy = Collector::start(Answer::Accept).await;
+    let (baseline, baseline_accounts) = run(&app, &healthy.url(), settings()).await;
+    assert!(
+        baseline.failures.is_empty(),
+        "healthy run: {} failed requests, e.g. {:?}",
+        baseline.failures.len(),
+        baseline.failures.first()
+    );
+    baseline_accounts.assert_balanced("healthy run");
+    assert_eq!(
+        baseline_accounts.sampled, REQUESTS as f64,
+        "healthy run: one span per request at sampling 100"
+    );
+
+    let (faulty, accounts) = run(&app, url, settings()).await;
+    assert!(
+        faulty.failures.is_empty(),
+        "{name}: {} of {REQUESTS} requests failed, e.g. {:?}",
+        faulty.failures.len(),
+        faulty.failures.first()
+    );
+    assert_eq!(
+        faulty.latencies.len(),
+        REQUESTS,
+        "{name}: every request answered 200"
+    );
+    eprintln!(
+        "{name}: p99 {:?}, healthy p99 {:?}",
+        faulty.p99(),
+        baseline.p99()
+    );
+    // A 2 ms floor: on loopback a p99 can be a fraction of a millisecond, where scheduling
+    // noise alone exceeds 1.5×; the exporter interfering with the data path would cost more.
+    let allowed = baseline.p99().max(Duration::from_millis(2)).mul_f64(1.5);
+    assert!(
+        faulty.p99() <= allowed,
+        "{name}: p99 {:?} exceeds 1.5 × the healthy p99 {:?} (allowed {allowed:?})",
+        faulty.p99(),
+        baseline.p99()
+    );
+    accounts.assert_balanced(name);
+    assert_eq!(
+        accounts.sampled, REQUESTS as f64,
+        "{name}: one span per request at sampling 100"
+    );
+    faulty
+}
+
+// Faults: the data path never waits for the exporter (A6).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_down_fails_no_request_slows_none_and_accounts_for_every_span() {
+    fault_leaves_requests_and_accounts_intact("collector down", &down_collector_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_slow_fails_no_request_slows_none_and_accounts_for_every_span() {
+    let slow = Collector::start(Answer::Slow(SLOW)).await;
+    let load = fault_leaves_requests_and_accounts_intact("collector slow", &slow.url()).await;
+    // Memory is bounded: the queue never holds more than its capacity.
+    let capacity = settings().queue_capacity as i64;
+    assert!(
+        load.max_queue <= capacity,
+        "queue gauge reached {} > capacity {capacity}",
+        load.max_queue
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_failing_500_fails_no_request_slows_none_and_accounts_for_every_span() {
+    let failing = Collector::start(Answer::Status(500)).await;
+    fault_leaves_requests_and_accounts_intact("collector failing", &failing.url()).await;
+}
+
+// Memory is bounded: a full queue drops, it does not grow.
+
+/// A queue small enough to fill while the collector takes its time.
+fn small_queue() -> ExportSettings {
+    ExportSettings {
+        queue_capacity: 64,
+        ..settings()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_spans_as_queue_full_and_accounts_for_them() {
+    let _turn = ONE_LOAD_AT_A_TIME.lock().await;
+    let app = Upstream::start().await;
+    let slow = Collector::start(Answer::Slow(SLOW)).await;
+    let (load, accounts) = run(&app, &slow.url(), small_queue()).await;
+    assert!(load.failures.is_empty(), "{:?}", load.failures.first());
+    assert!(
+        accounts.queue_full > 0.0,
+        "a 64-span queue behind a slow collector must overflow: {accounts:?}"
+    );
+    accounts.assert_balanced("small queue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_gauge_never_exceeds_the_queue_capacity() {
+    let _turn = ONE_LOAD_AT_A_TIME.lock().await;
+    let app = Upstream::start().await;
+    let slow = Collector::start(Answer::Slow(SLOW)).await;
+    let settings = small_queue();
+    let (load, _) = run(&app, &slow.url(), settings.clone()).await;
+    assert!(
+        load.max_queue <= settings.queue_capacity as i64,
+        "tracecar_export_queue_spans reached {} with a queue of {} (batch size {})",
+        load.max_queue,
+        settings.queue_capacity,
+        settings.batch_size
+    );
+}
+
+// Retries: transient failures (429, 5xx) are retried, up to 3 tries; others are not.
+
+/// One request's span, exported to `collector`; returns the accounts after shutdown.
+async fn export_one_span(collector: &Collector) -> Accounts {
+    let app = Upstream::start().await;
+    let sidecar = InProcess::start(&app, &collector.url(), settings()).await;
+    let (status, _) = harness::http(sidecar.address, "GET", "/echo", "")
+        .await
+        .expect("request");
+    assert_eq!(status, 200);
+    sidecar.stop().await
+}
+
+#[tokio::test]
+async fn collector_429_is_retried() {
+    let collector = Collector::start(Answer::Accept).await;
+    collector.script(&[429, 429]);
+    let accounts = export_one_span(&collector).await;
+    assert_eq!(collector.attempts(), 3, "two 429s, then accepted");
+    assert_eq!(accounts.exported, 1.0, "{accounts:?}");
+    assert_eq!(collector.spans(), 1);
+}
+
+#[tokio::test]
+async fn collector_500_is_retried() {
+    let collector = Collector::start(Answer::Accept).await;
+    collector.script(&[500, 500]);
+    let accounts = export_one_span(&collector).await;
+    assert_eq!(collector.attempts(), 3, "two 500s, then accepted");
+    assert_eq!(accounts.exported, 1.0, "{accounts:?}");
+    assert_eq!(collector.spans(), 1);
+}
+
+#[tokio::test]
+async fn collector_400_is_not_retried() {
+    let collector = Collector::start(Answer::Status(400)).await;
+    let accounts = export_one_span(&collector).await;
+    assert_eq!(collector.attempts(), 1, "a 400 will not get better");
+    assert_eq!(accounts.export_failed, 1.0, "{accounts:?}");
+    accounts.assert_balanced("400");
+}
+
+#[tokio::test]
+async fn retries_stop_after_three_tries() {
+    let collector = Collector::start(Answer::Status(503)).await;
+    let accounts = export_one_span(&collector).await;
+    assert_eq!(collector.attempts(), 3, "the contract's 3 tries");
+    assert_eq!(accounts.export_failed, 1.0, "{accounts:?}");
+    accounts.assert_balanced("503");
+}
+
+#[tokio::test]
+async fn a_429_answered_every_time_is_tried_three_times_then_dropped() {
+    let collector = Collector::start(Answer::Status(429)).await;
+    let accounts = export_one_span(&collector).await;
+    assert_eq!(collector.attempts(), 3);
+    assert_eq!(accounts.export_failed, 1.0, "{accounts:?}");
+}
