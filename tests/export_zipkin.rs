@@ -424,6 +424,24 @@ async fn every_sampled_span_is_exported_to_a_healthy_collector() {
     assert_eq!(chain.backend.all_exported("collector").await, 5);
 }
 
+#[tokio::test]
+async fn unsampled_requests_export_nothing() {
+    // A caller's `x-b3-sampled: 0` wins on every hop: no span is recorded, sent or counted.
+    let collector = Collector::start().await;
+    let (chain, _policy) = chain(&collector, "").await;
+    chain.get("/echo", &[("x-b3-sampled", "0")]).await;
+    chain.get("/echo", &[]).await;
+    let spans = collector.wait_for_json(2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        collector.json_spans().len(),
+        2,
+        "only the sampled request: {spans:?}"
+    );
+    assert_eq!(chain.web.all_exported("collector").await, 1);
+    assert_eq!(chain.backend.all_exported("collector").await, 1);
+}
+
 // --- httpProto ---
 
 const PROTO: &str = "        apiVersion: httpProto\n";
