@@ -29,7 +29,11 @@ async fn chain(agent: &DatadogAgent, split_service: bool) -> (Chain, Policy) {
 
 fn by_resource<'a>(spans: &'a [Value], resource: &str) -> &'a Value {
     let found: Vec<&Value> = spans.iter().filter(|s| s["resource"] == resource).collect();
-    assert_eq!(found.len(), 1, "one span with resource {resource} in {spans:?}");
+    assert_eq!(
+        found.len(),
+        1,
+        "one span with resource {resource} in {spans:?}"
+    );
     found[0]
 }
 
@@ -107,7 +111,11 @@ async fn meta_carries_the_envoy_tags() {
         assert_eq!(meta["peer.address"], "127.0.0.1");
         assert_eq!(meta["request_size"], "0");
         assert_eq!(meta["response_size"], "0");
-        assert!(meta["upstream_cluster"].as_str().is_some_and(|c| !c.is_empty()));
+        assert!(
+            meta["upstream_cluster"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty())
+        );
         assert_eq!(meta["http.status_code"], "200");
         assert_eq!(meta["response_flags"], "-");
         assert_eq!(meta["span.kind"], kind);

@@ -218,7 +218,8 @@ impl DatadogAgent {
     /// Waits until the agent holds at least `n` spans; returns them all.
     pub async fn wait_for_spans(&self, n: usize) -> Vec<serde_json::Value> {
         let mut spans = Vec::new();
-        for _ in 0..100 {
+        // Up to 10 s: the agent is a Python process on a busy machine.
+        for _ in 0..200 {
             spans = self.traces().await.into_iter().flatten().collect();
             if spans.len() >= n {
                 return spans;
