@@ -19,6 +19,8 @@ use tokio::net::TcpListener;
 use tracecar::proxy::observe::{End, Exchange, ListenerInfo, Observer};
 use tracecar::proxy::{ProxyConfig, Running};
 
+pub mod export;
+
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
