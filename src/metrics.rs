@@ -126,7 +126,7 @@ impl Metrics {
         let export_queue = Family::<BackendLabels, Gauge>::default();
         registry.register(
             "export_queue_spans",
-            "Spans waiting to be exported",
+            "Spans waiting in the export queue",
             export_queue.clone(),
         );
         let policy_reloads = Family::<ResultLabels, Counter>::default();
@@ -135,6 +135,10 @@ impl Metrics {
             "Policy reloads, by result",
             policy_reloads.clone(),
         );
+        // Shown from the start, at 0: "no reload failed" is worth seeing before one does.
+        for result in ["success", "failure"] {
+            policy_reloads.get_or_create(&ResultLabels { result });
+        }
         let trace_context_invalid = Counter::default();
         registry.register(
             "trace_context_invalid",

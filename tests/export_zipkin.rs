@@ -13,11 +13,9 @@ use serde_json::Value;
 use harness::export::{Chain, Collector, Policy, mesh_with_backend, zipkin_backend};
 use tracecar::export::zipkin::proto::{Kind, ProtoSpan};
 
-/// The Zipkin v2 API (Swagger 2.0) in the shared spec folder; `TRACECAR_ZIPKIN_SPEC` overrides.
+/// The official Zipkin v2 API (Swagger 2.0), kept in the repository's `spec/`.
 fn spec_path() -> PathBuf {
-    std::env::var_os("TRACECAR_ZIPKIN_SPEC")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/spec/zipkin2-api.yaml"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("spec/zipkin2-api.yaml")
 }
 
 /// `ListOfSpans` from the spec. Swagger 2.0 keeps its schemas under `definitions` (a draft 4

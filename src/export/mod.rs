@@ -83,7 +83,10 @@ pub trait Encode: Send + Sync + 'static {
 struct BackendMetrics {
     sampled: Counter,
     exported: Counter,
-    /// Spans accepted into the queue and not yet exported or dropped.
+    /// Spans in the queue (the exported gauge): at most the queue's capacity.
+    queued: Gauge,
+    /// Spans accepted and not yet exported or dropped: the queue plus the batch being sent.
+    /// Internal: what shutdown counts as lost when its deadline passes.
     pending: Gauge,
     dropped_queue_full: Counter,
     dropped_export_failed: Counter,
@@ -119,7 +122,8 @@ impl BackendMetrics {
         BackendMetrics {
             sampled: metrics.spans_sampled.get_or_create(&b()).clone(),
             exported: metrics.spans_exported.get_or_create(&b()).clone(),
-            pending: metrics.export_queue.get_or_create(&b()).clone(),
+            queued: metrics.export_queue.get_or_create(&b()).clone(),
+            pending: Gauge::default(),
             dropped_queue_full: dropped(DropReason::QueueFull),
             dropped_export_failed: dropped(DropReason::ExportFailed),
             dropped_shutdown: dropped(DropReason::Shutdown),
@@ -143,10 +147,12 @@ pub struct Handle {
 impl SpanSink for Handle {
     fn try_send(&self, span: Span) {
         self.metrics.sampled.inc();
-        // Counted before the send: the worker may settle it before `try_send` returns.
+        // Counted before the send: the worker may take it before `try_send` returns.
         self.metrics.pending.inc();
+        self.metrics.queued.inc();
         if let Err(e) = self.tx.try_send(span) {
             self.metrics.pending.dec();
+            self.metrics.queued.dec();
             match e {
                 mpsc::error::TrySendError::Full(_) => self.metrics.dropped_queue_full.inc(),
                 mpsc::error::TrySendError::Closed(_) => self.metrics.dropped_shutdown.inc(),
@@ -258,6 +264,7 @@ impl Exporter {
             let left = metrics.pending.get().max(0);
             metrics.dropped_shutdown.inc_by(left as u64);
             metrics.pending.set(0);
+            metrics.queued.set(0);
         }
     }
 }
@@ -295,6 +302,7 @@ impl Worker {
                         self.flush(&mut batch).await;
                         return;
                     }
+                    self.metrics.queued.dec_by(received as i64);
                     if batch.len() >= batch_size {
                         self.flush(&mut batch).await;
                     }
