@@ -137,7 +137,7 @@ impl Metrics {
         );
         // Shown from the start, at 0: "no reload failed" is worth seeing before one does.
         for result in ["success", "failure"] {
-            policy_reloads.get_or_create(&ResultLabels { result });
+            let _ = policy_reloads.get_or_create(&ResultLabels { result });
         }
         let trace_context_invalid = Counter::default();
         registry.register(
