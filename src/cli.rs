@@ -261,15 +261,22 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(workers) = args.workers {
-        if workers == 0 {
+    // One worker: a single-threaded runtime, like one nginx worker, with no cross-thread
+    // wakeups on the request path.
+    let mut runtime = match args.workers {
+        Some(0) => {
             eprintln!("tracecar: --workers ({}) must be at least 1", env::WORKERS);
             return ExitCode::from(2);
         }
-        runtime.worker_threads(workers);
-    }
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    runtime.enable_all();
     let runtime = match runtime.build() {
         Ok(r) => r,
         Err(e) => {

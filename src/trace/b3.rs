@@ -161,7 +161,7 @@ fn parse_multi(headers: &HeaderMap) -> Option<(Option<SpanContext>, Option<Sampl
 }
 
 /// Writes the context for the next hop: always the multi-header form, plus the single `b3`
-/// header when the caller used it, the two consistent. Stale B3 headers are removed first.
+/// header when the caller used it, the two consistent. Stale B3 headers do not survive.
 pub fn inject(
     headers: &mut HeaderMap,
     context: &SpanContext,
@@ -169,25 +169,30 @@ pub fn inject(
     debug: bool,
     single: bool,
 ) {
-    for name in [&B3, &TRACE_ID, &SPAN_ID, &PARENT_SPAN_ID, &SAMPLED, &FLAGS] {
-        headers.remove(name);
-    }
+    // `insert` replaces every earlier value; only headers this hop does not send are removed.
     let trace = context.trace_id.to_hex();
     let span = context.span_id.to_hex();
     let parent = context.parent_id.map(SpanId::to_hex);
     headers.insert(TRACE_ID, hex_value(trace.as_bytes()));
     headers.insert(SPAN_ID, hex_value(span.as_bytes()));
-    if let Some(parent) = &parent {
-        headers.insert(PARENT_SPAN_ID, hex_value(parent.as_bytes()));
+    match &parent {
+        Some(parent) => {
+            headers.insert(PARENT_SPAN_ID, hex_value(parent.as_bytes()));
+        }
+        None => {
+            headers.remove(&PARENT_SPAN_ID);
+        }
     }
     if debug {
         // Debug implies accept: B3 sends the flag instead of a sampled state.
         headers.insert(FLAGS, HeaderValue::from_static("1"));
+        headers.remove(&SAMPLED);
     } else {
         headers.insert(
             SAMPLED,
             HeaderValue::from_static(if sampled { "1" } else { "0" }),
         );
+        headers.remove(&FLAGS);
     }
     if single {
         let state: &[u8] = match (debug, sampled) {
@@ -206,6 +211,8 @@ pub fn inject(
             value.extend_from_slice(parent.as_bytes());
         }
         headers.insert(B3, hex_value(&value));
+    } else {
+        headers.remove(&B3);
     }
 }
 

@@ -226,10 +226,7 @@ impl Recording {
         url.push_str(host);
         url.push_str(cut_chars(path, MAX_PATH_CHARS));
         tags.push(("http.url", TagValue::Owned(url)));
-        tags.push((
-            "http.method",
-            TagValue::Owned(head.method.as_str().to_string()),
-        ));
+        tags.push(("http.method", method_tag(&head.method)));
         tags.push((
             "http.protocol",
             TagValue::Static(match head.version {
@@ -241,7 +238,7 @@ impl Recording {
         if let Some(agent) = header_text(&head.headers, &header::USER_AGENT) {
             tags.push(("user_agent", TagValue::Owned(agent)));
         }
-        tags.push(("peer.address", TagValue::Owned(peer.ip().to_string())));
+        tags.push(("peer.address", TagValue::Owned(ip_text(peer.ip()))));
         if grpc {
             tags.push(("grpc.path", TagValue::Owned(head.uri.path().to_string())));
         }
@@ -300,19 +297,17 @@ impl Exchange for Recording {
         } = *self;
         span.duration_us = (started.elapsed().as_micros() as u64).max(1);
         let tags = &mut span.tags;
-        tags.push((
-            "request_size",
-            TagValue::Owned(end.request_bytes.to_string()),
-        ));
-        tags.push((
-            "response_size",
-            TagValue::Owned(end.response_bytes.to_string()),
-        ));
+        tags.push(("request_size", number(end.request_bytes)));
+        tags.push(("response_size", number(end.response_bytes)));
         tags.push(("upstream_cluster", TagValue::Shared(upstream_cluster)));
-        tags.push(("http.status_code", TagValue::Owned(end.status.to_string())));
+        tags.push(("http.status_code", number(u64::from(end.status))));
         tags.push((
             "response_flags",
-            TagValue::Owned(end.response_flags.to_string()),
+            if end.response_flags.is_empty() {
+                TagValue::Static("-")
+            } else {
+                TagValue::Owned(end.response_flags.to_string())
+            },
         ));
         let mut grpc_error = false;
         if grpc {
@@ -340,6 +335,44 @@ impl Exchange for Recording {
             span.tags.push(("error", TagValue::Static("true")));
         }
         sink.try_send(span);
+    }
+}
+
+fn number(value: u64) -> TagValue {
+    TagValue::Owned(itoa::Buffer::new().format(value).to_owned())
+}
+
+/// The standard methods need no allocation.
+fn method_tag(method: &http::Method) -> TagValue {
+    use http::Method;
+    TagValue::Static(match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return TagValue::Owned(method.as_str().to_string()),
+    })
+}
+
+/// An address as text; IPv4 (the common case) without the formatting machinery.
+fn ip_text(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut text = String::with_capacity(15);
+            for (i, octet) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    text.push('.');
+                }
+                text.push_str(itoa::Buffer::new().format(*octet));
+            }
+            text
+        }
+        std::net::IpAddr::V6(v6) => v6.to_string(),
     }
 }
 

@@ -1,77 +1,124 @@
-//! Zipkin JSON v2 (`ListOfSpans`), written with serde.
+//! Zipkin JSON v2 (`ListOfSpans`), written directly into one buffer per batch. A general
+//! serializer spent most of its time checking every string for characters to escape; here the
+//! common case (nothing to escape) is one scan and one copy.
 
 use bytes::Bytes;
-use serde::Serialize;
-use serde::ser::{SerializeMap, SerializeStruct, Serializer};
 
 use crate::trace::{Span, SpanKind};
 
-struct JsonSpan<'a>(&'a Span);
-
-struct Endpoint<'a>(&'a str);
-
-struct Tags<'a>(&'a Span);
-
-impl Serialize for Endpoint<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Endpoint", 1)?;
-        s.serialize_field("serviceName", self.0)?;
-        s.end()
-    }
-}
-
-impl Serialize for Tags<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let tags = &self.0.tags;
-        let mut map = serializer.serialize_map(Some(tags.len()))?;
-        for (key, value) in tags {
-            map.serialize_entry(key, value.as_str())?;
-        }
-        map.end()
-    }
-}
-
-impl Serialize for JsonSpan<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let span = self.0;
-        let mut s = serializer.serialize_struct("Span", 13)?;
-        s.serialize_field("traceId", span.trace_id.to_hex().as_str())?;
-        if let Some(parent) = span.parent_id {
-            s.serialize_field("parentId", parent.to_hex().as_str())?;
-        }
-        s.serialize_field("id", span.id.to_hex().as_str())?;
-        s.serialize_field(
-            "kind",
-            match span.kind {
-                SpanKind::Server => "SERVER",
-                SpanKind::Client => "CLIENT",
-            },
-        )?;
-        s.serialize_field("name", &span.name)?;
-        s.serialize_field("timestamp", &span.timestamp_us)?;
-        s.serialize_field("duration", &span.duration_us)?;
-        s.serialize_field("localEndpoint", &Endpoint(&span.local_service))?;
-        if let Some(remote) = &span.remote_service {
-            s.serialize_field("remoteEndpoint", &Endpoint(remote))?;
-        }
-        if !span.tags.is_empty() {
-            s.serialize_field("tags", &Tags(span))?;
-        }
-        if span.debug {
-            s.serialize_field("debug", &true)?;
-        }
-        if span.shared {
-            s.serialize_field("shared", &true)?;
-        }
-        s.end()
-    }
-}
-
 /// A JSON array of spans.
 pub fn encode(spans: &[Span]) -> Bytes {
-    let mut out = Vec::with_capacity(spans.len() * 700);
-    let list: Vec<JsonSpan<'_>> = spans.iter().map(JsonSpan).collect();
-    // Serializing plain strings and numbers into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, &list);
+    let mut out = Vec::with_capacity(spans.len() * 900 + 2);
+    out.push(b'[');
+    for (i, span) in spans.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_span(&mut out, span);
+    }
+    out.push(b']');
     out.into()
+}
+
+fn write_span(out: &mut Vec<u8>, span: &Span) {
+    out.extend_from_slice(b"{\"traceId\":\"");
+    out.extend_from_slice(span.trace_id.to_hex().as_bytes());
+    out.push(b'"');
+    if let Some(parent) = span.parent_id {
+        out.extend_from_slice(b",\"parentId\":\"");
+        out.extend_from_slice(parent.to_hex().as_bytes());
+        out.push(b'"');
+    }
+    out.extend_from_slice(b",\"id\":\"");
+    out.extend_from_slice(span.id.to_hex().as_bytes());
+    out.extend_from_slice(match span.kind {
+        SpanKind::Server => b"\",\"kind\":\"SERVER\",\"name\":",
+        SpanKind::Client => b"\",\"kind\":\"CLIENT\",\"name\":",
+    });
+    write_str(out, &span.name);
+    out.extend_from_slice(b",\"timestamp\":");
+    write_u64(out, span.timestamp_us);
+    out.extend_from_slice(b",\"duration\":");
+    write_u64(out, span.duration_us);
+    out.extend_from_slice(b",\"localEndpoint\":{\"serviceName\":");
+    write_str(out, &span.local_service);
+    out.push(b'}');
+    if let Some(remote) = &span.remote_service {
+        out.extend_from_slice(b",\"remoteEndpoint\":{\"serviceName\":");
+        write_str(out, remote);
+        out.push(b'}');
+    }
+    if !span.tags.is_empty() {
+        out.extend_from_slice(b",\"tags\":{");
+        for (i, (key, value)) in span.tags.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, key);
+            out.push(b':');
+            write_str(out, value.as_str());
+        }
+        out.push(b'}');
+    }
+    if span.debug {
+        out.extend_from_slice(b",\"debug\":true");
+    }
+    if span.shared {
+        out.extend_from_slice(b",\"shared\":true");
+    }
+    out.push(b'}');
+}
+
+fn write_u64(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// A JSON string (RFC 8259): quotes, backslashes and control characters escaped; any other
+/// UTF-8 passes as it is.
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_str;
+
+    fn json(s: &str) -> String {
+        let mut out = Vec::new();
+        write_str(&mut out, s);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_would_read_them() {
+        for s in ["plain", "quo\"te", "back\\slash", "new\nline\r\t", "\u{1}\u{1f}", "café ☕", ""] {
+            let parsed: String = serde_json::from_str(&json(s)).unwrap_or_default();
+            assert_eq!(parsed, s);
+        }
+    }
 }
