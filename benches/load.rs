@@ -213,6 +213,9 @@ pub struct Memory {
     pub round: u32,
     pub config: Config,
     pub idle_kib: Option<u64>,
+    /// VmHWM after the loads, before the idle connections.
+    pub load_peak_kib: Option<u64>,
+    /// VmHWM at the end of the round.
     pub peak_kib: Option<u64>,
     pub conns_kib: Option<u64>,
     /// Open file descriptors of the proxy while the connections were held.
@@ -400,6 +403,7 @@ async fn measure(
         tokio::time::sleep(pause(options)).await;
     }
 
+    let load_peak_kib = pid.and_then(|p| procfs::status_kib(p, "VmHWM"));
     let (mut conns_kib, mut conns_fds) = (None, None);
     if options.conns && config.is_proxy() {
         eprintln!(
@@ -430,6 +434,7 @@ async fn measure(
             round,
             config,
             idle_kib,
+            load_peak_kib,
             peak_kib,
             conns_kib,
             conns_fds,

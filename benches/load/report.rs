@@ -243,27 +243,29 @@ pub fn render(
     let _ = writeln!(w, "## Memory\n");
     let _ = writeln!(
         w,
-        "| configuration | RSS idle | RSS peak (VmHWM) | RSS with {} idle connections | open fds then |",
+        "| configuration | RSS idle | RSS peak under load | RSS with {} idle connections | open fds then | RSS peak (end) |",
         crate::IDLE_CONNECTIONS
     );
-    let _ = writeln!(w, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|");
     for &c in configs.iter().filter(|c| c.is_proxy()) {
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             c.name(),
             mib(view.memory(c, |m| m.idle_kib)),
-            mib(view.memory(c, |m| m.peak_kib)),
+            mib(view.memory(c, |m| m.load_peak_kib)),
             mib(view.memory(c, |m| m.conns_kib)),
             view.memory(c, |m| m.conns_fds.map(|n| n as u64))
                 .map_or("—".to_string(), |n| format!("{n:.0}")),
+            mib(view.memory(c, |m| m.peak_kib)),
         );
     }
     let _ = writeln!(
         w,
-        "\nIdle: after start, before any load. Peak: VmHWM at the end of the round (all loads \
-         and the held connections). Held connections: each sent one keep-alive request to the \
-         HTTP/1.1 listener and stays open while VmRSS is read.\n"
+        "\nIdle: VmRSS after start, before any load. Peak under load: VmHWM after the loads, \
+         before the held connections. Held connections: each sent one keep-alive request to the \
+         HTTP/1.1 listener and stays open while VmRSS and the fd count are read. Peak (end): \
+         VmHWM at the end of the round. MiB = 2^20 bytes.\n"
     );
 
     if !results.fixed.is_empty() {
@@ -395,6 +397,14 @@ pub fn render(
         row(format!("{n100} RSS idle"), v, mib(v), "≤ 10 MB", |v| {
             v * 1024.0 <= 10e6
         });
+        let v = view.memory(s100, |m| m.load_peak_kib);
+        row(
+            format!("{n100} RSS peak under load"),
+            v,
+            mib(v),
+            "(info)",
+            |_| true,
+        );
         let v = view.memory(s100, |m| m.conns_kib);
         row(
             format!("{n100} RSS with 1,000 connections"),
