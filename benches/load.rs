@@ -1,0 +1,486 @@
+//! The load benchmark (issue 7): tracecar against a direct connection and against nginx as a
+//! plain reverse proxy, on one machine, in one run, configurations alternating round by round.
+//! See benches/README.md. Run with `cargo bench --bench load -- [--quick] [options]`.
+
+#[path = "load/grpc.rs"]
+mod grpc;
+#[path = "load/idle.rs"]
+mod idle;
+#[path = "load/nginx.rs"]
+mod nginx;
+#[path = "load/openloop.rs"]
+mod openloop;
+#[path = "load/procfs.rs"]
+mod procfs;
+#[path = "load/report.rs"]
+mod report;
+#[path = "load/target.rs"]
+mod target;
+#[path = "load/tools.rs"]
+mod tools;
+#[path = "load/zipkin.rs"]
+mod zipkin;
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use procfs::CpuMeter;
+use target::{Config, Upstreams};
+
+const USAGE: &str = "\
+usage: cargo bench --bench load -- [options]
+
+  --duration SECS       length of each closed-loop run (default 10)
+  --rounds N            rounds; each runs every configuration once, in order (default 3)
+  --rate RPS            fixed-rate run: requests per second (default 1000)
+  --rate-duration SECS  fixed-rate run: measured length (default 30), after a warm-up
+  --quick               smoke test: 2 s runs, 1 round, 2 s fixed-rate run
+  --only NAME[,NAME]    only these configurations and/or loads (repeatable):
+                        direct, nginx, tracecar, tracecar-s0, tracecar-s100, tracecar-s0-w1,
+                        tracecar-s100-w2, …; http1, h2c, grpc (grpc-unary, grpc-stream),
+                        conns, fixed-rate
+  --out FILE            where to write the results (default benches/results/load-<date>.md)
+";
+
+/// What each round measures, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    Http1,
+    H2c,
+    GrpcUnary,
+    GrpcStream,
+}
+
+impl Load {
+    pub const ALL: [Load; 4] = [Load::Http1, Load::H2c, Load::GrpcUnary, Load::GrpcStream];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Load::Http1 => "http1",
+            Load::H2c => "h2c",
+            Load::GrpcUnary => "grpc-unary",
+            Load::GrpcStream => "grpc-stream",
+        }
+    }
+}
+
+/// The configurations of the fixed-rate run.
+fn fixed_rate_configs() -> Vec<Config> {
+    vec![
+        Config::Direct,
+        Config::Nginx,
+        Config::Tracecar {
+            sampling: 100,
+            workers: 1,
+        },
+        Config::Tracecar {
+            sampling: 100,
+            workers: 2,
+        },
+    ]
+}
+
+pub struct Options {
+    pub duration: Duration,
+    pub rounds: u32,
+    pub rate: u32,
+    pub rate_duration: Duration,
+    pub warmup: Duration,
+    pub quick: bool,
+    pub configs: Vec<Config>,
+    pub loads: Vec<Load>,
+    pub conns: bool,
+    pub fixed_rate: bool,
+    pub out: Option<std::path::PathBuf>,
+    pub args: Vec<String>,
+}
+
+fn parse_options(args: Vec<String>) -> anyhow::Result<Options> {
+    let mut duration = None;
+    let mut rounds = None;
+    let mut rate = 1000;
+    let mut rate_duration = None;
+    let mut quick = false;
+    let mut only: Vec<String> = Vec::new();
+    let mut out = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            // cargo bench passes --bench to every bench binary.
+            "--bench" => {}
+            "--duration" => duration = Some(value("--duration")?.parse::<u64>()?),
+            "--rounds" => rounds = Some(value("--rounds")?.parse::<u32>()?),
+            "--rate" => rate = value("--rate")?.parse::<u32>()?,
+            "--rate-duration" => rate_duration = Some(value("--rate-duration")?.parse::<u64>()?),
+            "--quick" => quick = true,
+            "--only" => only.extend(value("--only")?.split(',').map(|s| s.trim().to_string())),
+            "--out" => out = Some(value("--out")?.into()),
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let all_configs = Config::all();
+    let mut configs = Vec::new();
+    let mut loads = Vec::new();
+    let (mut conns, mut fixed_rate) = (false, false);
+    for item in only.iter().filter(|i| !i.is_empty()) {
+        let matching: Vec<Config> = all_configs
+            .iter()
+            .copied()
+            .filter(|c| {
+                let name = c.name();
+                name == *item || name.starts_with(&format!("{item}-"))
+            })
+            .collect();
+        if !matching.is_empty() {
+            configs.extend(matching);
+            continue;
+        }
+        match item.as_str() {
+            "grpc" => loads.extend([Load::GrpcUnary, Load::GrpcStream]),
+            "conns" => conns = true,
+            "fixed-rate" => fixed_rate = true,
+            name => match Load::ALL.iter().find(|l| l.name() == name) {
+                Some(load) => loads.push(*load),
+                None => bail!("--only {name}: no such configuration or load\n{USAGE}"),
+            },
+        }
+    }
+    let no_load_named = loads.is_empty() && !conns && !fixed_rate;
+    if no_load_named {
+        loads = Load::ALL.to_vec();
+        conns = true;
+        fixed_rate = true;
+    }
+    configs = if configs.is_empty() {
+        all_configs
+    } else {
+        all_configs
+            .into_iter()
+            .filter(|c| configs.contains(c))
+            .collect()
+    };
+    loads = Load::ALL
+        .into_iter()
+        .filter(|l| loads.contains(l))
+        .collect();
+    let default_secs = if quick { 2 } else { 10 };
+    let rate_duration = Duration::from_secs(rate_duration.unwrap_or(if quick { 2 } else { 30 }));
+    Ok(Options {
+        duration: Duration::from_secs(duration.unwrap_or(default_secs).max(1)),
+        rounds: rounds.unwrap_or(if quick { 1 } else { 3 }).max(1),
+        rate,
+        warmup: if quick {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(2)
+        },
+        rate_duration,
+        quick,
+        configs,
+        loads,
+        conns,
+        fixed_rate,
+        out,
+        args,
+    })
+}
+
+pub struct Sample {
+    pub round: u32,
+    pub config: Config,
+    pub load: Load,
+    /// Requests/s (HTTP) or messages/s (gRPC).
+    pub rate: f64,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    /// Proxy CPU µs per request (per message for gRPC).
+    pub cpu_us: Option<f64>,
+    pub completed: u64,
+    pub errors: u64,
+}
+
+pub struct Memory {
+    pub round: u32,
+    pub config: Config,
+    pub idle_kib: Option<u64>,
+    /// VmHWM after the loads, before the idle connections.
+    pub load_peak_kib: Option<u64>,
+    /// VmHWM at the end of the round.
+    pub peak_kib: Option<u64>,
+    pub conns_kib: Option<u64>,
+    /// Open file descriptors of the proxy while the connections were held.
+    pub conns_fds: Option<usize>,
+}
+
+pub struct Export {
+    pub round: u32,
+    pub config: Config,
+    pub received: u64,
+    pub sampled: Option<f64>,
+    pub dropped: Option<f64>,
+    pub exit: String,
+}
+
+pub struct Fixed {
+    pub config: Config,
+    pub run: openloop::RateRun,
+    pub cpu_us: Option<f64>,
+}
+
+#[derive(Default)]
+pub struct Results {
+    pub samples: Vec<Sample>,
+    pub memory: Vec<Memory>,
+    pub export: Vec<Export>,
+    pub fixed: Vec<Fixed>,
+    pub failures: Vec<String>,
+}
+
+/// The number of held idle connections.
+pub const IDLE_CONNECTIONS: usize = 1000;
+
+fn main() -> anyhow::Result<()> {
+    let options = parse_options(std::env::args().skip(1).collect())?;
+    let files = procfs::raise_open_files_limit();
+    if files < 4 * IDLE_CONNECTIONS as u64 {
+        eprintln!("warning: only {files} open files allowed; the 1,000-connection run may fail");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench(options))
+}
+
+async fn bench(options: Options) -> anyhow::Result<()> {
+    let started = jiff::Timestamp::now();
+    let environment = report::Environment::collect(&options).await;
+    let zipkin = zipkin::start().await?;
+    let grpc_address = grpc::serve().await?;
+    let (up_h1, up_h2c) = (target::free_port()?, target::free_port()?);
+    let upstream = tokio::task::spawn_blocking(move || nginx::upstream(up_h1, up_h2c)).await??;
+    let upstreams = Upstreams {
+        h1: ([127, 0, 0, 1], up_h1).into(),
+        h2c: ([127, 0, 0, 1], up_h2c).into(),
+        grpc: grpc_address,
+        zipkin: zipkin.address,
+    };
+    let (status, body) = target::http_get(upstreams.h1, nginx::PATH).await?;
+    if status != 200 || body.len() != nginx::BODY_LEN {
+        bail!("the upstream answers {status} with {} bytes", body.len());
+    }
+    eprintln!(
+        "load bench: {} s runs, {} round(s), configurations {:?}",
+        options.duration.as_secs(),
+        options.rounds,
+        options.configs.iter().map(|c| c.name()).collect::<Vec<_>>()
+    );
+
+    let mut results = Results::default();
+    let round_work = !options.loads.is_empty() || options.conns;
+    for round in 1..=options.rounds {
+        if !round_work {
+            break;
+        }
+        for &config in &options.configs {
+            if let Err(e) = measure(&options, round, config, upstreams, &zipkin, &mut results).await
+            {
+                let failure = format!("round {round}, {}: {e:#}", config.name());
+                eprintln!("FAILED {failure}");
+                results.failures.push(failure);
+            }
+        }
+    }
+    if options.fixed_rate {
+        for config in fixed_rate_configs() {
+            if !options.configs.contains(&config) {
+                continue;
+            }
+            if let Err(e) = fixed_rate(&options, config, upstreams, &mut results).await {
+                let failure = format!("fixed rate, {}: {e:#}", config.name());
+                eprintln!("FAILED {failure}");
+                results.failures.push(failure);
+            }
+        }
+    }
+    drop(upstream);
+
+    let markdown = report::render(&options, &environment, &results, started);
+    println!("\n{markdown}");
+    let path = report::write(&options, &markdown, started)?;
+    eprintln!("results written to {}", path.display());
+    Ok(())
+}
+
+fn pause(options: &Options) -> Duration {
+    if options.quick {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(1)
+    }
+}
+
+/// One configuration in one round: start it, read its idle memory, run every load while
+/// metering the proxy's CPU, hold the idle connections, read its peak memory, stop it.
+async fn measure(
+    options: &Options,
+    round: u32,
+    config: Config,
+    upstreams: Upstreams,
+    zipkin: &zipkin::Receiver,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let spans_before = zipkin.spans();
+    let target = target::start(config, upstreams).await?;
+    let pid = target.pid();
+    tokio::time::sleep(pause(options)).await;
+    let idle_kib = pid.and_then(|p| procfs::status_kib(p, "VmRSS"));
+
+    for &load in &options.loads {
+        let address = match load {
+            Load::Http1 => target.h1,
+            Load::H2c => target.h2c,
+            Load::GrpcUnary | Load::GrpcStream => match target.grpc {
+                Some(address) => address,
+                None => continue,
+            },
+        };
+        eprintln!("round {round}: {} {}", config.name(), load.name());
+        let url = format!("http://{address}{}", nginx::PATH);
+        let meter = CpuMeter::start(pid);
+        let sample = match load {
+            Load::Http1 | Load::H2c => {
+                let run = if load == Load::Http1 {
+                    tools::wrk(&url, options.duration).await?
+                } else {
+                    tools::h2load(&url, options.duration).await?
+                };
+                let cpu = meter.micros();
+                Sample {
+                    round,
+                    config,
+                    load,
+                    rate: run.rps,
+                    p50_us: run.p50_us,
+                    p99_us: run.p99_us,
+                    cpu_us: cpu.map(|c| c / run.requests.max(1) as f64),
+                    completed: run.requests,
+                    errors: run.errors,
+                }
+            }
+            Load::GrpcUnary | Load::GrpcStream => {
+                let kind = if load == Load::GrpcUnary {
+                    grpc::Kind::Unary
+                } else {
+                    grpc::Kind::Stream
+                };
+                let run = grpc::load(address, kind, options.duration).await?;
+                let cpu = meter.micros();
+                Sample {
+                    round,
+                    config,
+                    load,
+                    rate: run.rate(),
+                    p50_us: None,
+                    p99_us: None,
+                    cpu_us: cpu.map(|c| c / run.messages.max(1) as f64),
+                    completed: run.messages,
+                    errors: run.errors,
+                }
+            }
+        };
+        results.samples.push(sample);
+        tokio::time::sleep(pause(options)).await;
+    }
+
+    let load_peak_kib = pid.and_then(|p| procfs::status_kib(p, "VmHWM"));
+    let (mut conns_kib, mut conns_fds) = (None, None);
+    if options.conns && config.is_proxy() {
+        eprintln!(
+            "round {round}: {} {IDLE_CONNECTIONS} idle connections",
+            config.name()
+        );
+        match idle::hold(target.h1, IDLE_CONNECTIONS, 50).await {
+            Ok(held) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                conns_kib = pid.and_then(|p| procfs::status_kib(p, "VmRSS"));
+                conns_fds = pid.and_then(|p| {
+                    std::fs::read_dir(format!("/proc/{p}/fd"))
+                        .ok()
+                        .map(|d| d.count())
+                });
+                drop(held);
+            }
+            Err(e) => {
+                let failure = format!("round {round}, {}: idle connections: {e:#}", config.name());
+                eprintln!("FAILED {failure}");
+                results.failures.push(failure);
+            }
+        }
+    }
+    let peak_kib = pid.and_then(|p| procfs::status_kib(p, "VmHWM"));
+    if config.is_proxy() {
+        results.memory.push(Memory {
+            round,
+            config,
+            idle_kib,
+            load_peak_kib,
+            peak_kib,
+            conns_kib,
+            conns_fds,
+        });
+    }
+    let stopped = target.stop().await;
+    if let Config::Tracecar { .. } = config {
+        // tracecar flushes its queue on SIGTERM; the receiver counts before it answers.
+        results.export.push(Export {
+            round,
+            config,
+            received: zipkin.spans() - spans_before,
+            sampled: stopped.sampled,
+            dropped: stopped.dropped,
+            exit: stopped.exit,
+        });
+    }
+    tokio::time::sleep(pause(options)).await;
+    Ok(())
+}
+
+async fn fixed_rate(
+    options: &Options,
+    config: Config,
+    upstreams: Upstreams,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    eprintln!(
+        "fixed rate: {} {} rps for {} s",
+        config.name(),
+        options.rate,
+        options.rate_duration.as_secs()
+    );
+    let target = target::start(config, upstreams).await?;
+    tokio::time::sleep(pause(options)).await;
+    let url = format!("http://{}{}", target.h1, nginx::PATH);
+    let meter = CpuMeter::start(target.pid());
+    let run = openloop::run(&url, options.rate, options.rate_duration, options.warmup).await;
+    let cpu = meter.micros();
+    target.stop().await;
+    let run = run?;
+    results.fixed.push(Fixed {
+        config,
+        cpu_us: cpu.map(|c| c / run.sent.max(1) as f64),
+        run,
+    });
+    tokio::time::sleep(pause(options)).await;
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! What the kernel says about a process: CPU time from /proc/<pid>/stat, memory from
+//! /proc/<pid>/status, and the few process-wide settings the benchmark needs.
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// Clock ticks per second, the unit of utime/stime in /proc/<pid>/stat.
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+/// utime + stime of every thread of `pid`, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces or parentheses; the fields after it start
+    // after the last ')', at field 3. utime is field 14, stime field 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// A `Vm*` line of /proc/<pid>/status, in KiB.
+pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(key)?.strip_prefix(':')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// CPU time a process spends between `start` and `micros`.
+pub struct CpuMeter {
+    pid: Option<u32>,
+    ticks: Option<u64>,
+}
+
+impl CpuMeter {
+    pub fn start(pid: Option<u32>) -> CpuMeter {
+        CpuMeter {
+            pid,
+            ticks: pid.and_then(cpu_ticks),
+        }
+    }
+
+    /// CPU microseconds used since `start`; None when there is no process to measure.
+    pub fn micros(&self) -> Option<f64> {
+        let now = cpu_ticks(self.pid?)?;
+        let ticks = now.checked_sub(self.ticks?)?;
+        Some(ticks as f64 * 1e6 / clock_ticks_per_second() as f64)
+    }
+}
+
+/// Raises the soft open-files limit to the hard one (children inherit it): 1,000 held
+/// connections need more than the usual 1,024 descriptors. Returns the new soft limit.
+pub fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write to and read from a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        }
+    }
+    limit.rlim_cur
+}
+
+/// Makes this thread's sleeps end within about a microsecond of their deadline instead of the
+/// default 50 µs slack, for the open-loop generator's schedule.
+pub fn tighten_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK takes an integer argument and affects only this thread.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL after a grace period) when dropped,
+/// so that a failing benchmark leaves no proxy behind.
+pub struct Managed {
+    pub name: String,
+    child: Child,
+}
+
+impl Managed {
+    pub fn new(name: impl Into<String>, child: Child) -> Managed {
+        Managed {
+            name: name.into(),
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process has already exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL. Returns the exit status, if it exited on its own.
+    pub fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        if let Some(status) = self.exited() {
+            return Some(status);
+        }
+        // SAFETY: kill with a pid we spawned and still own (not yet reaped).
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("{} did not stop within {grace:?}; killed", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,526 @@
+//! The results as markdown: medians over rounds, the ratios against the targets of issue 7,
+//! and every per-round figure underneath.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use crate::target::Config;
+use crate::{Load, Options, Results, grpc, tools};
+
+pub struct Environment {
+    pub commit: String,
+    pub cpu: String,
+    pub cores: usize,
+    pub kernel: String,
+    pub loadavg: String,
+    pub nginx: String,
+    pub wrk: String,
+    pub h2load: String,
+    pub clock_ticks: u64,
+}
+
+impl Environment {
+    pub async fn collect(_options: &Options) -> Environment {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let cpu = read("/proc/cpuinfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+            .unwrap_or_default();
+        let commit = tokio::process::Command::new("git")
+            .args([
+                "-C",
+                env!("CARGO_MANIFEST_DIR"),
+                "describe",
+                "--always",
+                "--dirty",
+            ])
+            .output()
+            .await
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        Environment {
+            commit,
+            cpu,
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            loadavg: read("/proc/loadavg").trim().to_string(),
+            nginx: tools::version("nginx", "-v").await,
+            wrk: tools::version("wrk", "--version").await,
+            h2load: tools::version("h2load", "--version").await,
+            clock_ticks: crate::procfs::clock_ticks_per_second(),
+        }
+    }
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    Some(if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    })
+}
+
+fn rate(v: Option<f64>) -> String {
+    v.map_or("—".to_string(), |v| format!("{v:.0}"))
+}
+
+fn micros(v: Option<f64>) -> String {
+    match v {
+        None => "—".to_string(),
+        Some(v) if v.abs() >= 1000.0 => format!("{:.2} ms", v / 1000.0),
+        Some(v) => format!("{v:.0} µs"),
+    }
+}
+
+fn cpu(v: Option<f64>) -> String {
+    v.map_or("—".to_string(), |v| format!("{v:.1}"))
+}
+
+fn mib(kib: Option<f64>) -> String {
+    kib.map_or("—".to_string(), |k| format!("{:.1} MiB", k / 1024.0))
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+struct View<'a> {
+    results: &'a Results,
+}
+
+impl View<'_> {
+    fn samples(&self, config: Config, load: Load) -> impl Iterator<Item = &crate::Sample> {
+        self.results
+            .samples
+            .iter()
+            .filter(move |s| s.config == config && s.load == load)
+    }
+    fn rate(&self, config: Config, load: Load) -> Option<f64> {
+        median(self.samples(config, load).map(|s| s.rate).collect())
+    }
+    fn p50(&self, config: Config, load: Load) -> Option<f64> {
+        median(
+            self.samples(config, load)
+                .filter_map(|s| s.p50_us)
+                .collect(),
+        )
+    }
+    fn p99(&self, config: Config, load: Load) -> Option<f64> {
+        median(
+            self.samples(config, load)
+                .filter_map(|s| s.p99_us)
+                .collect(),
+        )
+    }
+    fn cpu(&self, config: Config, load: Load) -> Option<f64> {
+        median(
+            self.samples(config, load)
+                .filter_map(|s| s.cpu_us)
+                .collect(),
+        )
+    }
+    fn memory(&self, config: Config, f: impl Fn(&crate::Memory) -> Option<u64>) -> Option<f64> {
+        median(
+            self.results
+                .memory
+                .iter()
+                .filter(|m| m.config == config)
+                .filter_map(|m| f(m).map(|v| v as f64))
+                .collect(),
+        )
+    }
+    fn fixed(&self, config: Config) -> Option<&crate::Fixed> {
+        self.results.fixed.iter().find(|f| f.config == config)
+    }
+}
+
+fn tracecar(sampling: u8, workers: u8) -> Config {
+    Config::Tracecar { sampling, workers }
+}
+
+pub fn render(
+    options: &Options,
+    env: &Environment,
+    results: &Results,
+    started: jiff::Timestamp,
+) -> String {
+    let view = View { results };
+    let mut md = String::new();
+    let w = &mut md;
+    let _ = writeln!(
+        w,
+        "# tracecar load benchmark — {}",
+        started.strftime("%Y-%m-%d %H:%M UTC")
+    );
+    let _ = writeln!(w);
+    if options.quick {
+        let _ = writeln!(
+            w,
+            "> **Smoke run (`--quick`)**: {} s runs, one round. These figures check that the \
+             harness works; they are not a measurement.\n",
+            options.duration.as_secs()
+        );
+    }
+    let _ = writeln!(
+        w,
+        "Command: `cargo bench --bench load -- {}`  \ncommit {} · {} × {} · Linux {} · load average at start {}  \n{} · {} · {} · CLK_TCK {}\n",
+        options
+            .args
+            .iter()
+            .filter(|a| *a != "--bench")
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" "),
+        env.commit,
+        env.cores,
+        env.cpu,
+        env.kernel,
+        env.loadavg,
+        env.nginx,
+        env.wrk,
+        env.h2load,
+        env.clock_ticks,
+    );
+    let _ = writeln!(
+        w,
+        "Setup: upstream nginx answers `GET /1k` with {} bytes from memory over keep-alive \
+         HTTP/1.1 and h2c. HTTP/1.1: `wrk {}`. h2c: `h2load {}`. gRPC: {} connections × {} \
+         unary calls (or {} server streams of {} messages) in flight, {} B replies. {} round(s) \
+         of {} s per run, configurations alternating in the order of the tables. Figures are \
+         medians over rounds; CPU is the proxy process's utime+stime from /proc per request \
+         (per message for gRPC).\n",
+        crate::nginx::BODY_LEN,
+        tools::wrk_args("URL", options.duration).join(" "),
+        tools::h2load_args("URL", options.duration).join(" "),
+        grpc::CHANNELS,
+        grpc::UNARY_PER_CHANNEL,
+        grpc::STREAMS_PER_CHANNEL,
+        grpc::STREAM_MESSAGES,
+        grpc::REPLY_BYTES,
+        options.rounds,
+        options.duration.as_secs(),
+    );
+
+    let configs = &options.configs;
+    let _ = writeln!(w, "## Throughput and CPU\n");
+    let _ = writeln!(
+        w,
+        "| configuration | HTTP/1.1 req/s | p50 | p99 | CPU µs/req | h2c req/s | CPU µs/req | gRPC unary msg/s | CPU µs/msg | gRPC stream msg/s | CPU µs/msg |"
+    );
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &c in configs {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            c.name(),
+            rate(view.rate(c, Load::Http1)),
+            micros(view.p50(c, Load::Http1)),
+            micros(view.p99(c, Load::Http1)),
+            cpu(view.cpu(c, Load::Http1)),
+            rate(view.rate(c, Load::H2c)),
+            cpu(view.cpu(c, Load::H2c)),
+            rate(view.rate(c, Load::GrpcUnary)),
+            cpu(view.cpu(c, Load::GrpcUnary)),
+            rate(view.rate(c, Load::GrpcStream)),
+            cpu(view.cpu(c, Load::GrpcStream)),
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nh2load prints no latency percentiles, so h2c has none. `direct` has no proxy process, \
+         hence no CPU figure; nginx does not carry the gRPC runs.\n"
+    );
+
+    let _ = writeln!(w, "## Memory\n");
+    let _ = writeln!(
+        w,
+        "| configuration | RSS idle | RSS peak under load | RSS with {} idle connections | open fds then | RSS peak (end) |",
+        crate::IDLE_CONNECTIONS
+    );
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|");
+    for &c in configs.iter().filter(|c| c.is_proxy()) {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} |",
+            c.name(),
+            mib(view.memory(c, |m| m.idle_kib)),
+            mib(view.memory(c, |m| m.load_peak_kib)),
+            mib(view.memory(c, |m| m.conns_kib)),
+            view.memory(c, |m| m.conns_fds.map(|n| n as u64))
+                .map_or("—".to_string(), |n| format!("{n:.0}")),
+            mib(view.memory(c, |m| m.peak_kib)),
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nIdle: VmRSS after start, before any load. Peak under load: VmHWM after the loads, \
+         before the held connections. Held connections: each sent one keep-alive request to the \
+         HTTP/1.1 listener and stays open while VmRSS and the fd count are read. Peak (end): \
+         VmHWM at the end of the round. MiB = 2^20 bytes.\n"
+    );
+
+    if !results.fixed.is_empty() {
+        let _ = writeln!(
+            w,
+            "## Fixed rate: {} rps for {} s, open loop\n",
+            options.rate,
+            options.rate_duration.as_secs()
+        );
+        let direct = view.fixed(Config::Direct);
+        let _ = writeln!(
+            w,
+            "| configuration | requests | errors | p50 | p99 | p99.9 | max | added p50 | added p99 | CPU µs/req | generator late p99 |"
+        );
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for f in &results.fixed {
+            let added = |pick: fn(&crate::openloop::RateRun) -> f64| {
+                direct
+                    .filter(|d| d.config != f.config)
+                    .map(|d| pick(&f.run) - pick(&d.run))
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                f.config.name(),
+                f.run.scheduled,
+                f.run.errors,
+                micros(Some(f.run.p50_us)),
+                micros(Some(f.run.p99_us)),
+                micros(Some(f.run.p999_us)),
+                micros(Some(f.run.max_us)),
+                micros(added(|r| r.p50_us)),
+                micros(added(|r| r.p99_us)),
+                cpu(f.cpu_us),
+                micros(Some(f.run.dispatch_late_p99_us)),
+            );
+        }
+        let _ = writeln!(
+            w,
+            "\nLatency runs from each request's scheduled start to the end of its response body, \
+             so generator or proxy stalls count (no coordinated omission). Added = this \
+             configuration − direct. After a {:.1} s warm-up that is not recorded. \"generator \
+             late\": how far behind schedule the generator itself dispatched, included in every \
+             latency.\n",
+            options.warmup.as_secs_f64()
+        );
+    }
+
+    let _ = writeln!(w, "## Ratios and the targets of issue 7\n");
+    let _ = writeln!(w, "| figure | measured | target | met |");
+    let _ = writeln!(w, "|---|---:|---:|:---:|");
+    let mut row =
+        |figure: String, value: Option<f64>, shown: String, target: &str, ok: fn(f64) -> bool| {
+            let met = match value {
+                None => "—",
+                Some(v) if ok(v) => "yes",
+                Some(_) => "no",
+            };
+            let _ = writeln!(w, "| {figure} | {shown} | {target} | {met} |");
+        };
+    let nginx = Config::Nginx;
+    for workers in [1u8, 2] {
+        let s0 = tracecar(0, workers);
+        let s100 = tracecar(100, workers);
+        let n100 = s100.name();
+        let v = ratio(view.cpu(s100, Load::Http1), view.cpu(nginx, Load::Http1));
+        row(
+            format!("{n100} / nginx CPU per HTTP/1.1 request"),
+            v,
+            fmt_ratio(v),
+            "≤ 1.0",
+            |v| v <= 1.0,
+        );
+        let v = view.cpu(s100, Load::Http1);
+        row(
+            format!("{n100} CPU per HTTP/1.1 request"),
+            v,
+            v.map_or("—".into(), |v| format!("{v:.1} µs")),
+            "≤ 30 µs",
+            |v| v <= 30.0,
+        );
+        let v = ratio(view.rate(s100, Load::Http1), view.rate(nginx, Load::Http1));
+        row(
+            format!("{n100} / nginx HTTP/1.1 throughput"),
+            v,
+            fmt_ratio(v),
+            "≥ 1.0",
+            |v| v >= 1.0,
+        );
+        let v = ratio(view.rate(s100, Load::H2c), view.rate(nginx, Load::H2c));
+        row(
+            format!("{n100} / nginx h2c throughput"),
+            v,
+            fmt_ratio(v),
+            "(info)",
+            |_| true,
+        );
+        let v = ratio(view.rate(s100, Load::Http1), view.rate(s0, Load::Http1));
+        row(
+            format!("{n100} / {} HTTP/1.1 throughput", s0.name()),
+            v,
+            fmt_ratio(v),
+            "≥ 0.9",
+            |v| v >= 0.9,
+        );
+        let v = ratio(
+            view.rate(s100, Load::GrpcStream),
+            view.rate(Config::Direct, Load::GrpcStream),
+        );
+        row(
+            format!("{n100} / direct gRPC streaming throughput"),
+            v,
+            fmt_ratio(v),
+            "≥ 0.8",
+            |v| v >= 0.8,
+        );
+        let v = ratio(
+            view.rate(s100, Load::GrpcUnary),
+            view.rate(Config::Direct, Load::GrpcUnary),
+        );
+        row(
+            format!("{n100} / direct gRPC unary throughput"),
+            v,
+            fmt_ratio(v),
+            "(info)",
+            |_| true,
+        );
+        let v = view.memory(s100, |m| m.idle_kib);
+        row(format!("{n100} RSS idle"), v, mib(v), "≤ 10 MB", |v| {
+            v * 1024.0 <= 10e6
+        });
+        let v = view.memory(s100, |m| m.load_peak_kib);
+        row(
+            format!("{n100} RSS peak under load"),
+            v,
+            mib(v),
+            "(info)",
+            |_| true,
+        );
+        let v = view.memory(s100, |m| m.conns_kib);
+        row(
+            format!("{n100} RSS with 1,000 connections"),
+            v,
+            mib(v),
+            "≤ 30 MB",
+            |v| v * 1024.0 <= 30e6,
+        );
+        if let (Some(d), Some(t)) = (view.fixed(Config::Direct), view.fixed(s100)) {
+            let v = Some(t.run.p50_us - d.run.p50_us);
+            row(
+                format!("{n100} added p50 at {} rps", options.rate),
+                v,
+                micros(v),
+                "≤ 100 µs",
+                |v| v <= 100.0,
+            );
+            let v = Some(t.run.p99_us - d.run.p99_us);
+            row(
+                format!("{n100} added p99 at {} rps", options.rate),
+                v,
+                micros(v),
+                "≤ 1 ms",
+                |v| v <= 1000.0,
+            );
+        }
+    }
+    let _ = writeln!(
+        w,
+        "\nnginx runs one worker, so `-w1` is the like-for-like comparison. Anchors (issue 7): \
+         Envoy sidecar ≈ 200 µs CPU per request at 1,000 rps and +1–1.4 ms p99 per hop; \
+         linkerd2-proxy 18–26 MB peak; ztunnel 60 µs and 12 MB. Compare figures only within \
+         one run.\n"
+    );
+
+    if !results.export.is_empty() {
+        let _ = writeln!(w, "## Export\n");
+        let _ = writeln!(
+            w,
+            "| round | configuration | spans received | sampled (metric) | dropped (metric) | exit |"
+        );
+        let _ = writeln!(w, "|---:|---|---:|---:|---:|---|");
+        for e in &results.export {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} |",
+                e.round,
+                e.config.name(),
+                e.received,
+                rate(e.sampled),
+                rate(e.dropped),
+                e.exit
+            );
+        }
+        let _ = writeln!(w);
+    }
+
+    let _ = writeln!(w, "## Every run\n");
+    let _ = writeln!(
+        w,
+        "| round | configuration | load | req/s or msg/s | p50 | p99 | CPU µs/req | completed | errors |"
+    );
+    let _ = writeln!(w, "|---:|---|---|---:|---:|---:|---:|---:|---:|");
+    for s in &results.samples {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            s.round,
+            s.config.name(),
+            s.load.name(),
+            s.rate,
+            micros(s.p50_us),
+            micros(s.p99_us),
+            cpu(s.cpu_us),
+            s.completed,
+            s.errors
+        );
+    }
+    if !results.failures.is_empty() {
+        let _ = writeln!(w, "\n## Failures\n");
+        for f in &results.failures {
+            let _ = writeln!(w, "- {}", f.replace('\n', " "));
+        }
+    }
+    md
+}
+
+fn fmt_ratio(v: Option<f64>) -> String {
+    v.map_or("—".to_string(), |v| format!("{v:.2}"))
+}
+
+/// Writes to `--out`, or benches/results/load-<date>[-quick][-N].md without overwriting.
+pub fn write(
+    options: &Options,
+    markdown: &str,
+    started: jiff::Timestamp,
+) -> anyhow::Result<PathBuf> {
+    let path = match &options.out {
+        Some(path) => path.clone(),
+        None => {
+            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/results");
+            std::fs::create_dir_all(&dir)?;
+            let stem = format!(
+                "load-{}{}",
+                started.strftime("%Y-%m-%d"),
+                if options.quick { "-quick" } else { "" }
+            );
+            let mut path = dir.join(format!("{stem}.md"));
+            let mut n = 2;
+            while path.exists() {
+                path = dir.join(format!("{stem}-{n}.md"));
+                n += 1;
+            }
+            path
+        }
+    };
+    std::fs::write(&path, markdown)?;
+    Ok(path)
+}
