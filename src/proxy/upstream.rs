@@ -47,7 +47,9 @@ impl Default for UpstreamSettings {
             connect_timeout: Duration::from_secs(5),
             retry_after: Duration::from_secs(1),
             pool_idle_timeout: Duration::from_secs(60),
-            pool_max_idle_per_endpoint: 1024,
+            // Enough for steady keep-alive traffic; a burst of thousands of connections does
+            // not leave thousands of idle upstream connections (and their buffers) behind.
+            pool_max_idle_per_endpoint: 256,
         }
     }
 }

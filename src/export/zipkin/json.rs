@@ -78,6 +78,11 @@ fn write_u64(out: &mut Vec<u8>, value: u64) {
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
+    if !needs_escape(bytes) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escape: &[u8] = match b {
@@ -104,6 +109,32 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// Whether any byte is `"`, `\\` or below 0x20, eight bytes at a time (SWAR: a byte-wise
+/// compare on a whole word; tag values rarely need escaping, so this is the common path).
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let mut words = bytes.chunks_exact(8);
+    for chunk in &mut words {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        // Bytes below 0x20 (bytes of 0x80 and up never count: their high bit is masked out).
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0;
+        if control
+            || has_zero(x ^ (ONES * u64::from(b'"')))
+            || has_zero(x ^ (ONES * u64::from(b'\\')))
+        {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 #[cfg(test)]
 mod tests {
     use super::write_str;
@@ -116,9 +147,28 @@ mod tests {
 
     #[test]
     fn strings_are_escaped_as_serde_json_would_read_them() {
-        for s in ["plain", "quo\"te", "back\\slash", "new\nline\r\t", "\u{1}\u{1f}", "café ☕", ""] {
+        for s in [
+            "plain",
+            "quo\"te",
+            "back\\slash",
+            "new\nline\r\t",
+            "\u{1}\u{1f}",
+            "café ☕",
+            "",
+            "sixteen chars ok",
+            "sixteen chars \"q",
+            "0123456789abcdef\u{7f}\u{80}\u{1f}",
+        ] {
             let parsed: String = serde_json::from_str(&json(s)).unwrap_or_default();
             assert_eq!(parsed, s);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_round_trips_through_json(s in ".*") {
+            let parsed: String = serde_json::from_str(&json(&s)).unwrap_or_default();
+            proptest::prop_assert_eq!(parsed, s);
         }
     }
 }
