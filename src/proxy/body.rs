@@ -154,6 +154,8 @@ pub struct ResponseBody {
     tracker: Option<Box<Tracker>>,
     /// Records the request's metrics when the body is dropped (ended or abandoned).
     _stats: Option<StatsGuard>,
+    /// The upstream connection, back to its pool once this body has been read to its end.
+    lease: Option<super::pool::Lease>,
 }
 
 /// Counts a finished request in its listener's metrics, once, when dropped.
@@ -235,6 +237,7 @@ impl ResponseBody {
             inner,
             tracker,
             _stats: stats,
+            lease: None,
         };
         // A body that is empty from the start never gets polled to its end by some servers.
         if body.is_end_stream()
@@ -243,6 +246,15 @@ impl ResponseBody {
             t.finish(false);
         }
         body
+    }
+
+    /// Returns `lease` to its pool when the body has been read to its end.
+    pub fn with_lease(mut self, lease: Option<super::pool::Lease>) -> Self {
+        match lease {
+            Some(lease) if self.is_end_stream() => lease.release(),
+            lease => self.lease = lease,
+        }
+        self
     }
 
     pub fn local(text: Option<Bytes>) -> Self {
@@ -281,9 +293,16 @@ impl Body for ResponseBody {
                 None => tracker.finish(false),
             }
         }
+        let failed = matches!(frame, Some(Err(_)));
         let ended = frame.is_none() || this.is_end_stream();
         if ended && let Some(tracker) = &mut this.tracker {
             tracker.finish(false);
+        }
+        if ended
+            && !failed
+            && let Some(lease) = this.lease.take()
+        {
+            lease.release();
         }
         Poll::Ready(frame)
     }

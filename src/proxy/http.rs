@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 
 use super::body::{RequestBody, ResponseBody, ResponseInner, StatsGuard, Tracker};
 use super::observe::{ListenerInfo, Observer, ResponseFlags};
+use super::pool::{Lease, SendError};
 use super::upstream::{Upstream, Wire};
 
 /// Per-listener state of the HTTP path.
@@ -87,8 +88,8 @@ impl HttpProxy {
             .await;
 
         // Phase 5: respond.
-        let response = match result {
-            Ok(response) => response,
+        let (response, lease) = match result {
+            Ok(sent) => sent,
             Err(Failure {
                 status,
                 flags,
@@ -117,9 +118,12 @@ impl HttpProxy {
         }
         // Phase 6: stream.
         let stats = self.stats_guard(started, parts.status.as_u16());
+        // An upgraded connection belongs to the tunnel now, not to the pool.
+        let lease = lease.filter(|_| parts.status != StatusCode::SWITCHING_PROTOCOLS);
         Ok(Response::from_parts(
             parts,
-            ResponseBody::new(ResponseInner::Upstream(upstream_body), tracker, stats),
+            ResponseBody::new(ResponseInner::Upstream(upstream_body), tracker, stats)
+                .with_lease(lease),
         ))
     }
 
@@ -157,14 +161,10 @@ impl HttpProxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        head.uri = Uri::builder()
-            .scheme(if self.upstream.tls { "https" } else { "http" })
-            .authority(authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|_| "invalid request target")?;
         match self.upstream.wire {
             Wire::Http1 => {
+                // Origin form; Host names the authority.
+                head.uri = Uri::from(path);
                 head.version = Version::HTTP_11;
                 if !head.headers.contains_key(header::HOST) {
                     let host = HeaderValue::from_str(authority.as_str())
@@ -173,6 +173,12 @@ impl HttpProxy {
                 }
             }
             Wire::Http2 => {
+                head.uri = Uri::builder()
+                    .scheme(if self.upstream.tls { "https" } else { "http" })
+                    .authority(authority)
+                    .path_and_query(path)
+                    .build()
+                    .map_err(|_| "invalid request target")?;
                 head.version = Version::HTTP_2;
                 // `:authority` carries it; a duplicate Host confuses some h2 servers.
                 head.headers.remove(header::HOST);
@@ -187,7 +193,7 @@ impl HttpProxy {
         body: Incoming,
         request_bytes: Option<Arc<AtomicU64>>,
         streaming: bool,
-    ) -> Result<Response<Incoming>, Failure> {
+    ) -> Result<(Response<Incoming>, Option<Lease>), Failure> {
         if self.upstream.is_empty() {
             return Err(Failure::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -222,7 +228,7 @@ impl HttpProxy {
                 let copy = copy_head(&head);
                 (Request::from_parts(head, body), Some((copy, reclaim)))
             };
-            let sent = endpoint.client.request(request);
+            let sent = endpoint.client.send(request);
             let result = match timeout {
                 Some(limit) => match tokio::time::timeout(limit, sent).await {
                     Ok(r) => r,
@@ -241,7 +247,7 @@ impl HttpProxy {
                     self.upstream.mark_up(endpoint);
                     return Ok(response);
                 }
-                Err(e) if e.is_connect() => {
+                Err(SendError::Connect(e)) => {
                     tracing::debug!(endpoint = %endpoint.address, error = %e, "upstream connect failed");
                     self.upstream.mark_down(endpoint);
                     last = Failure::new(
@@ -256,7 +262,7 @@ impl HttpProxy {
                         pending = Some((copy, body));
                     }
                 }
-                Err(e) => {
+                Err(SendError::Request(e)) => {
                     tracing::debug!(endpoint = %endpoint.address, error = %e, "upstream request failed");
                     return Err(Failure::new(
                         StatusCode::SERVICE_UNAVAILABLE,

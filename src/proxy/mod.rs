@@ -6,6 +6,7 @@ pub mod body;
 pub mod http;
 pub mod listener;
 pub mod observe;
+pub mod pool;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;

@@ -2,11 +2,10 @@
 //! outbound has the service's endpoints, used round robin. An endpoint that refuses a
 //! connection is skipped for a while and then tried again.
 //!
-//! Each endpoint has its own pooled hyper client (HTTP/1.1 keep-alive or one multiplexed h2
-//! connection), whose connector always dials that endpoint: the request URI keeps the caller's
-//! authority, so `Host`/`:authority` arrive unchanged.
+//! Each endpoint has its own connection pool (HTTP/1.1 keep-alive or one multiplexed h2
+//! connection) that always dials that endpoint: the request keeps the caller's authority, so
+//! `Host`/`:authority` arrive unchanged.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,10 +13,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::Uri;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -62,8 +57,8 @@ pub struct UpstreamTls {
     pub server_name: Option<ServerName<'static>>,
 }
 
-pub type Body = super::body::RequestBody;
-pub type HttpClient = Client<EndpointConnector, Body>;
+/// The pooled connections of one endpoint.
+pub type HttpClient = Arc<super::pool::Pool>;
 
 /// One endpoint and how to reach it: a pooled HTTP client, or a bare connector for TCP.
 pub struct Endpoint<C> {
@@ -115,28 +110,6 @@ pub fn connectors(
         .collect()
 }
 
-/// A pooled client that always dials `connector`'s endpoint.
-pub fn http_client(
-    connector: EndpointConnector,
-    wire: Wire,
-    settings: &UpstreamSettings,
-) -> HttpClient {
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(settings.pool_idle_timeout)
-        .pool_max_idle_per_host(settings.pool_max_idle_per_endpoint)
-        // A request that never started on a pooled connection the server had just closed is
-        // sent again; nothing of it reached the application.
-        .retry_canceled_requests(true)
-        .http2_only(wire == Wire::Http2)
-        .http2_adaptive_window(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .http2_keep_alive_timeout(Duration::from_secs(10));
-    builder.build(connector)
-}
-
 impl Upstream<HttpClient> {
     pub fn http(
         addresses: &[String],
@@ -146,7 +119,15 @@ impl Upstream<HttpClient> {
     ) -> anyhow::Result<Self> {
         let clients = connectors(addresses, tls, settings)?
             .into_iter()
-            .map(|(address, c)| (address, http_client(c, wire, settings)))
+            .map(|(address, c)| {
+                let pool = super::pool::Pool::new(
+                    c,
+                    wire,
+                    settings.pool_max_idle_per_endpoint,
+                    settings.pool_idle_timeout,
+                );
+                (address, Arc::new(pool))
+            })
             .collect();
         Ok(Upstream::new(clients, wire, tls.is_some(), settings))
     }
@@ -263,7 +244,7 @@ fn host_of(address: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
-/// Dials one fixed endpoint, whatever the request URI says.
+/// Dials one fixed endpoint.
 #[derive(Clone)]
 pub struct EndpointConnector {
     address: Arc<str>,
@@ -271,40 +252,10 @@ pub struct EndpointConnector {
     connect_timeout: Duration,
 }
 
-impl tower_service::Service<Uri> for EndpointConnector {
-    type Response = TokioIo<Stream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<Stream>>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { this.connect().await.map(TokioIo::new) })
-    }
-}
-
 /// A connection to an upstream, plain or TLS.
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl Connection for Stream {
-    fn connected(&self) -> Connected {
-        match self {
-            Stream::Plain(_) => Connected::new(),
-            Stream::Tls(tls) => {
-                if tls.get_ref().1.alpn_protocol() == Some(super::tls::ALPN_H2) {
-                    Connected::new().negotiated_h2()
-                } else {
-                    Connected::new()
-                }
-            }
-        }
-    }
 }
 
 impl AsyncRead for Stream {

@@ -1,0 +1,222 @@
+//! Upstream connections of one endpoint, pooled.
+//!
+//! HTTP/1.1: a stack of idle connections. A connection goes back to the stack when the
+//! response body it carried has been read to its end ([`Lease`]), so a keep-alive client gets
+//! the same upstream connection request after request. HTTP/2: one connection, multiplexed,
+//! replaced when it closes.
+//!
+//! A request that could not even start on a pooled connection (the server closed it while it
+//! sat idle) is sent again on another; nothing of it reached the application.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::body::RequestBody;
+use super::upstream::{EndpointConnector, Wire};
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made: nothing was sent.
+    Connect(io::Error),
+    /// The connection failed or was reset before a response head arrived.
+    Request(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) => write!(f, "connect: {e}"),
+            SendError::Request(e) => write!(f, "request: {e}"),
+        }
+    }
+}
+
+struct Idle {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+pub struct Pool {
+    connector: EndpointConnector,
+    wire: Wire,
+    idle: Mutex<Vec<Idle>>,
+    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// One h2 handshake at a time: concurrent first requests share it.
+    h2_connecting: tokio::sync::Mutex<()>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+/// An HTTP/1.1 connection lent to one exchange; it returns to the pool when the response
+/// body has been read to its end, and is closed if the exchange ends any other way.
+pub struct Lease {
+    pool: Arc<Pool>,
+    sender: http1::SendRequest<RequestBody>,
+}
+
+impl Lease {
+    pub fn release(self) {
+        self.pool.put(self.sender);
+    }
+}
+
+impl Pool {
+    pub fn new(
+        connector: EndpointConnector,
+        wire: Wire,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) -> Pool {
+        Pool {
+            connector,
+            wire,
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+            h2_connecting: tokio::sync::Mutex::new(()),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// Sends one request; an HTTP/1.1 response comes with the lease of its connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        request: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        match self.wire {
+            Wire::Http1 => self.send_h1(request).await.map(|(r, l)| (r, Some(l))),
+            Wire::Http2 => self.send_h2(request).await.map(|r| (r, None)),
+        }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        mut request: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        loop {
+            let (mut sender, reused) = match self.checkout() {
+                Some(sender) => (sender, true),
+                None => (self.connect_h1().await?, false),
+            };
+            if let Err(e) = sender.ready().await {
+                if reused {
+                    // Closed while idle; the request is still ours.
+                    continue;
+                }
+                return Err(SendError::Request(e));
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    return Ok((
+                        response,
+                        Lease {
+                            pool: self.clone(),
+                            sender,
+                        },
+                    ));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut sender = match self.current_h2() {
+            Some(sender) => sender,
+            None => {
+                let _one = self.h2_connecting.lock().await;
+                match self.current_h2() {
+                    Some(sender) => sender,
+                    None => {
+                        let sender = self.connect_h2().await?;
+                        if let Ok(mut h2) = self.h2.lock() {
+                            *h2 = Some(sender.clone());
+                        }
+                        sender
+                    }
+                }
+            }
+        };
+        sender
+            .send_request(request)
+            .await
+            .map_err(SendError::Request)
+    }
+
+    fn current_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
+        let h2 = self.h2.lock().ok()?;
+        h2.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    /// The most recently used idle connection that is still open and fresh.
+    fn checkout(&self) -> Option<http1::SendRequest<RequestBody>> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(Idle { sender, since }) = idle.pop() {
+            if !sender.is_closed() && since.elapsed() < self.idle_timeout {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, sender: http1::SendRequest<RequestBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            // Drop the stale ones at the bottom of the stack while here.
+            idle.retain(|i| !i.sender.is_closed() && i.since.elapsed() < self.idle_timeout);
+            if idle.len() < self.max_idle {
+                idle.push(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+
+    async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, SendError> {
+        let stream = self.connector.connect().await.map_err(SendError::Connect)?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Connect(io::Error::other(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_h2(&self) -> Result<http2::SendRequest<RequestBody>, SendError> {
+        let stream = self.connector.connect().await.map_err(SendError::Connect)?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Connect(io::Error::other(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream h2 connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
