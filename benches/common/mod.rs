@@ -174,13 +174,19 @@ pub fn request_spans(sidecar: &Sidecar, ids: &mut Ids, i: usize, shape: Shape) -
             "request_size",
             TagValue::Owned((if method == "POST" { 412 } else { 0 }).to_string()),
         ));
-        tags.push(("response_size", TagValue::Owned((1_843 + i % 97).to_string())));
+        tags.push((
+            "response_size",
+            TagValue::Owned((1_843 + i % 97).to_string()),
+        ));
         tags.push(("upstream_cluster", cluster));
         let http_status = if shape.grpc { 200 } else { shape.status };
         tags.push(("http.status_code", TagValue::Owned(http_status.to_string())));
         tags.push(("response_flags", TagValue::Owned("-".to_string())));
         if shape.grpc {
-            tags.push(("grpc.status_code", TagValue::Owned(shape.status.to_string())));
+            tags.push((
+                "grpc.status_code",
+                TagValue::Owned(shape.status.to_string()),
+            ));
             if shape.status != 0 {
                 tags.push((
                     "grpc.message",
@@ -245,6 +251,7 @@ pub fn spans(n: usize, seed: u64) -> Vec<Span> {
 /// What the loopback collector saw.
 #[derive(Default)]
 pub struct Received {
+    pub connections: AtomicU64,
     pub requests: AtomicU64,
     pub bytes: AtomicU64,
     /// The last body per path, when capturing.
@@ -266,6 +273,7 @@ pub async fn start_receiver(capture: bool) -> (SocketAddr, Arc<Received>) {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            seen.connections.fetch_add(1, Ordering::Relaxed);
             let seen = seen.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<Incoming>| {
