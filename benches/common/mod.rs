@@ -59,10 +59,10 @@ impl Shape {
     /// A mix: mostly continued traces, some roots, half of them 128-bit, a few debug, gRPC
     /// and failing requests.
     pub fn nth(i: usize) -> Shape {
-        let grpc = i % 5 == 0;
+        let grpc = i.is_multiple_of(5);
         Shape {
-            incoming: i % 8 != 0,
-            caller_parent: i % 3 != 0,
+            incoming: !i.is_multiple_of(8),
+            caller_parent: !i.is_multiple_of(3),
             wide: i % 2 == 1,
             debug: i % 64 == 7,
             grpc,
@@ -140,7 +140,7 @@ pub fn request_spans(sidecar: &Sidecar, ids: &mut Ids, i: usize, shape: Shape) -
     } else {
         (
             format!("/api/v1/orders/{}?expand=items&page={}", 10_000 + i, i % 7),
-            if i % 4 == 0 { "POST" } else { "GET" },
+            if i.is_multiple_of(4) { "POST" } else { "GET" },
             "HTTP/1.1",
             "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
         )
