@@ -71,7 +71,9 @@ impl HttpProxy {
         let mut tracker = exchange.map(|e| Box::new(Tracker::new(e, request_bytes.clone())));
 
         // Phase 3: rewrite.
-        if let Err(reason) = self.rewrite(&mut head, upgrade) {
+        let unframed_body = !http_body::Body::is_end_stream(&body)
+            && !head.headers.contains_key(header::CONTENT_LENGTH);
+        if let Err(reason) = self.rewrite(&mut head, upgrade, unframed_body) {
             return Ok(self.fail(
                 tracker,
                 started,
@@ -127,7 +129,14 @@ impl HttpProxy {
         ))
     }
 
-    fn rewrite(&self, head: &mut http::request::Parts, upgrade: bool) -> Result<(), &'static str> {
+    /// `unframed_body`: a body whose length is not known up front (chunked, or h2 without
+    /// content-length).
+    fn rewrite(
+        &self,
+        head: &mut http::request::Parts,
+        upgrade: bool,
+        unframed_body: bool,
+    ) -> Result<(), &'static str> {
         let upgrade_value = if upgrade {
             head.headers.get(header::UPGRADE).cloned()
         } else {
@@ -170,6 +179,14 @@ impl HttpProxy {
                     let host = HeaderValue::from_str(authority.as_str())
                         .map_err(|_| "invalid authority")?;
                     head.headers.insert(header::HOST, host);
+                }
+                // Said explicitly: for GET, HEAD and the like, hyper would otherwise send an
+                // unframed body as no body at all.
+                if unframed_body {
+                    head.headers.insert(
+                        header::TRANSFER_ENCODING,
+                        HeaderValue::from_static("chunked"),
+                    );
                 }
             }
             Wire::Http2 => {
@@ -225,7 +242,8 @@ impl HttpProxy {
                 )
             } else {
                 let (body, reclaim) = RequestBody::reclaimable(body, request_bytes.clone());
-                let copy = copy_head(&head);
+                let copy =
+                    super::pool::copy_head(&head.method, &head.uri, head.version, &head.headers);
                 (Request::from_parts(head, body), Some((copy, reclaim)))
             };
             let sent = endpoint.client.send(request);
@@ -360,6 +378,14 @@ fn local_head(
 }
 
 fn check<B>(req: &Request<B>) -> Result<(), &'static str> {
+    // RFC 9110 §4.2.4: userinfo in an http(s) authority is an error, never forwarded.
+    let authority = match req.uri().authority() {
+        Some(a) => Some(a.as_str().as_bytes()),
+        None => req.headers().get(header::HOST).map(HeaderValue::as_bytes),
+    };
+    if authority.is_some_and(|a| a.contains(&b'@')) {
+        return Err("userinfo in the authority");
+    }
     if req.method() == Method::CONNECT {
         return Err("CONNECT is not supported");
     }
@@ -451,15 +477,6 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == header::TE
         || name.as_str() == "keep-alive"
         || name.as_str() == "proxy-connection"
-}
-
-fn copy_head(head: &http::request::Parts) -> http::request::Parts {
-    let (mut parts, ()) = Request::new(()).into_parts();
-    parts.method = head.method.clone();
-    parts.uri = head.uri.clone();
-    parts.version = head.version;
-    parts.headers = head.headers.clone();
-    parts
 }
 
 /// Copies bytes both ways between the two upgraded connections until either side closes.

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -30,7 +31,8 @@ pub struct Limits {
     pub h2_max_pending_accept_reset_streams: usize,
     /// Streams the server may reset for protocol errors before closing the connection.
     pub h2_max_local_error_reset_streams: usize,
-    /// Time to receive a request head (slowloris).
+    /// Time to receive a request head (slowloris). For HTTP/1.1 it is also how long a
+    /// keep-alive connection may sit idle between requests. nginx: 60 s.
     pub header_read_timeout: Duration,
     /// HTTP/2 PING interval; a connection that does not answer within `h2_keep_alive_timeout`
     /// is closed.
@@ -49,7 +51,7 @@ impl Default for Limits {
             h2_max_concurrent_streams: 1024,
             h2_max_pending_accept_reset_streams: 20,
             h2_max_local_error_reset_streams: 1024,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(60),
             h2_keep_alive_interval: Duration::from_secs(60),
             h2_keep_alive_timeout: Duration::from_secs(20),
             tls_handshake_timeout: Duration::from_secs(10),
@@ -126,7 +128,17 @@ pub async fn serve(
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     match tls {
-                        None => serve_http(stream, peer, proxy, &builder, watcher).await,
+                        None => {
+                            serve_http(
+                                stream,
+                                peer,
+                                proxy,
+                                &builder,
+                                watcher,
+                                limits.header_read_timeout,
+                            )
+                            .await
+                        }
                         Some(acceptor) => {
                             let handshake = tokio::time::timeout(
                                 limits.tls_handshake_timeout,
@@ -134,7 +146,15 @@ pub async fn serve(
                             );
                             match handshake.await {
                                 Ok(Ok(tls)) => {
-                                    serve_http(tls, peer, proxy, &builder, watcher).await
+                                    serve_http(
+                                        tls,
+                                        peer,
+                                        proxy,
+                                        &builder,
+                                        watcher,
+                                        limits.header_read_timeout,
+                                    )
+                                    .await
                                 }
                                 Ok(Err(e)) => {
                                     tracing::debug!(%peer, error = %e, "TLS handshake failed")
@@ -180,12 +200,33 @@ async fn serve_http<S>(
     proxy: Arc<HttpProxy>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
+    first_request: Duration,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| proxy.clone().serve(req, peer));
+    // Until the first request head arrives the connection is cut after `first_request`:
+    // hyper's own header timeout starts only once it has told HTTP/1.1 from h2, so a peer that
+    // sends nothing, or trickles the h2 preface, would otherwise hold the socket forever.
+    let started = Arc::new(AtomicBool::new(false));
+    let seen = started.clone();
+    let service = hyper::service::service_fn(move |req| {
+        seen.store(true, Ordering::Relaxed);
+        proxy.clone().serve(req, peer)
+    });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
+    let connection = watcher.watch(connection.into_owned());
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = &mut connection => result,
+        _ = tokio::time::sleep(first_request) => {
+            if !started.load(Ordering::Relaxed) {
+                tracing::debug!(%peer, "no request within the header read timeout; closing");
+                return;
+            }
+            connection.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

@@ -38,6 +38,30 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// Idempotent, and nothing to send but the head.
+fn replayable(request: &Request<RequestBody>) -> bool {
+    use http::Method;
+    matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE | Method::PUT
+    ) && http_body::Body::is_end_stream(request.body())
+}
+
+/// A copy of a request's head (extensions are not carried).
+pub fn copy_head(
+    method: &http::Method,
+    uri: &http::Uri,
+    version: http::Version,
+    headers: &http::HeaderMap,
+) -> http::request::Parts {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method.clone();
+    parts.uri = uri.clone();
+    parts.version = version;
+    parts.headers = headers.clone();
+    parts
+}
+
 struct Idle {
     sender: http1::SendRequest<RequestBody>,
     since: Instant,
@@ -100,8 +124,21 @@ impl Pool {
         self: &Arc<Self>,
         mut request: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
+        // A pooled connection the server closed just as the request went out fails with
+        // nothing answered. An idempotent request without a body is safe to send again
+        // (RFC 9110 §9.2.2): keep its head for that one retry.
+        let mut replay = replayable(&request).then(|| {
+            copy_head(
+                request.method(),
+                request.uri(),
+                request.version(),
+                request.headers(),
+            )
+        });
+        let mut fresh_only = false;
         loop {
-            let (mut sender, reused) = match self.checkout() {
+            let pooled = if fresh_only { None } else { self.checkout() };
+            let (mut sender, reused) = match pooled {
                 Some(sender) => (sender, true),
                 None => (self.connect_h1().await?, false),
             };
@@ -124,6 +161,13 @@ impl Pool {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => request = unsent,
+                    None if reused && e.error().is_incomplete_message() => match replay.take() {
+                        Some(head) => {
+                            request = Request::from_parts(head, RequestBody::empty());
+                            fresh_only = true;
+                        }
+                        None => return Err(SendError::Request(e.into_error())),
+                    },
                     _ => return Err(SendError::Request(e.into_error())),
                 },
             }
