@@ -49,6 +49,8 @@ pub struct Upstream {
     pub connections: Arc<AtomicUsize>,
     pub requests: Arc<AtomicUsize>,
     pub max_in_flight: Arc<AtomicUsize>,
+    /// The path of every request that arrived, in order.
+    pub paths: Arc<Mutex<Vec<String>>>,
 }
 
 impl Upstream {
@@ -63,10 +65,12 @@ impl Upstream {
             connections: Arc::default(),
             requests: Arc::default(),
             max_in_flight: Arc::default(),
+            paths: Arc::default(),
         };
         let connections = upstream.connections.clone();
         let requests = upstream.requests.clone();
         let max_in_flight = upstream.max_in_flight.clone();
+        let paths = upstream.paths.clone();
         let in_flight = Arc::new(AtomicUsize::new(0));
         tokio::spawn(async move {
             loop {
@@ -77,9 +81,13 @@ impl Upstream {
                 let requests = requests.clone();
                 let in_flight = in_flight.clone();
                 let max_in_flight = max_in_flight.clone();
+                let paths = paths.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         requests.fetch_add(1, Ordering::SeqCst);
+                        if let Ok(mut paths) = paths.lock() {
+                            paths.push(req.uri().path().to_string());
+                        }
                         let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                         max_in_flight.fetch_max(now, Ordering::SeqCst);
                         let in_flight = in_flight.clone();
@@ -347,6 +355,22 @@ impl Exchange for Recording {
 }
 
 impl Observed {
+    /// Every exchange that ended so far, in the order they ended.
+    pub fn ends(&self) -> Vec<Ended> {
+        self.ends.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Waits up to `within` for `n` exchanges to end, then a little longer so that an extra
+    /// (double) end would show; returns every end seen.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Ended> {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.ends().len() < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.ends()
+    }
+
     /// The first exchange to end, waiting up to 5 s.
     pub async fn wait_one(&self) -> Ended {
         for _ in 0..500 {
@@ -562,6 +586,32 @@ pub async fn http(
         .await?
         .send(method, path, body)
         .await
+}
+
+/// Latencies of `n` sequential GETs of `path` on one keep-alive HTTP/1.1 connection, each
+/// timed from send to the end of its body. Panics on a failed request or a status other than
+/// 200: the caller measures a client that must keep being served.
+pub async fn latencies(address: SocketAddr, path: &str, n: usize) -> Vec<Duration> {
+    let mut client = Client::connect(address).await.expect("connect");
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(5), client.get(path))
+            .await
+            .unwrap_or_else(|_| panic!("request {i} took over 5 s"));
+        match answer {
+            Ok((200, _)) => samples.push(started.elapsed()),
+            other => panic!("request {i}: {other:?}"),
+        }
+    }
+    samples
+}
+
+/// The median of `samples`.
+pub fn p50(samples: &[Duration]) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
 }
 
 /// The sum of the samples of `name` whose labels include every one of `labels`, from
