@@ -38,6 +38,26 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// The connection ended before any answer: closed, reset, or a broken pipe.
+fn unanswered(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+            );
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// Idempotent, and nothing to send but the head.
 fn replayable(request: &Request<RequestBody>) -> bool {
     use http::Method;
@@ -126,7 +146,7 @@ impl Pool {
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         // A pooled connection the server closed just as the request went out fails with
         // nothing answered. An idempotent request without a body is safe to send again
-        // (RFC 9110 §9.2.2): keep its head for that one retry.
+        // (RFC 9110 §9.2.2), once, on a fresh connection: keep its head for that.
         let mut replay = replayable(&request).then(|| {
             copy_head(
                 request.method(),
@@ -161,7 +181,9 @@ impl Pool {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => request = unsent,
-                    None if reused && e.error().is_incomplete_message() => match replay.take() {
+                    // Once, on a fresh connection: also covers a connection the kernel
+                    // accepted for a server that then went away before answering.
+                    None if unanswered(e.error()) => match replay.take() {
                         Some(head) => {
                             request = Request::from_parts(head, RequestBody::empty());
                             fresh_only = true;
