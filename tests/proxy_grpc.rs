@@ -2,16 +2,17 @@
 //! outbound (`kuma.io/protocol: grpc`), whose endpoint is the server's sidecar inbound, which
 //! forwards to the tonic service. Every gRPC shape must cross both hops unchanged.
 
-mod support;
+mod harness;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tonic::Code;
 
-use support::{
-    EchoClient, EchoRequest, EchoServer, Event, Proxy, TRAILER_BIN_KEY, TRAILER_BIN_VALUE,
-    TRAILER_KEY, TRAILER_VALUE, free_port, method, start_echo_server, start_proxy,
+use harness::free_port;
+use harness::grpc::{
+    EchoClient, EchoRequest, EchoServer, Event, TRAILER_BIN_KEY, TRAILER_BIN_VALUE, TRAILER_KEY,
+    TRAILER_VALUE, method, start_echo_server, start_proxy,
 };
 
 /// The service, both sidecars and a client connected to the caller's outbound.
@@ -20,8 +21,8 @@ struct Chain {
     /// Where the application reaches "backend": its sidecar's outbound.
     outbound: SocketAddr,
     client: EchoClient,
-    _server_side: Proxy,
-    _client_side: Proxy,
+    _server_side: harness::Proxy,
+    _client_side: harness::Proxy,
 }
 
 async fn chain() -> Chain {
@@ -62,7 +63,7 @@ networking:
     ))
     .await;
     // Listener order: the inbound, then the outbound.
-    let outbound = client_side.addresses[1];
+    let outbound = client_side.addresses()[1];
     let client = EchoClient::connect(outbound).await;
     Chain {
         app,

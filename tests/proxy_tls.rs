@@ -3,7 +3,7 @@
 //! serverName}` originates TLS to its endpoints. Certificates come from a test CA (rcgen), and
 //! every rustls config here uses the ring provider.
 
-mod support;
+mod harness;
 
 use std::net::SocketAddr;
 
@@ -15,14 +15,14 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use support::{
-    EchoClient, EchoRequest, TestPki, free_port, method, start_echo_server, start_proxy,
-    start_tls_echo_server,
+use harness::free_port;
+use harness::grpc::{
+    EchoClient, EchoRequest, TestPki, method, start_echo_server, start_proxy, start_tls_echo_server,
 };
 
 /// An inbound (`kuma.io/protocol: http`) terminating TLS in front of a plain-text app, which
 /// answers plain requests with `<version it saw> <path>`.
-async fn tls_inbound(pki: &TestPki) -> (support::Proxy, support::EchoServer) {
+async fn tls_inbound(pki: &TestPki) -> (harness::Proxy, harness::grpc::EchoServer) {
     let app = start_echo_server().await;
     let proxy = start_proxy(&format!(
         r#"
@@ -83,7 +83,7 @@ where
 async fn tls_inbound_speaks_h2_when_alpn_chooses_h2() {
     let pki = TestPki::new();
     let (proxy, _app) = tls_inbound(&pki).await;
-    let address = proxy.addresses[0];
+    let address = proxy.addresses()[0];
 
     let tls = tls_connect(&pki, address, b"h2").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
@@ -108,7 +108,7 @@ async fn tls_inbound_speaks_h2_when_alpn_chooses_h2() {
 async fn tls_inbound_speaks_http11_when_alpn_chooses_http11() {
     let pki = TestPki::new();
     let (proxy, _app) = tls_inbound(&pki).await;
-    let address = proxy.addresses[0];
+    let address = proxy.addresses()[0];
 
     let tls = tls_connect(&pki, address, b"http/1.1").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
@@ -165,7 +165,7 @@ async fn tls_outbound_reaches_a_tls_http_upstream() {
     let pki = TestPki::new();
     let upstream = start_tls_echo_server(pki.server_config()).await;
     let proxy = start_proxy(&tls_outbound_dataplane(&pki, "http", upstream.address)).await;
-    let outbound = proxy.addresses[1];
+    let outbound = proxy.addresses()[1];
 
     let tcp = TcpStream::connect(outbound)
         .await
@@ -191,7 +191,7 @@ async fn tls_outbound_carries_grpc_to_a_tls_upstream_over_h2() {
     let pki = TestPki::new();
     let upstream = start_tls_echo_server(pki.server_config()).await;
     let proxy = start_proxy(&tls_outbound_dataplane(&pki, "grpc", upstream.address)).await;
-    let mut client = EchoClient::connect(proxy.addresses[1]).await;
+    let mut client = EchoClient::connect(proxy.addresses()[1]).await;
 
     let request = EchoRequest {
         payload: b"over TLS".to_vec(),

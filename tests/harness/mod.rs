@@ -20,13 +20,23 @@ use tracecar::proxy::observe::{End, Exchange, ListenerInfo, Observer};
 use tracecar::proxy::{ProxyConfig, Running};
 
 pub mod export;
+pub mod grpc;
 
 /// A free loopback port (bound, read, released).
+/// A port that was free a moment ago. The Dataplane validator wants real ports (1–65535), so
+/// a proxy cannot be told to bind port 0. The same port is never handed out twice in one test
+/// binary, since tests ask for several before binding any.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = listener.local_addr().expect("local address").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Deterministic bytes, so corruption anywhere shows.
@@ -269,8 +279,19 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// The i-th listener of interest.
     pub fn address(&self, i: usize) -> SocketAddr {
         self.running.addresses[self.skip + i]
+    }
+
+    /// Every bound listener, in order: inbounds, then outbounds.
+    pub fn addresses(&self) -> &[SocketAddr] {
+        &self.running.addresses
+    }
+
+    /// Stops accepting and waits for in-flight exchanges; whether they finished in time.
+    pub async fn drain(self, deadline: std::time::Duration) -> bool {
+        self.running.drain(deadline).await
     }
 }
 
@@ -278,7 +299,13 @@ pub async fn proxy_with(yaml: &str, observer: Arc<dyn Observer>, config: &ProxyC
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("dataplane.yaml");
     std::fs::write(&file, yaml).expect("write dataplane");
-    let (dataplane, _) = tracecar::policy::load::load_dataplane(&file).expect("valid dataplane");
+    let (dataplane, _) = tracecar::policy::load::load_dataplane(&file)
+        .unwrap_or_else(|problems| panic!("dataplane does not load: {problems:?}"));
+    let violations = tracecar::policy::validate::validate_dataplane(&dataplane);
+    assert!(
+        violations.iter().all(|v| v.warning),
+        "test dataplane is invalid: {violations:?}"
+    );
     let effective = tracecar::policy::PolicySet::default().effective(&dataplane, 1);
     let running = tracecar::proxy::start(&dataplane, &effective, observer, config)
         .await

@@ -1,9 +1,5 @@
-//! Helpers shared by the end-to-end tests: free ports, a tracecar proxy started from a
-//! Dataplane YAML, a gRPC echo service written with tonic's low-level API (hand-written prost
-//! messages, no protoc), its client, and test certificates.
-
-// Each test binary compiles this module and uses only part of it.
-#![allow(dead_code)]
+//! A gRPC echo service written with tonic's low-level API (hand-written prost messages, no
+//! protoc), its client, and test certificates.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,76 +24,21 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, IntoRequest, IntoStreamingRequest, Status, Streaming};
 use tonic_prost::ProstCodec;
 
-use tracecar::policy::PolicySet;
-use tracecar::policy::load::load_dataplane;
-use tracecar::policy::validate::validate_dataplane;
+use tracecar::proxy::ProxyConfig;
 use tracecar::proxy::observe::NoObserver;
-use tracecar::proxy::{ProxyConfig, Running};
 
 /// Both ends raise tonic's 4 MiB default so that large messages are the proxy's problem only.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
-/// A port that was free a moment ago. The Dataplane validator wants real ports (1–65535), so
-/// the proxy cannot be told to bind port 0. The same port is never handed out twice in one
-/// test binary, since tests ask for several before binding any.
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let port = listener.local_addr().expect("local address").port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-/// A running tracecar data path and the folder its Dataplane file lives in.
-pub struct Proxy {
-    /// Bound addresses in listener order: inbounds, then outbounds.
-    pub addresses: Vec<SocketAddr>,
-    running: Option<Running>,
-    _dir: tempfile::TempDir,
-}
-
-impl Proxy {
-    /// Stops accepting and waits for in-flight exchanges; whether they finished in time.
-    pub async fn drain(mut self, deadline: Duration) -> bool {
-        match self.running.take() {
-            Some(running) => running.drain(deadline).await,
-            None => true,
-        }
-    }
-}
-
-/// Starts a tracecar proxy (no policy: nothing is traced) from a Dataplane YAML document.
-/// Relative TLS paths in the YAML resolve against a fresh temporary folder.
-pub async fn start_proxy(dataplane_yaml: &str) -> Proxy {
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let file = dir.path().join("dataplane.yaml");
-    std::fs::write(&file, dataplane_yaml).expect("write the dataplane file");
-    let (dataplane, _warnings) = load_dataplane(&file)
-        .unwrap_or_else(|problems| panic!("dataplane does not load: {problems:?}"));
-    let violations = validate_dataplane(&dataplane);
-    assert!(
-        violations.is_empty(),
-        "test dataplane is invalid: {violations:?}"
-    );
-    let effective = PolicySet::default().effective(&dataplane, 1);
-    let running = tracecar::proxy::start(
-        &dataplane,
-        &effective,
+/// A tracecar proxy (no policy: nothing is traced) from a Dataplane document that must be
+/// valid as it stands.
+pub async fn start_proxy(dataplane_yaml: &str) -> super::Proxy {
+    super::proxy_with(
+        dataplane_yaml,
         Arc::new(NoObserver),
         &ProxyConfig::default(),
     )
     .await
-    .expect("proxy starts");
-    Proxy {
-        addresses: running.addresses.clone(),
-        running: Some(running),
-        _dir: dir,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
