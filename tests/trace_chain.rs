@@ -3,7 +3,7 @@
 
 mod harness;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,37 +11,8 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::net::TcpStream;
 
-use harness::{Upstream, free_port, inbound_yaml, outbound_yaml, proxy_with_observer};
-use tracecar::trace::{Span, SpanKind, SpanSink, TraceConfig, TracedBackend, Tracer};
-
-#[derive(Default)]
-struct Collected(Mutex<Vec<Span>>);
-
-impl SpanSink for Collected {
-    fn try_send(&self, span: Span) {
-        if let Ok(mut spans) = self.0.lock() {
-            spans.push(span);
-        }
-    }
-}
-
-impl Collected {
-    fn spans(&self) -> Vec<Span> {
-        self.0.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-
-    /// Waits until `n` spans arrived (spans end with the body, a moment after the response).
-    async fn wait_for(&self, n: usize) -> Vec<Span> {
-        for _ in 0..300 {
-            let spans = self.spans();
-            if spans.len() >= n {
-                return spans;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("expected {n} spans, got {:?}", self.spans());
-    }
-}
+use harness::{Collected, Upstream, free_port, inbound_yaml, outbound_yaml, proxy_with_observer};
+use tracecar::trace::{SpanKind, TraceConfig, TracedBackend, Tracer};
 
 fn tracer(node: &str, sink: &Arc<Collected>, percent: f64, shared: bool) -> Arc<Tracer> {
     Arc::new(Tracer::new(

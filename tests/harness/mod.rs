@@ -855,3 +855,33 @@ impl Drop for Sidecar {
         }
     }
 }
+
+/// A span sink that keeps what it gets, for tests of the tracing layer.
+#[derive(Default)]
+pub struct Collected(Mutex<Vec<tracecar::trace::Span>>);
+
+impl tracecar::trace::SpanSink for Collected {
+    fn try_send(&self, span: tracecar::trace::Span) {
+        if let Ok(mut spans) = self.0.lock() {
+            spans.push(span);
+        }
+    }
+}
+
+impl Collected {
+    pub fn spans(&self) -> Vec<tracecar::trace::Span> {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits until `n` spans arrived (spans end with the body, a moment after the response).
+    pub async fn wait_for(&self, n: usize) -> Vec<tracecar::trace::Span> {
+        for _ in 0..300 {
+            let spans = self.spans();
+            if spans.len() >= n {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("expected {n} spans, got {:?}", self.spans());
+    }
+}
