@@ -83,12 +83,6 @@ pub struct Loaded {
     pub files: Vec<PathBuf>,
 }
 
-impl Loaded {
-    pub fn has_errors(&self) -> bool {
-        self.diagnostics.iter().any(Diagnostic::is_error)
-    }
-}
-
 /// Expands `--policy` arguments: a file stands for itself; a folder for every `*.yaml`/`*.yml`
 /// directly inside it, sorted, skipping names that begin with `.` (a ConfigMap mount's
 /// `..data` and `..2024_…` entries), following symlinks.

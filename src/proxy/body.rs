@@ -256,10 +256,6 @@ impl ResponseBody {
         }
         self
     }
-
-    pub fn local(text: Option<Bytes>) -> Self {
-        ResponseBody::new(ResponseInner::Local(text), None, None)
-    }
 }
 
 impl Body for ResponseBody {

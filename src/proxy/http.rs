@@ -342,12 +342,6 @@ impl Failure {
 
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// A reply made by the proxy, unobserved.
-pub fn local_reply(status: StatusCode, reason: &'static str, grpc: bool) -> Response<ResponseBody> {
-    let (response, text) = local_head(status, reason, grpc);
-    response.map(|()| ResponseBody::local(text))
-}
-
 /// The head and body text of a local reply. gRPC callers get what gRPC expects (as Envoy
 /// does): HTTP 200, trailers-only, `grpc-status` UNAVAILABLE (14), DEADLINE_EXCEEDED (4) or
 /// INTERNAL (13), and the reason as `grpc-message`.
