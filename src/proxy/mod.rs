@@ -60,12 +60,12 @@ impl Running {
     /// whether everything finished in time.
     pub async fn drain(self, deadline: Duration) -> bool {
         let _ = self.stop.send(true);
-        let all = futures_join_all(self.tasks);
+        let all = wait_all(self.tasks);
         tokio::time::timeout(deadline, all).await.is_ok()
     }
 }
 
-async fn futures_join_all(tasks: Vec<JoinHandle<()>>) {
+async fn wait_all(tasks: Vec<JoinHandle<()>>) {
     for task in tasks {
         let _ = task.await;
     }
