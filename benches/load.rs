@@ -250,7 +250,14 @@ pub struct Results {
 pub const IDLE_CONNECTIONS: usize = 1000;
 
 fn main() -> anyhow::Result<()> {
-    let options = parse_options(std::env::args().skip(1).collect())?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo test --all-targets` runs bench binaries too, without `--bench`: this one takes
+    // a quarter of an hour and needs wrk, h2load and nginx, so it only runs under `cargo bench`.
+    if !args.iter().any(|a| a == "--bench") {
+        println!("load benchmark: run it with `cargo bench --bench load` (see benches/README.md)");
+        return Ok(());
+    }
+    let options = parse_options(args)?;
     let files = procfs::raise_open_files_limit();
     if files < 4 * IDLE_CONNECTIONS as u64 {
         eprintln!("warning: only {files} open files allowed; the 1,000-connection run may fail");
