@@ -1,0 +1,184 @@
+//! The bodies of the fuzz targets, one function per target.
+//!
+//! The same file is compiled twice: as the library the `fuzz_targets/` binaries call, and as a
+//! module of the main crate's `tests/fuzz_regressions.rs`, which replays the committed seeds and
+//! every minimised finding through these functions on stable Rust, without cargo-fuzz. So this
+//! file uses only what both builds have: `tracecar`, `http`, `serde_json` and `std`.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use tracecar::policy::resource::Kind;
+use tracecar::policy::{Dataplane, Diagnostic, PolicySet, Resource, load, validate};
+use tracecar::trace::b3::{self, SamplingState};
+
+/// The headers `b3_extract` fills, chosen by the first byte of each input line (`byte % 6`, so
+/// the ASCII digits `0`–`5` name them in readable seeds).
+pub const B3_HEADERS: [HeaderName; 6] = [
+    b3::B3,
+    b3::TRACE_ID,
+    b3::SPAN_ID,
+    b3::PARENT_SPAN_ID,
+    b3::SAMPLED,
+    b3::FLAGS,
+];
+
+/// Turns fuzz input into request headers: each `\n`-separated line is one header, its first
+/// byte selecting the name and the rest the value. A header may repeat (the first value must
+/// win); values `HeaderValue::from_bytes` refuses are skipped, as hyper would never hand them
+/// over.
+pub fn b3_headers(data: &[u8]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for line in data.split(|b| *b == b'\n') {
+        let Some((&selector, value)) = line.split_first() else {
+            continue;
+        };
+        let Ok(value) = HeaderValue::from_bytes(value) else {
+            continue;
+        };
+        headers.append(B3_HEADERS[usize::from(selector) % 6].clone(), value);
+    }
+    headers
+}
+
+/// Target `b3_extract`: `extract` never panics, and a context it reads survives `inject` then
+/// `extract` unchanged, in the form (single or multi) the caller used.
+pub fn b3_extract(data: &[u8]) {
+    let headers = b3_headers(data);
+    let extracted = b3::extract(&headers);
+    let Some(context) = extracted.context else {
+        return;
+    };
+    // What the proxy forwards: the caller's decision, or (deferred) a decision of its own.
+    let debug = extracted.sampling == Some(SamplingState::Debug);
+    let sampled = matches!(
+        extracted.sampling,
+        Some(SamplingState::Accept | SamplingState::Debug)
+    );
+    let expected_sampling = Some(match (debug, sampled) {
+        (true, _) => SamplingState::Debug,
+        (false, true) => SamplingState::Accept,
+        (false, false) => SamplingState::Deny,
+    });
+
+    let mut fresh = HeaderMap::new();
+    b3::inject(&mut fresh, &context, sampled, debug, extracted.single);
+    let back = b3::extract(&fresh);
+    assert_eq!(back.context, Some(context), "context lost: {fresh:?}");
+    assert_eq!(back.sampling, expected_sampling, "sampling lost: {fresh:?}");
+    assert_eq!(back.single, extracted.single, "form lost: {fresh:?}");
+    assert!(!back.invalid, "inject wrote a malformed context: {fresh:?}");
+
+    // `inject` over the caller's own headers: no stale B3 header may survive to change what
+    // the next hop reads.
+    let mut reused = headers.clone();
+    b3::inject(&mut reused, &context, sampled, debug, extracted.single);
+    assert_eq!(
+        b3::extract(&reused),
+        back,
+        "stale headers survived: {reused:?}"
+    );
+}
+
+/// The name every fuzz input is "read from".
+const POLICY_FILE: &str = "fuzz/policy.yaml";
+
+fn example_dataplane() -> &'static Dataplane {
+    static DATAPLANE: OnceLock<Dataplane> = OnceLock::new();
+    DATAPLANE.get_or_init(|| {
+        let text = include_str!("../../config/dataplane.yaml");
+        let (mut resources, diagnostics) = load::parse_str(Path::new("dataplane.yaml"), text);
+        assert!(diagnostics.is_empty(), "{diagnostics:?}");
+        match resources.pop() {
+            Some(Resource::Dataplane(dp)) => dp,
+            other => panic!("config/dataplane.yaml holds no Dataplane: {other:?}"),
+        }
+    })
+}
+
+fn example_policy() -> &'static PolicySet {
+    static POLICY: OnceLock<PolicySet> = OnceLock::new();
+    POLICY.get_or_init(|| {
+        let mut resources = Vec::new();
+        for (name, text) in [
+            ("mesh.yaml", include_str!("../../config/mesh.yaml")),
+            (
+                "trace-all-traffic.yaml",
+                include_str!("../../config/trace-all-traffic.yaml"),
+            ),
+        ] {
+            let (mut r, diagnostics) = load::parse_str(Path::new(name), text);
+            assert!(diagnostics.is_empty(), "{diagnostics:?}");
+            resources.append(&mut r);
+        }
+        PolicySet::from_resources(resources)
+    })
+}
+
+/// Every diagnostic is printed as one line (diagnostic.rs's contract).
+fn assert_one_line(diagnostics: &[Diagnostic]) {
+    for d in diagnostics {
+        let line = d.to_string();
+        assert!(!line.contains('\n'), "diagnostic spans lines: {line:?}");
+    }
+}
+
+/// Target `policy_load`: any text as a policy file, through the steps of `policy::check`
+/// (parse, validate each resource, validate the set), then the effective configuration of an
+/// example Dataplane under it, rendered as `/config_dump` does. Nothing panics; every
+/// diagnostic is one line.
+pub fn policy_load(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let file = Path::new(POLICY_FILE);
+    let (resources, mut diagnostics) = load::parse_str(file, &text);
+    for r in &resources {
+        diagnostics.extend(validate::diagnostics_for(
+            r.kind(),
+            r.meta(),
+            validate::validate_resource(r),
+        ));
+    }
+    diagnostics.extend(validate::validate_set(&resources));
+    assert_one_line(&diagnostics);
+    let set = PolicySet::from_resources(resources);
+    let effective = set.effective(example_dataplane(), 1);
+    serde_json::to_vec_pretty(&effective).expect("the effective configuration serialises");
+}
+
+/// Target `dataplane_load`: any text as the dataplane file, through the steps of
+/// `load::load_dataplane` and `policy::check` in memory (parse, exactly one Dataplane,
+/// `validate_dataplane`), then its effective configuration under the example policy. Nothing
+/// panics; every diagnostic is one line.
+pub fn dataplane_load(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let file = Path::new(POLICY_FILE);
+    let (resources, mut diagnostics) = load::parse_str(file, &text);
+    if diagnostics.iter().any(Diagnostic::is_error) {
+        assert_one_line(&diagnostics);
+        return;
+    }
+    let mut dataplanes: Vec<Dataplane> = Vec::new();
+    for r in resources {
+        match r {
+            Resource::Dataplane(d) => dataplanes.push(d),
+            other => diagnostics.push(
+                Diagnostic::warning(file, "not a Dataplane, ignored in the dataplane file")
+                    .resource(format!("{}/{}", other.kind(), other.meta().name)),
+            ),
+        }
+    }
+    if dataplanes.len() != 1 {
+        assert_one_line(&diagnostics);
+        return;
+    }
+    let dp = dataplanes.remove(0);
+    diagnostics.extend(validate::diagnostics_for(
+        Kind::Dataplane,
+        &dp.meta,
+        validate::validate_dataplane(&dp),
+    ));
+    assert_one_line(&diagnostics);
+    let effective = example_policy().effective(&dp, 1);
+    serde_json::to_vec_pretty(&effective).expect("the effective configuration serialises");
+}
