@@ -28,7 +28,7 @@ impl Diagnostic {
             file: file.to_path_buf(),
             resource: None,
             path: None,
-            message: one_line(message.into()),
+            message: printable(one_line(message.into())),
         }
     }
 
@@ -40,18 +40,36 @@ impl Diagnostic {
     }
 
     pub fn resource(mut self, resource: impl Into<String>) -> Self {
-        self.resource = Some(resource.into());
+        self.resource = Some(printable(resource.into()));
         self
     }
 
     pub fn at(mut self, path: impl Into<String>) -> Self {
-        let path = path.into();
+        let path = printable(path.into());
         self.path = (!path.is_empty()).then_some(path);
         self
     }
 
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
+    }
+}
+
+/// Names and paths come from the user's file and may hold any character: control characters
+/// are shown escaped (`a\nb`), so a problem stays one line and the name stays recognisable.
+fn printable(text: String) -> String {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        text
     }
 }
 
