@@ -149,10 +149,14 @@ impl SpanSink for Handle {
         self.metrics.sampled.inc();
         // Counted before the send: the worker may take it before `try_send` returns.
         self.metrics.pending.inc();
-        self.metrics.queued.inc();
-        if let Err(e) = self.tx.try_send(span) {
+        let sent = self.tx.try_send(span);
+        // The queue's fill as the channel reports it: never above its capacity, whichever of
+        // the sender and the worker writes last.
+        self.metrics
+            .queued
+            .set((self.tx.max_capacity() - self.tx.capacity()) as i64);
+        if let Err(e) = sent {
             self.metrics.pending.dec();
-            self.metrics.queued.dec();
             match e {
                 mpsc::error::TrySendError::Full(_) => self.metrics.dropped_queue_full.inc(),
                 mpsc::error::TrySendError::Closed(_) => self.metrics.dropped_shutdown.inc(),
@@ -302,7 +306,7 @@ impl Worker {
                         self.flush(&mut batch).await;
                         return;
                     }
-                    self.metrics.queued.dec_by(received as i64);
+                    self.metrics.queued.set(self.rx.len() as i64);
                     if batch.len() >= batch_size {
                         self.flush(&mut batch).await;
                     }
