@@ -115,6 +115,8 @@ struct Accounts {
     queue_full: f64,
     export_failed: f64,
     pending: f64,
+    /// POST attempts that failed (`tracecar_export_requests_total{result="failure"}`).
+    failed_posts: f64,
 }
 
 impl Accounts {
@@ -135,6 +137,12 @@ impl Accounts {
             queue_full: dropped("queue_full"),
             export_failed: dropped("export_failed"),
             pending: metric(text, "tracecar_export_queue_spans", &b).unwrap_or(f64::NAN),
+            failed_posts: metric(
+                text,
+                "tracecar_export_requests_total",
+                &[("backend", BACKEND), ("result", "failure")],
+            )
+            .unwrap_or(0.0),
         }
     }
 
@@ -246,7 +254,7 @@ async fn run(app: &Upstream, url: &str, settings: ExportSettings) -> (Load, Acco
 /// Runs the healthy baseline and then the fault, and checks what every fault must leave
 /// intact: all requests succeed, p99 stays within 1.5× of the baseline's, every span is
 /// accounted for and nothing is left pending.
-async fn fault_leaves_requests_and_accounts_intact(name: &str, url: &str) -> Load {
+async fn fault_leaves_requests_and_accounts_intact(name: &str, url: &str) -> (Load, Accounts) {
     let _turn = ONE_LOAD_AT_A_TIME.lock().await;
     let app = Upstream::start().await;
     let healthy = Collector::start(Answer::Accept).await;
@@ -294,7 +302,7 @@ async fn fault_leaves_requests_and_accounts_intact(name: &str, url: &str) -> Loa
         accounts.sampled, REQUESTS as f64,
         "{name}: one span per request at sampling 100"
     );
-    faulty
+    (faulty, accounts)
 }
 
 // Faults: the data path never waits for the exporter (A6).
@@ -307,7 +315,7 @@ async fn collector_down_fails_no_request_slows_none_and_accounts_for_every_span(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_slow_fails_no_request_slows_none_and_accounts_for_every_span() {
     let slow = Collector::start(Answer::Slow(SLOW)).await;
-    let load = fault_leaves_requests_and_accounts_intact("collector slow", &slow.url()).await;
+    let (load, _) = fault_leaves_requests_and_accounts_intact("collector slow", &slow.url()).await;
     // Memory is bounded: the queue never holds more than its capacity.
     let capacity = settings().queue_capacity as i64;
     assert!(
@@ -420,4 +428,254 @@ async fn a_429_answered_every_time_is_tried_three_times_then_dropped() {
     let accounts = export_one_span(&collector).await;
     assert_eq!(collector.attempts(), 3);
     assert_eq!(accounts.export_failed, 1.0, "{accounts:?}");
+}
+
+// Collectors that break in other ways (issue 8): an answer that is not HTTP, a connection
+// closed mid-answer, a name that does not resolve, a TLS handshake that fails. Each is a
+// failed export like any other: requests unaffected, every span dropped as `export_failed`,
+// and one warning for the whole run, not one per batch.
+
+/// Every WARN line logged in this test binary. Tests run in parallel, so each picks its own
+/// lines by its collector's url, which the warning names and no other test uses.
+static WARNINGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct CaptureWarnings;
+
+impl std::io::Write for CaptureWarnings {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut captured = WARNINGS.lock().unwrap_or_else(|e| e.into_inner());
+        captured.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Routes this binary's `tracing` output at WARN and above into [`WARNINGS`], once.
+fn capture_warnings() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(|| CaptureWarnings)
+            .init();
+    });
+}
+
+/// The captured warning lines that name `url`.
+fn warnings_naming(url: &str) -> Vec<String> {
+    let captured = WARNINGS.lock().unwrap_or_else(|e| e.into_inner());
+    String::from_utf8_lossy(&captured)
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains(url))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The fault run as [`fault_leaves_requests_and_accounts_intact`], and then what a collector
+/// that never takes a span must leave: every span dropped as `export_failed` (none exported,
+/// none left to the shutdown deadline), POSTs failing again and again, and exactly one
+/// warning about it. Returns that warning.
+async fn failing_collector_is_dropped_as_export_failed_with_one_warning(
+    name: &str,
+    url: &str,
+) -> String {
+    capture_warnings();
+    let (_, accounts) = fault_leaves_requests_and_accounts_intact(name, url).await;
+    assert_eq!(
+        accounts.export_failed, accounts.sampled,
+        "{name}: every span is dropped as export_failed: {accounts:?}"
+    );
+    // 2,000 spans make at least 4 batches of 512, each tried 3 times: the failure repeats,
+    // and the warning is rate-limited, not missing.
+    assert!(
+        accounts.failed_posts >= 4.0,
+        "{name}: the failure repeats: {accounts:?}"
+    );
+    let warnings = warnings_naming(url);
+    assert_eq!(
+        warnings.len(),
+        1,
+        "{name}: one rate-limited warning for {} failed POSTs, got {warnings:#?}",
+        accounts.failed_posts
+    );
+    assert!(
+        warnings[0].contains("span export failed"),
+        "{name}: {}",
+        warnings[0]
+    );
+    eprintln!("{name}: {}", warnings[0]);
+    warnings[0].clone()
+}
+
+/// Reads one HTTP/1.1 request (head, then `content-length` bytes of body) so that an answer
+/// written afterwards is read as the answer, not lost to a reset of unread data.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let head_end = seen
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| i + 4);
+        if let Some(end) = head_end {
+            let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if seen.len() >= end + length {
+                return Ok(());
+            }
+        }
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::other("no whole request within 5 s"))??;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        seen.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// How a broken collector answers.
+#[derive(Clone, Copy)]
+enum Broken {
+    /// Reads the request, writes these bytes, closes.
+    AfterRequest(&'static [u8]),
+    /// Reads whatever comes first (a TLS ClientHello), writes these bytes, closes.
+    AfterFirstBytes(&'static [u8]),
+}
+
+/// A collector on loopback that answers every connection the `Broken` way.
+async fn broken_collector(broken: Broken) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind collector");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let reply = match broken {
+                    Broken::AfterRequest(reply) => {
+                        if read_request(&mut stream).await.is_err() {
+                            return;
+                        }
+                        reply
+                    }
+                    Broken::AfterFirstBytes(reply) => {
+                        let mut first = [0u8; 4096];
+                        if !matches!(stream.read(&mut first).await, Ok(n) if n > 0) {
+                            return;
+                        }
+                        reply
+                    }
+                };
+                let _ = stream.write_all(reply).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    address
+}
+
+/// A TLS collector whose certificate (for 127.0.0.1, so only trust can fail) is self-signed:
+/// no root the exporter trusts issued it.
+async fn untrusted_tls_collector() -> std::net::SocketAddr {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+        .expect("self-signed certificate");
+    let cert = CertificateDer::from(certified.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        certified.signing_key.serialize_der(),
+    ));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind collector");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            // The exporter refuses the certificate, so the handshake never completes.
+            tokio::spawn(async move {
+                let _ = acceptor.accept(stream).await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_answering_garbage_fails_no_request_and_drops_with_one_warning() {
+    // Not HTTP at all: what a wrong port (an SSH server, a database) answers.
+    let address = broken_collector(Broken::AfterRequest(
+        b"\x00\xff\xfeSSH-2.0-not-http-at-all\r\n\x16\x03\x01garbage\r\n\r\n",
+    ))
+    .await;
+    let url = format!("http://{address}/api/v2/spans");
+    failing_collector_is_dropped_as_export_failed_with_one_warning("collector garbage", &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_closing_mid_response_fails_no_request_and_drops_with_one_warning() {
+    // A status line and half a header, then the connection closes: a collector that crashed
+    // while answering. The spans may have arrived; without an answer they count as failed.
+    let address =
+        broken_collector(Broken::AfterRequest(b"HTTP/1.1 202 Accepted\r\nContent-Ty")).await;
+    let url = format!("http://{address}/api/v2/spans");
+    failing_collector_is_dropped_as_export_failed_with_one_warning("collector closes", &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_name_that_does_not_resolve_fails_no_request_and_drops_with_one_warning() {
+    // `.invalid` is reserved never to resolve (RFC 6761 §6.4): a misspelt collector name.
+    let url = "http://collector.invalid:9411/api/v2/spans";
+    let warning =
+        failing_collector_is_dropped_as_export_failed_with_one_warning("unresolvable name", url)
+            .await;
+    assert!(
+        warning.to_ascii_lowercase().contains("dns")
+            || warning.to_ascii_lowercase().contains("lookup"),
+        "the warning says the name did not resolve: {warning}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_collector_answering_plain_text_fails_no_request_and_drops_with_one_warning() {
+    // An https url pointing at a plain-text server: the handshake gets an HTTP answer.
+    let address = broken_collector(Broken::AfterFirstBytes(
+        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    ))
+    .await;
+    let url = format!("https://{address}/api/v2/spans");
+    failing_collector_is_dropped_as_export_failed_with_one_warning("TLS to plain text", &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_collector_with_an_untrusted_certificate_fails_no_request_and_drops_with_one_warning()
+{
+    let address = untrusted_tls_collector().await;
+    let url = format!("https://{address}/api/v2/spans");
+    let warning =
+        failing_collector_is_dropped_as_export_failed_with_one_warning("untrusted TLS", &url).await;
+    assert!(
+        warning.contains("certificate"),
+        "the warning says the certificate was refused: {warning}"
+    );
 }
