@@ -2140,3 +2140,76 @@ fn folder_reads_only_yaml_files_not_starting_with_a_dot() {
     );
     assert_eq!(checked.resource_count(), 2);
 }
+
+/// The one-line renderings of `check`'s diagnostics for `paths`.
+fn rendered(paths: &[PathBuf]) -> Vec<String> {
+    check(paths, None)
+        .diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn folder_without_policy_files_is_an_error() {
+    // Like an empty file: an emptied folder is a mount or a deploy gone wrong, and a running
+    // sidecar must not take it as "trace nothing".
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "notes.txt", "type: Mesh\n");
+    write(dir.path(), ".hidden.yaml", "type: Mesh\nname: default\n");
+    assert_eq!(
+        rendered(&[dir.path().to_path_buf()]),
+        [format!(
+            "{}: folder holds no policy file (*.yaml or *.yml)",
+            dir.path().display()
+        )]
+    );
+}
+
+#[test]
+fn dangling_symlink_in_a_folder_is_an_error_not_skipped() {
+    // Skipping it would silently drop the resources it was meant to hold.
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "mesh.yaml", "type: Mesh\nname: default\n");
+    let link = dir.path().join("trace.yaml");
+    std::os::unix::fs::symlink("gone.yaml", &link).unwrap();
+    assert_eq!(
+        rendered(&[dir.path().to_path_buf()]),
+        [format!(
+            "{}: cannot read: no such file or folder",
+            link.display()
+        )]
+    );
+}
+
+#[test]
+fn symlink_loop_in_a_folder_is_an_error_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "mesh.yaml", "type: Mesh\nname: default\n");
+    let a = dir.path().join("a.yaml");
+    std::os::unix::fs::symlink("b.yml", &a).unwrap();
+    std::os::unix::fs::symlink("a.yaml", dir.path().join("b.yml")).unwrap();
+    let loop_message = "cannot read: symbolic link loop (too many levels of symbolic links)";
+    assert_eq!(
+        rendered(&[dir.path().to_path_buf()]),
+        [
+            format!("{}: {loop_message}", a.display()),
+            format!("{}: {loop_message}", dir.path().join("b.yml").display()),
+        ]
+    );
+}
+
+#[test]
+fn symlink_loop_named_as_a_policy_path_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.yaml");
+    std::os::unix::fs::symlink("b.yaml", &a).unwrap();
+    std::os::unix::fs::symlink("a.yaml", dir.path().join("b.yaml")).unwrap();
+    assert_eq!(
+        rendered(std::slice::from_ref(&a)),
+        [format!(
+            "{}: cannot read: symbolic link loop (too many levels of symbolic links)",
+            a.display()
+        )]
+    );
+}

@@ -301,3 +301,268 @@ async fn a_configmap_data_swap_is_applied_once() {
         sidecar.log()
     );
 }
+
+// Policy faults at run time (issue 8): whatever happens to the files, the last good policy
+// stays — config_dump unchanged, traffic still traced — and the failure is counted and logged.
+
+/// A sidecar tracing everything to one collector, traffic flowing and spans arriving.
+struct Traced {
+    _app: Upstream,
+    collector: Collector,
+    files: SidecarFiles,
+    sidecar: Sidecar,
+    traffic: Traffic,
+}
+
+/// How the sidecar reads its policy.
+enum Layout {
+    /// `--policy` names the folder holding `mesh.yaml` and `trace.yaml`.
+    Folder,
+    /// `--policy` names one file, `policy.yaml`, holding the Mesh and the TrafficTrace.
+    File,
+}
+
+impl Traced {
+    async fn start(layout: Layout) -> Traced {
+        Traced::start_wrapped(layout, &[]).await
+    }
+
+    /// Starts the sidecar through `wrapper` (see [`Sidecar::start_wrapped`]).
+    async fn start_wrapped(layout: Layout, wrapper: &[&str]) -> Traced {
+        let app = Upstream::start().await;
+        let collector = Collector::start(Answer::Accept).await;
+        let files = SidecarFiles::new(app.address, &[("a", &collector.url())], "a");
+        let policy = match layout {
+            Layout::Folder => files.policy.clone(),
+            Layout::File => {
+                let file = files.dir.path().join("policy.yaml");
+                let mesh = std::fs::read_to_string(files.policy.join("mesh.yaml")).expect("mesh");
+                std::fs::write(&file, format!("{mesh}---\n{}", traffic_trace_yaml("a")))
+                    .expect("write policy");
+                file
+            }
+        };
+        if !wrapper.is_empty() {
+            // The wrapped sidecar may run as another user: let it read its files.
+            open_to_everyone(files.dir.path());
+        }
+        let sidecar = Sidecar::start_wrapped(wrapper, &files.dataplane, &policy, &[]).await;
+        let traffic = Traffic::start(files.inbound);
+        assert!(
+            collector.wait_for_spans(1, Duration::from_secs(3)).await > 0,
+            "spans arrive before the fault:\n{}",
+            sidecar.log()
+        );
+        Traced {
+            _app: app,
+            collector,
+            files,
+            sidecar,
+            traffic,
+        }
+    }
+
+    async fn reloads(&self, result: &str) -> f64 {
+        metric(
+            &self.sidecar.metrics().await,
+            "tracecar_policy_reloads_total",
+            &[("result", result)],
+        )
+        .unwrap_or(0.0)
+    }
+
+    /// Applies `fault` and checks what every policy fault must leave: at least one reload
+    /// counted as a failure and none as a success, `/config_dump` exactly as before (version
+    /// included), spans still reaching the collector, no request failed, and the refusal
+    /// logged with a line containing `expected` (what went wrong, in the user's words).
+    async fn fault_keeps_the_last_good_policy(
+        self,
+        fault: impl FnOnce(&SidecarFiles),
+        expected: &str,
+    ) {
+        let before = self.sidecar.config_dump().await;
+        let (failures_before, successes_before) =
+            (self.reloads("failure").await, self.reloads("success").await);
+
+        fault(&self.files);
+        let started = Instant::now();
+        let failures = loop {
+            let failures = self.reloads("failure").await;
+            if failures > failures_before || started.elapsed() > Duration::from_secs(3) {
+                break failures;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            failures > failures_before,
+            "the fault is counted as a failed reload within 3 s:\n{}",
+            self.sidecar.log()
+        );
+        assert_eq!(
+            self.reloads("success").await,
+            successes_before,
+            "nothing was applied:\n{}",
+            self.sidecar.log()
+        );
+        assert_eq!(
+            self.sidecar.config_dump().await,
+            before,
+            "the last good policy stays, version included"
+        );
+        let log = self.sidecar.log();
+        let refusal = log
+            .lines()
+            .find(|l| l.contains("keeping the last good policy") && l.contains(expected));
+        assert!(
+            refusal.is_some(),
+            "a logged refusal mentions \"{expected}\":\n{log}"
+        );
+
+        // Still traced: spans of requests sent after the fault arrive.
+        let seen = self.collector.spans();
+        assert!(
+            self.collector
+                .wait_for_spans(seen + 1, Duration::from_secs(3))
+                .await
+                > seen,
+            "spans still reach the collector after the fault:\n{}",
+            self.sidecar.log()
+        );
+        let (ok, failed) = self.traffic.finish().await;
+        assert!(ok > 0, "traffic flowed");
+        assert!(failed.is_empty(), "requests failed: {:?}", failed.first());
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_policy_file_keeps_the_last_good_policy_and_counts_a_failure() {
+    // A policy file that is gone is a mount or a deploy gone wrong, not "trace nothing".
+    Traced::start(Layout::File)
+        .await
+        .fault_keeps_the_last_good_policy(
+            |files| std::fs::remove_file(files.dir.path().join("policy.yaml")).expect("delete"),
+            "no such file or folder",
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn an_emptied_policy_folder_keeps_the_last_good_policy_and_counts_a_failure() {
+    // Every file deleted: an empty folder, like an empty file, is refused, so tracing does not
+    // silently stop.
+    Traced::start(Layout::Folder)
+        .await
+        .fault_keeps_the_last_good_policy(
+            |files| {
+                for name in ["trace.yaml", "mesh.yaml"] {
+                    std::fs::remove_file(files.policy.join(name)).expect("delete");
+                }
+            },
+            "holds no policy file",
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn a_policy_file_replaced_by_garbage_keeps_the_last_good_policy_and_counts_a_failure() {
+    // Bytes that are not YAML, not even text, swapped in atomically as an editor would.
+    Traced::start(Layout::Folder)
+        .await
+        .fault_keeps_the_last_good_policy(
+            |files| {
+                let temporary = files.policy.join(".trace.yaml.tmp");
+                std::fs::write(&temporary, b"\x89PNG\r\n\x1a\n\x00\xff\xfe{[: garbage")
+                    .expect("write garbage");
+                std::fs::rename(&temporary, files.policy.join("trace.yaml")).expect("rename");
+            },
+            "trace.yaml: not UTF-8 text",
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn a_policy_file_replaced_by_a_symlink_loop_keeps_the_last_good_policy_and_counts_a_failure()
+{
+    // trace.yaml -> .loop -> trace.yaml. A name that cannot be followed is an error, not a file
+    // to skip (skipping it would drop the TrafficTrace, and tracing with it).
+    Traced::start(Layout::Folder)
+        .await
+        .fault_keeps_the_last_good_policy(
+            |files| {
+                let folder = &files.policy;
+                std::os::unix::fs::symlink(".loop", folder.join(".trace.yaml.tmp"))
+                    .expect("link to .loop");
+                std::os::unix::fs::symlink("trace.yaml", folder.join(".loop")).expect("link back");
+                std::fs::rename(folder.join(".trace.yaml.tmp"), folder.join("trace.yaml"))
+                    .expect("swap in the loop");
+            },
+            "trace.yaml: cannot read: symbolic link loop",
+        )
+        .await;
+}
+
+/// Whether this process runs as root, which reads files whatever their permission bits.
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Makes `path` and everything under it readable (and folders enterable) by anyone.
+fn open_to_everyone(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if path.is_dir() { 0o755 } else { 0o644 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).expect("read folder") {
+            open_to_everyone(&entry.expect("entry").path());
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_policy_file_keeps_the_last_good_policy_and_counts_a_failure() {
+    use std::os::unix::fs::PermissionsExt;
+    // Root reads a mode-000 file anyway, so as root the sidecar runs as nobody (the way a
+    // hardened unit or a container runs it), and its files are made readable to it first.
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+    ];
+    let wrapper: &[&str] = if running_as_root() { &nobody } else { &[] };
+    Traced::start_wrapped(Layout::Folder, wrapper)
+        .await
+        .fault_keeps_the_last_good_policy(
+            |files| {
+                std::fs::set_permissions(
+                    files.policy.join("trace.yaml"),
+                    std::fs::Permissions::from_mode(0o000),
+                )
+                .expect("chmod 000");
+            },
+            "trace.yaml: cannot read: permission denied",
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn deleting_only_the_traffic_trace_file_stops_tracing_as_asked() {
+    // The other side of the emptied-folder rule: a folder that still holds a valid policy is a policy,
+    // and a removed TrafficTrace means no tracing, as in Kuma.
+    let setup = Traced::start(Layout::Folder).await;
+    std::fs::remove_file(setup.files.policy.join("trace.yaml")).expect("delete");
+    let (after, _) = config_dump_until(&setup.sidecar, Duration::from_secs(2), |d| {
+        d["trafficTrace"].is_null()
+    })
+    .await;
+    assert!(
+        after["trafficTrace"].is_null() && after["backend"].is_null(),
+        "applied within 2 s: {after}\n{}",
+        setup.sidecar.log()
+    );
+    assert_eq!(after["policyVersion"], 2);
+    assert_eq!(setup.reloads("failure").await, 0.0);
+    setup.traffic.finish().await;
+}

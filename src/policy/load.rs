@@ -86,6 +86,11 @@ pub struct Loaded {
 /// Expands `--policy` arguments: a file stands for itself; a folder for every `*.yaml`/`*.yml`
 /// directly inside it, sorted, skipping names that begin with `.` (a ConfigMap mount's
 /// `..data` and `..2024_…` entries), following symlinks.
+///
+/// A policy name that cannot be followed (a dangling symlink, a symlink loop) is an error, not
+/// skipped, and so is a folder with no policy file at all: like an empty file, an emptied
+/// folder is far more often a mount or a deploy gone wrong than a wish to trace nothing, and
+/// while running it must not silently replace the last good policy.
 pub fn expand_paths(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Diagnostic>) {
     let mut files = Vec::new();
     let mut problems = Vec::new();
@@ -93,17 +98,41 @@ pub fn expand_paths(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Diagnostic>) {
         match std::fs::metadata(path) {
             Ok(meta) if meta.is_dir() => match std::fs::read_dir(path) {
                 Ok(entries) => {
-                    let mut found: Vec<PathBuf> = entries
+                    let mut named: Vec<PathBuf> = entries
                         .filter_map(Result::ok)
                         .map(|e| e.path())
-                        .filter(|p| is_policy_file_name(p) && p.is_file())
+                        .filter(|p| is_policy_file_name(p))
                         .collect();
-                    found.sort();
-                    files.extend(found);
+                    named.sort();
+                    let mut found = 0;
+                    for candidate in named {
+                        match std::fs::metadata(&candidate) {
+                            Ok(meta) if meta.is_file() => {
+                                files.push(candidate);
+                                found += 1;
+                            }
+                            // A folder named `x.yaml`: folders are read one level deep.
+                            Ok(_) => {}
+                            Err(e) => {
+                                found += 1;
+                                problems.push(Diagnostic::error(
+                                    &candidate,
+                                    format!("cannot read: {}", io_reason(&e)),
+                                ));
+                            }
+                        }
+                    }
+                    if found == 0 {
+                        problems.push(Diagnostic::error(
+                            path,
+                            "folder holds no policy file (*.yaml or *.yml)",
+                        ));
+                    }
                 }
-                Err(e) => {
-                    problems.push(Diagnostic::error(path, format!("cannot read folder: {e}")))
-                }
+                Err(e) => problems.push(Diagnostic::error(
+                    path,
+                    format!("cannot read folder: {}", io_reason(&e)),
+                )),
             },
             Ok(_) => files.push(path.clone()),
             Err(e) => problems.push(Diagnostic::error(
@@ -123,9 +152,14 @@ fn is_policy_file_name(path: &Path) -> bool {
 }
 
 fn io_reason(e: &std::io::Error) -> String {
+    /// Linux's ELOOP; std has no stable `ErrorKind` for it.
+    const TOO_MANY_SYMLINKS: i32 = 40;
     match e.kind() {
         std::io::ErrorKind::NotFound => "no such file or folder".to_string(),
         std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ if cfg!(target_os = "linux") && e.raw_os_error() == Some(TOO_MANY_SYMLINKS) => {
+            "symbolic link loop (too many levels of symbolic links)".to_string()
+        }
         _ => e.to_string(),
     }
 }

@@ -735,6 +735,7 @@ pub struct Sidecar {
     child: std::process::Child,
     pub admin: SocketAddr,
     log: std::path::PathBuf,
+    stdout: std::path::PathBuf,
     _log_dir: tempfile::TempDir,
 }
 
@@ -745,10 +746,31 @@ impl Sidecar {
         policy: &std::path::Path,
         env: &[(&str, &str)],
     ) -> Sidecar {
+        Sidecar::start_wrapped(&[], dataplane, policy, env).await
+    }
+
+    /// As [`Sidecar::start`], with the binary run through `wrapper` (a program and its
+    /// arguments that end by executing the rest of the command line, e.g. `setpriv …`).
+    pub async fn start_wrapped(
+        wrapper: &[&str],
+        dataplane: &std::path::Path,
+        policy: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Sidecar {
         let log_dir = tempfile::tempdir().expect("tempdir");
         let log = log_dir.path().join("tracecar.log");
+        let stdout = log_dir.path().join("stdout.log");
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tracecar"))
+        let binary = env!("CARGO_BIN_EXE_tracecar");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = std::process::Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => std::process::Command::new(binary),
+        };
+        let child = command
             .arg("run")
             .arg("--dataplane")
             .arg(dataplane)
@@ -759,7 +781,7 @@ impl Sidecar {
             .env_remove("TRACECAR_DATAPLANE")
             .env_remove("TRACECAR_ADMIN")
             .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("tracecar starts");
@@ -767,6 +789,7 @@ impl Sidecar {
             child,
             admin,
             log,
+            stdout,
             _log_dir: log_dir,
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
@@ -840,9 +863,14 @@ impl Sidecar {
         }
     }
 
-    /// What it logged so far.
+    /// What it logged so far (stderr).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What it printed to stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 }
 
