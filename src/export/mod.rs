@@ -190,14 +190,29 @@ impl Target {
                 Box::new(datadog::Datadog::new(d.split_service)),
             ),
         };
-        let uri: http::Uri = uri
-            .parse()
-            .map_err(|e| anyhow::anyhow!("backend \"{}\": invalid url {uri}: {e}", backend.name))?;
+        let uri: http::Uri = uri.parse().map_err(|e| {
+            let shown = redact_userinfo(&uri);
+            anyhow::anyhow!("backend \"{}\": invalid url {shown}: {e}", backend.name)
+        })?;
         Ok(Target {
             name: backend.name.clone(),
             uri,
             encoder,
         })
+    }
+}
+
+/// `url` with its userinfo, if any, replaced by `***`: credentials in a collector url
+/// (`https://user:password@host/…`) never reach the log.
+pub fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{tail}"),
+        None => url.to_string(),
     }
 }
 
@@ -386,7 +401,8 @@ impl Worker {
         if due {
             tracing::warn!(
                 backend = %self.target.name,
-                url = %self.target.uri,
+                // Credentials in the url stay out of the log.
+                url = %redact_userinfo(&self.target.uri.to_string()),
                 failures = self.failures_since_warn,
                 spans,
                 "span export failed: {message}"
