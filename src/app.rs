@@ -74,6 +74,10 @@ pub async fn run(
 
     let config = ProxyConfig {
         metrics: Some(metrics.clone()),
+        limits: proxy::listener::Limits {
+            http1_fast_path: args.http1_fast_path,
+            ..Default::default()
+        },
         ..ProxyConfig::default()
     };
     let running = proxy::start(&dataplane, &effective, tracer.clone(), &config).await?;

@@ -17,6 +17,7 @@ pub mod env {
     pub const LOG_FORMAT: &str = "TRACECAR_LOG_FORMAT";
     pub const DRAIN_TIMEOUT: &str = "TRACECAR_DRAIN_TIMEOUT";
     pub const WORKERS: &str = "TRACECAR_WORKERS";
+    pub const HTTP1_FAST_PATH: &str = "TRACECAR_HTTP1_FAST_PATH";
 }
 
 /// Exit code for invalid input (configuration, policy).
@@ -73,6 +74,10 @@ pub struct RunArgs {
     /// How long in-flight requests may take to finish on shutdown (e.g. `10s`, `500ms`).
     #[arg(long, env = env::DRAIN_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
+    /// Proxy plain HTTP/1.1 requests to HTTP/1.1 upstreams on the fast path; `false` sends
+    /// every request through the general path.
+    #[arg(long, env = env::HTTP1_FAST_PATH, default_value_t = true, action = clap::ArgAction::Set)]
+    pub http1_fast_path: bool,
 }
 
 #[derive(Debug, Args)]

@@ -178,6 +178,8 @@ pub struct Tracker {
     pub status: u16,
     pub flags: ResponseFlags,
     pub request_bytes: Option<Arc<AtomicU64>>,
+    /// Request bytes known up front (the fast path reads bodies whole).
+    known_request_bytes: u64,
     response_bytes: u64,
     trailers: Option<HeaderMap>,
 }
@@ -189,9 +191,21 @@ impl Tracker {
             status: 0,
             flags: ResponseFlags::NONE,
             request_bytes,
+            known_request_bytes: 0,
             response_bytes: 0,
             trailers: None,
         }
+    }
+
+    /// For a request whose body size is known before it is forwarded.
+    pub fn with_request_size(exchange: Box<dyn Exchange>, bytes: u64) -> Self {
+        let mut tracker = Tracker::new(exchange, None);
+        tracker.known_request_bytes = bytes;
+        tracker
+    }
+
+    pub fn count_response_bytes(&mut self, bytes: u64) {
+        self.response_bytes += bytes;
     }
 
     pub fn exchange_mut(&mut self) -> Option<&mut Box<dyn Exchange>> {
@@ -204,10 +218,11 @@ impl Tracker {
             let end = End {
                 status: self.status,
                 response_flags: self.flags,
-                request_bytes: self
-                    .request_bytes
-                    .as_ref()
-                    .map_or(0, |c| c.load(Ordering::Relaxed)),
+                request_bytes: self.known_request_bytes
+                    + self
+                        .request_bytes
+                        .as_ref()
+                        .map_or(0, |c| c.load(Ordering::Relaxed)),
                 response_bytes: self.response_bytes,
                 trailers: self.trailers.as_ref(),
                 aborted,

@@ -131,7 +131,7 @@ impl HttpProxy {
 
     /// `unframed_body`: a body whose length is not known up front (chunked, or h2 without
     /// content-length).
-    fn rewrite(
+    pub(super) fn rewrite(
         &self,
         head: &mut http::request::Parts,
         upgrade: bool,
@@ -315,7 +315,11 @@ impl HttpProxy {
         response.map(|()| ResponseBody::new(ResponseInner::Local(text), tracker, stats))
     }
 
-    fn stats_guard(&self, started: std::time::Instant, status: u16) -> Option<StatsGuard> {
+    pub(super) fn stats_guard(
+        &self,
+        started: std::time::Instant,
+        status: u16,
+    ) -> Option<StatsGuard> {
         self.stats.as_ref().map(|stats| StatsGuard {
             stats: stats.clone(),
             started,

@@ -12,9 +12,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::h1;
 use super::http::HttpProxy;
 use super::tcp;
-use super::upstream::{EndpointConnector, Upstream};
+use super::upstream::{EndpointConnector, Upstream, Wire};
 
 /// Limits of the downstream side. Defaults follow Envoy's where it has one.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct Limits {
     pub h2_keep_alive_timeout: Duration,
     /// TLS handshake deadline.
     pub tls_handshake_timeout: Duration,
+    /// Plain HTTP/1.1 requests to an HTTP/1.1 upstream take the fast path ([`super::h1`]).
+    pub http1_fast_path: bool,
 }
 
 impl Default for Limits {
@@ -55,6 +58,7 @@ impl Default for Limits {
             h2_keep_alive_interval: Duration::from_secs(60),
             h2_keep_alive_timeout: Duration::from_secs(20),
             tls_handshake_timeout: Duration::from_secs(10),
+            http1_fast_path: true,
         }
     }
 }
@@ -103,7 +107,7 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let tcp_tasks = counter::TaskCounter::default();
+    let tasks = counter::TaskCounter::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -126,36 +130,28 @@ pub async fn serve(
                 let tls = tls.clone();
                 let limits = limits.clone();
                 let watcher = graceful.watcher();
+                let stop = stop.clone();
+                // Fast-path connections are not hyper's to drain: counted like TCP ones.
+                let guard = tasks.enter();
                 tokio::spawn(async move {
+                    let _guard = guard;
+                    let connection = Connection {
+                        peer,
+                        proxy,
+                        builder,
+                        watcher,
+                        limits,
+                        stop,
+                    };
                     match tls {
-                        None => {
-                            serve_http(
-                                stream,
-                                peer,
-                                proxy,
-                                &builder,
-                                watcher,
-                                limits.header_read_timeout,
-                            )
-                            .await
-                        }
+                        None => connection.serve(stream).await,
                         Some(acceptor) => {
                             let handshake = tokio::time::timeout(
-                                limits.tls_handshake_timeout,
+                                connection.limits.tls_handshake_timeout,
                                 acceptor.accept(stream),
                             );
                             match handshake.await {
-                                Ok(Ok(tls)) => {
-                                    serve_http(
-                                        tls,
-                                        peer,
-                                        proxy,
-                                        &builder,
-                                        watcher,
-                                        limits.header_read_timeout,
-                                    )
-                                    .await
-                                }
+                                Ok(Ok(tls)) => connection.serve(tls).await,
                                 Ok(Err(e)) => {
                                     tracing::debug!(%peer, error = %e, "TLS handshake failed")
                                 }
@@ -169,7 +165,7 @@ pub async fn serve(
                 let upstream = upstream.clone();
                 let tls = tls.clone();
                 let limits = limits.clone();
-                let guard = tcp_tasks.enter();
+                let guard = tasks.enter();
                 tokio::spawn(async move {
                     let _guard = guard;
                     match tls {
@@ -191,7 +187,58 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
-    tcp_tasks.wait_idle().await;
+    tasks.wait_idle().await;
+}
+
+/// One accepted HTTP connection and what serving it needs.
+struct Connection {
+    peer: SocketAddr,
+    proxy: Arc<HttpProxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    limits: Arc<Limits>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// The fast path while requests are plain, the general path from the first that is not.
+    async fn serve<S>(mut self, mut stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let fast = self.limits.http1_fast_path && self.proxy.upstream.wire == Wire::Http1;
+        if !fast {
+            let first_request = self.limits.header_read_timeout;
+            return serve_http(
+                stream,
+                self.peer,
+                self.proxy,
+                &self.builder,
+                self.watcher,
+                first_request,
+            )
+            .await;
+        }
+        let exit = h1::serve(
+            &mut stream,
+            self.peer,
+            &self.proxy,
+            &self.limits,
+            &mut self.stop,
+        )
+        .await;
+        if let h1::Exit::Handoff { read, remaining } = exit {
+            serve_http(
+                h1::Rewind::new(read, stream),
+                self.peer,
+                self.proxy,
+                &self.builder,
+                self.watcher,
+                remaining,
+            )
+            .await;
+        }
+    }
 }
 
 async fn serve_http<S>(

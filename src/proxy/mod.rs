@@ -3,6 +3,7 @@
 //! [`observe::Observer`].
 
 pub mod body;
+pub mod h1;
 pub mod http;
 pub mod listener;
 pub mod observe;

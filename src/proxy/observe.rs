@@ -44,7 +44,8 @@ pub trait Observer: Send + Sync + 'static {
 
 /// Per-request state of an observer.
 pub trait Exchange: Send + 'static {
-    /// Phase 2.
+    /// Phase 2. On the HTTP/1.1 fast path (never gRPC) `headers` is empty: nothing there is
+    /// read for plain HTTP, and building a map per response is what that path saves.
     fn on_response(&mut self, _status: http::StatusCode, _headers: &HeaderMap) {}
     /// Phase 3, called exactly once.
     fn on_end(self: Box<Self>, end: &End<'_>);

@@ -18,7 +18,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::body::RequestBody;
-use super::upstream::{EndpointConnector, Wire};
+use super::upstream::{EndpointConnector, Stream, Wire};
 
 /// Why a request got no response.
 #[derive(Debug)]
@@ -87,10 +87,36 @@ struct Idle {
     since: Instant,
 }
 
+/// An HTTP/1.1 connection that the fast path ([`super::h1`]) speaks itself, in the caller's
+/// task: no connection task, no channels. `buf` holds what was read from it.
+pub struct RawConn {
+    pub stream: Stream,
+    pub buf: bytes::BytesMut,
+    since: Instant,
+}
+
+impl RawConn {
+    /// Whether the connection looks usable: nothing arrived while it sat idle. For plain TCP
+    /// this reads the reactor's readiness, no system call: an idle upstream connection that
+    /// became readable was closed (or sent something unasked), either way it is done. TLS
+    /// connections get no such check (session tickets make them readable); the replay of an
+    /// unanswered request covers them.
+    fn looks_open(&self) -> bool {
+        match &self.stream {
+            Stream::Plain(tcp) => {
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                tcp.poll_read_ready(&mut cx).is_pending()
+            }
+            Stream::Tls(_) => true,
+        }
+    }
+}
+
 pub struct Pool {
     connector: EndpointConnector,
     wire: Wire,
     idle: Mutex<Vec<Idle>>,
+    raw_idle: Mutex<Vec<RawConn>>,
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     /// One h2 handshake at a time: concurrent first requests share it.
     h2_connecting: tokio::sync::Mutex<()>,
@@ -122,6 +148,7 @@ impl Pool {
             connector,
             wire,
             idle: Mutex::new(Vec::new()),
+            raw_idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
             h2_connecting: tokio::sync::Mutex::new(()),
             max_idle,
@@ -252,6 +279,45 @@ impl Pool {
                 });
             }
         }
+    }
+
+    /// The most recently used idle fast-path connection that still looks open and fresh.
+    pub fn checkout_raw(&self) -> Option<RawConn> {
+        let mut idle = self.raw_idle.lock().ok()?;
+        while let Some(conn) = idle.pop() {
+            if conn.since.elapsed() < self.idle_timeout && conn.looks_open() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a fast-path connection whose exchange ended cleanly.
+    pub fn put_raw(&self, mut conn: RawConn) {
+        if let Ok(mut idle) = self.raw_idle.lock() {
+            let now = Instant::now();
+            // The oldest sit at the bottom: drop the stale ones while here.
+            while idle
+                .first()
+                .is_some_and(|c| now.duration_since(c.since) >= self.idle_timeout)
+            {
+                idle.remove(0);
+            }
+            if idle.len() < self.max_idle {
+                conn.since = now;
+                idle.push(conn);
+            }
+        }
+    }
+
+    /// A new fast-path connection.
+    pub async fn connect_raw(&self) -> io::Result<RawConn> {
+        let stream = self.connector.connect().await?;
+        Ok(RawConn {
+            stream,
+            buf: bytes::BytesMut::new(),
+            since: Instant::now(),
+        })
     }
 
     async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, SendError> {
