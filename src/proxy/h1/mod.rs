@@ -184,8 +184,9 @@ where
             }
         };
 
-        // Phase 5: respond.
-        let close = close || response.framing == Framing::Close;
+        // Phase 5: respond. A drain that began while the upstream was answering closes the
+        // connection after this response, so the caller must be told not to send another.
+        let close = close || response.framing == Framing::Close || *stop.borrow();
         if close {
             conn.response.extend_from_slice(b"connection: close\r\n");
         }
