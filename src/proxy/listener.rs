@@ -63,6 +63,14 @@ impl Default for Limits {
     }
 }
 
+/// HTTP/2 flow control windows and the largest frame a peer may send, both directions.
+/// Fixed and larger than h2's 64 KiB: on loopback the adaptive window never grows (the
+/// bandwidth-delay product is tiny), and a stream would stall for WINDOW_UPDATEs every
+/// 64 KiB. A stream may have at most this much in flight, so it bounds buffering too.
+pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+pub const H2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+pub const H2_MAX_FRAME: u32 = 64 * 1024;
+
 /// The HTTP server settings for downstream connections: HTTP/1.1 and h2c on one port.
 pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -85,7 +93,9 @@ pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
         .keep_alive_interval(limits.h2_keep_alive_interval)
         .keep_alive_timeout(limits.h2_keep_alive_timeout)
-        .adaptive_window(true)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_frame_size(H2_MAX_FRAME)
         .auto_date_header(false);
     builder
 }

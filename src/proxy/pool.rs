@@ -338,7 +338,9 @@ impl Pool {
         let stream = self.connector.connect().await.map_err(SendError::Connect)?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .adaptive_window(true)
+            .initial_stream_window_size(super::listener::H2_STREAM_WINDOW)
+            .initial_connection_window_size(super::listener::H2_CONNECTION_WINDOW)
+            .max_frame_size(super::listener::H2_MAX_FRAME)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .handshake(TokioIo::new(stream))
