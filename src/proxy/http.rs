@@ -129,9 +129,17 @@ impl HttpProxy {
         ))
     }
 
+    /// `x-forwarded-proto` as the caller spoke to us, unless it came set.
+    pub(super) fn set_forwarded_proto(&self, headers: &mut HeaderMap) {
+        if !headers.contains_key(X_FORWARDED_PROTO) {
+            let proto = if self.info.tls { "https" } else { "http" };
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
+    }
+
     /// `unframed_body`: a body whose length is not known up front (chunked, or h2 without
     /// content-length).
-    pub(super) fn rewrite(
+    fn rewrite(
         &self,
         head: &mut http::request::Parts,
         upgrade: bool,
@@ -148,11 +156,7 @@ impl HttpProxy {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             head.headers.insert(header::UPGRADE, value);
         }
-        if !head.headers.contains_key(X_FORWARDED_PROTO) {
-            let proto = if self.info.tls { "https" } else { "http" };
-            head.headers
-                .insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-        }
+        self.set_forwarded_proto(&mut head.headers);
         // The authority the caller asked for: `:authority` (h2) or Host (HTTP/1.1).
         let authority = match head.uri.authority() {
             Some(a) => a.clone(),

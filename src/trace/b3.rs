@@ -173,15 +173,42 @@ pub fn inject(
     let trace = context.trace_id.to_hex();
     let span = context.span_id.to_hex();
     let parent = context.parent_id.map(SpanId::to_hex);
-    headers.insert(TRACE_ID, hex_value(trace.as_bytes()));
-    headers.insert(SPAN_ID, hex_value(span.as_bytes()));
-    match &parent {
-        Some(parent) => {
-            headers.insert(PARENT_SPAN_ID, hex_value(parent.as_bytes()));
+    // Every id this hop sends, in one buffer that the header values share: one allocation
+    // instead of one per value.
+    let mut ids = bytes::BytesMut::with_capacity(2 * (32 + 16 + 16) + 4);
+    ids.extend_from_slice(trace.as_bytes());
+    let trace_at = 0..ids.len();
+    ids.extend_from_slice(span.as_bytes());
+    let span_at = trace_at.end..ids.len();
+    if let Some(parent) = &parent {
+        ids.extend_from_slice(parent.as_bytes());
+    }
+    let parent_at = span_at.end..ids.len();
+    if single {
+        let state: &[u8] = match (debug, sampled) {
+            (true, _) => b"d",
+            (false, true) => b"1",
+            (false, false) => b"0",
+        };
+        ids.extend_from_slice(trace.as_bytes());
+        ids.extend_from_slice(b"-");
+        ids.extend_from_slice(span.as_bytes());
+        ids.extend_from_slice(b"-");
+        ids.extend_from_slice(state);
+        if let Some(parent) = &parent {
+            ids.extend_from_slice(b"-");
+            ids.extend_from_slice(parent.as_bytes());
         }
-        None => {
-            headers.remove(&PARENT_SPAN_ID);
-        }
+    }
+    let single_at = parent_at.end..ids.len();
+    let ids = ids.freeze();
+    let value = |at: std::ops::Range<usize>| hex_value(ids.slice(at));
+    headers.insert(TRACE_ID, value(trace_at));
+    headers.insert(SPAN_ID, value(span_at));
+    if parent.is_some() {
+        headers.insert(PARENT_SPAN_ID, value(parent_at));
+    } else {
+        headers.remove(&PARENT_SPAN_ID);
     }
     if debug {
         // Debug implies accept: B3 sends the flag instead of a sampled state.
@@ -195,28 +222,13 @@ pub fn inject(
         headers.remove(&FLAGS);
     }
     if single {
-        let state: &[u8] = match (debug, sampled) {
-            (true, _) => b"d",
-            (false, true) => b"1",
-            (false, false) => b"0",
-        };
-        let mut value = Vec::with_capacity(32 + 1 + 16 + 2 + 1 + 16);
-        value.extend_from_slice(trace.as_bytes());
-        value.push(b'-');
-        value.extend_from_slice(span.as_bytes());
-        value.push(b'-');
-        value.extend_from_slice(state);
-        if let Some(parent) = &parent {
-            value.push(b'-');
-            value.extend_from_slice(parent.as_bytes());
-        }
-        headers.insert(B3, hex_value(&value));
+        headers.insert(B3, value(single_at));
     } else {
         headers.remove(&B3);
     }
 }
 
-fn hex_value(bytes: &[u8]) -> HeaderValue {
+fn hex_value(bytes: bytes::Bytes) -> HeaderValue {
     // Hex digits and dashes are always valid header bytes.
-    HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static(""))
+    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from_static(""))
 }

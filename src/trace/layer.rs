@@ -217,7 +217,7 @@ impl Recording {
         tags.push(("node_id", TagValue::Shared(tracer.node_id.clone())));
         tags.push(("component", TagValue::Static("proxy")));
         if let Some(id) = header_text(&head.headers, &X_REQUEST_ID) {
-            tags.push(("guid:x-request-id", TagValue::Owned(id)));
+            tags.push(("guid:x-request-id", id));
         }
         let scheme = if listener.tls { "https://" } else { "http://" };
         let mut url =
@@ -236,9 +236,9 @@ impl Recording {
             }),
         ));
         if let Some(agent) = header_text(&head.headers, &header::USER_AGENT) {
-            tags.push(("user_agent", TagValue::Owned(agent)));
+            tags.push(("user_agent", agent));
         }
-        tags.push(("peer.address", TagValue::Owned(ip_text(peer.ip()))));
+        tags.push(("peer.address", ip_text(peer.ip())));
         if grpc {
             tags.push(("grpc.path", TagValue::Owned(head.uri.path().to_string())));
         }
@@ -306,7 +306,7 @@ impl Exchange for Recording {
             if end.response_flags.is_empty() {
                 TagValue::Static("-")
             } else {
-                TagValue::Owned(end.response_flags.to_string())
+                TagValue::text(&end.response_flags.to_string())
             },
         ));
         let mut grpc_error = false;
@@ -339,7 +339,7 @@ impl Exchange for Recording {
 }
 
 fn number(value: u64) -> TagValue {
-    TagValue::Owned(itoa::Buffer::new().format(value).to_owned())
+    TagValue::text(itoa::Buffer::new().format(value))
 }
 
 /// The standard methods need no allocation.
@@ -359,25 +359,36 @@ fn method_tag(method: &http::Method) -> TagValue {
     })
 }
 
-/// An address as text; IPv4 (the common case) without the formatting machinery.
-fn ip_text(ip: std::net::IpAddr) -> String {
+/// An address as text; IPv4 (the common case) in place, without the formatting machinery.
+fn ip_text(ip: std::net::IpAddr) -> TagValue {
     match ip {
         std::net::IpAddr::V4(v4) => {
-            let mut text = String::with_capacity(15);
+            let mut text = [0u8; 15];
+            let mut len = 0;
             for (i, octet) in v4.octets().iter().enumerate() {
                 if i > 0 {
-                    text.push('.');
+                    text[len] = b'.';
+                    len += 1;
                 }
-                text.push_str(itoa::Buffer::new().format(*octet));
+                let mut buffer = itoa::Buffer::new();
+                let digits = buffer.format(*octet).as_bytes();
+                text[len..len + digits.len()].copy_from_slice(digits);
+                len += digits.len();
             }
-            text
+            TagValue::text(std::str::from_utf8(&text[..len]).unwrap_or(""))
         }
-        std::net::IpAddr::V6(v6) => v6.to_string(),
+        std::net::IpAddr::V6(v6) => TagValue::Owned(v6.to_string()),
     }
 }
 
-fn header_text(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    headers.get(name).filter(|v| !v.is_empty()).map(lossy)
+/// A header's value as a tag: valid UTF-8 (nearly always) is taken as it is, in place when
+/// short; anything else is made valid.
+fn header_text(headers: &HeaderMap, name: &HeaderName) -> Option<TagValue> {
+    let value = headers.get(name).filter(|v| !v.is_empty())?;
+    Some(match std::str::from_utf8(value.as_bytes()) {
+        Ok(text) => TagValue::text(text),
+        Err(_) => TagValue::Owned(lossy(value)),
+    })
 }
 
 fn lossy(value: &HeaderValue) -> String {

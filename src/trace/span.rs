@@ -17,6 +17,8 @@ pub enum TagValue {
     Static(&'static str),
     Shared(Arc<str>),
     Owned(String),
+    /// Short text kept in place (numbers, addresses, request ids): no allocation.
+    Inline(Inline),
 }
 
 impl TagValue {
@@ -25,7 +27,33 @@ impl TagValue {
             TagValue::Static(s) => s,
             TagValue::Shared(s) => s,
             TagValue::Owned(s) => s,
+            TagValue::Inline(s) => s.as_str(),
         }
+    }
+
+    /// `text` inline when it fits, else owned.
+    pub fn text(text: &str) -> TagValue {
+        match Inline::new(text) {
+            Some(inline) => TagValue::Inline(inline),
+            None => TagValue::Owned(text.to_owned()),
+        }
+    }
+}
+
+/// Up to [`Inline::CAPACITY`] bytes of UTF-8 text, in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inline(arrayvec::ArrayString<{ Inline::CAPACITY }>);
+
+impl Inline {
+    /// Room for a UUID (a request id), an IPv4 address, any u64.
+    pub const CAPACITY: usize = 38;
+
+    pub fn new(text: &str) -> Option<Inline> {
+        arrayvec::ArrayString::from(text).ok().map(Inline)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
     }
 }
 

@@ -54,8 +54,7 @@ fn write_span(out: &mut Vec<u8>, span: &Span) {
             if i > 0 {
                 out.push(b',');
             }
-            write_str(out, key);
-            out.push(b':');
+            write_key(out, key);
             write_str(out, value.as_str());
         }
         out.push(b'}');
@@ -67,6 +66,16 @@ fn write_span(out: &mut Vec<u8>, span: &Span) {
         out.extend_from_slice(b",\"shared\":true");
     }
     out.push(b'}');
+}
+
+/// A tag key and its colon. Keys are tracecar's own constants (`http.url`, …): nothing in
+/// them needs escaping, so they are copied, not scanned.
+fn write_key(out: &mut Vec<u8>, key: &'static str) {
+    debug_assert!(!needs_escape(key.as_bytes()), "tag key {key:?}");
+    out.reserve(key.len() + 3);
+    out.push(b'"');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
 }
 
 fn write_u64(out: &mut Vec<u8>, value: u64) {

@@ -135,21 +135,10 @@ where
         // Phase 3: rewrite.
         let draining = *stop.borrow();
         let close = head.close || draining;
-        if let Err(reason) = proxy.rewrite(&mut parts, false, false) {
-            let reply = local_reply(
-                &mut conn.response,
-                StatusCode::BAD_REQUEST,
-                ResponseFlags::NONE,
-                reason,
-                close,
-                tracker.as_mut(),
-            );
-            let _stats = proxy.stats_guard(started, reply);
-            if write_out(io, &conn.response).await.is_err() || close {
-                return Exit::Closed;
-            }
-            continue;
-        }
+        // What the general path's rewrite does to a plain request comes down to this: the
+        // target is origin-form already, the one Host is a plain host[:port], and no
+        // hop-by-hop field came through.
+        proxy.set_forwarded_proto(&mut parts.headers);
         encode_request(&mut conn.request, &parts, &message[head.len..]);
         drop(parts);
         let replayable = head.content_length == 0 && idempotent(&head.method);
@@ -301,9 +290,11 @@ enum Parsed {
 }
 
 fn parse_request(buf: &[u8], fields: &mut Vec<[u32; 4]>) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
+    // Uninitialised slots: zeroing 128 of them cost more than parsing a small head.
+    let mut headers =
+        [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_REQUEST_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
@@ -400,12 +391,18 @@ fn parse_request(buf: &[u8], fields: &mut Vec<[u32; 4]>) -> Parsed {
     })
 }
 
-/// A Host value that is surely a host and port: the general path judges the rest.
+/// A Host value that is surely a valid authority: a name or IPv4 address, and a port of
+/// digits. The general path judges the rest (IPv6 literals, odd characters, userinfo).
 fn plain_authority(value: &[u8]) -> bool {
-    !value.is_empty()
-        && value
+    let (host, port) = match value.iter().position(|b| *b == b':') {
+        Some(at) => (&value[..at], Some(&value[at + 1..])),
+        None => (value, None),
+    };
+    !host.is_empty()
+        && host
             .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && port.is_none_or(|p| (1..=5).contains(&p.len()) && p.iter().all(u8::is_ascii_digit))
 }
 
 fn digits(value: &[u8]) -> Option<u64> {
@@ -689,9 +686,14 @@ fn encode_response_head(
     is_head: bool,
     out: &mut Vec<u8>,
 ) -> Result<Option<(usize, Option<ResponseHead>)>, &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut res = httparse::Response::new(&mut headers);
-    let len = match res.parse(buf) {
+    let mut headers =
+        [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_RESPONSE_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err("malformed response head"),
@@ -711,6 +713,9 @@ fn encode_response_head(
     let mut named: Vec<&[u8]> = Vec::new();
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
+        if !matches!(name.len(), 10 | 14 | 17) {
+            continue;
+        }
         if name.eq_ignore_ascii_case(b"connection") {
             for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -759,19 +764,12 @@ fn encode_response_head(
     out.extend_from_slice(b"\r\n");
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
-        let hop_by_hop = [
-            &b"connection"[..],
-            b"keep-alive",
-            b"proxy-connection",
-            b"te",
-            b"upgrade",
-        ]
-        .iter()
-        .chain(named.iter())
-        .any(|n| name.eq_ignore_ascii_case(n));
+        let hop_by_hop = response_hop_by_hop(name)
+            || (!named.is_empty() && named.iter().any(|n| name.eq_ignore_ascii_case(n)));
         // The body passes through as framed: its Transfer-Encoding stays, and a
         // Content-Length beside it (which it overrides) goes.
-        let overridden = chunked && name.eq_ignore_ascii_case(b"content-length");
+        let overridden =
+            chunked && name.len() == 14 && name.eq_ignore_ascii_case(b"content-length");
         if hop_by_hop || overridden {
             continue;
         }
@@ -788,6 +786,18 @@ fn encode_response_head(
             reusable: !close && framing != Framing::Close,
         }),
     )))
+}
+
+/// RFC 9110 §7.6.1's hop-by-hop fields but Transfer-Encoding, which the fast path keeps with
+/// the body it frames. By length first: most names are none of these.
+fn response_hop_by_hop(name: &[u8]) -> bool {
+    match name.len() {
+        2 => name.eq_ignore_ascii_case(b"te"),
+        7 => name.eq_ignore_ascii_case(b"upgrade"),
+        10 => name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"keep-alive"),
+        16 => name.eq_ignore_ascii_case(b"proxy-connection"),
+        _ => false,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
