@@ -326,6 +326,20 @@ pub fn render(
             };
             let _ = writeln!(w, "| {figure} | {shown} | {target} | {met} |");
         };
+    let v = ratio(
+        view.rate(Config::TracecarTcp, Load::GrpcStream),
+        view.rate(Config::Direct, Load::GrpcStream),
+    );
+    row(
+        format!(
+            "{} / direct gRPC streaming throughput (bytes only: the floor)",
+            Config::TracecarTcp.name()
+        ),
+        v,
+        fmt_ratio(v),
+        "(info)",
+        |_| true,
+    );
     let nginx = Config::Nginx;
     for workers in [1u8, 2] {
         let s0 = tracecar(0, workers);

@@ -15,7 +15,13 @@ use crate::procfs::Managed;
 pub enum Config {
     Direct,
     Nginx,
-    Tracecar { sampling: u8, workers: u8 },
+    Tracecar {
+        sampling: u8,
+        workers: u8,
+    },
+    /// tracecar with every inbound `kuma.io/protocol: tcp`, one worker: bytes copied both
+    /// ways, no HTTP at all. The floor for any proxy process between client and server.
+    TracecarTcp,
 }
 
 impl Config {
@@ -27,6 +33,7 @@ impl Config {
                 all.push(Config::Tracecar { sampling, workers });
             }
         }
+        all.push(Config::TracecarTcp);
         all
     }
 
@@ -35,6 +42,7 @@ impl Config {
             Config::Direct => "direct".to_string(),
             Config::Nginx => "nginx".to_string(),
             Config::Tracecar { sampling, workers } => format!("tracecar-s{sampling}-w{workers}"),
+            Config::TracecarTcp => "tracecar-tcp-w1".to_string(),
         }
     }
 
@@ -156,7 +164,17 @@ pub async fn start(config: Config, upstreams: Upstreams) -> anyhow::Result<Targe
             })
         }
         Config::Tracecar { sampling, workers } => {
-            start_tracecar(config, sampling, workers, upstreams).await
+            start_tracecar(
+                config,
+                sampling,
+                workers,
+                ["http", "http2", "grpc"],
+                upstreams,
+            )
+            .await
+        }
+        Config::TracecarTcp => {
+            start_tracecar(config, 100, 1, ["tcp", "tcp", "tcp"], upstreams).await
         }
     }
 }
@@ -165,6 +183,7 @@ async fn start_tracecar(
     config: Config,
     sampling: u8,
     workers: u8,
+    protocols: [&str; 3],
     upstreams: Upstreams,
 ) -> anyhow::Result<Target> {
     let dir = tempfile::Builder::new()
@@ -178,12 +197,15 @@ async fn start_tracecar(
          networking:\n  \
            address: 127.0.0.1\n  \
            inbound:\n    \
-             - port: {h1}\n      servicePort: {}\n      tags: {{kuma.io/service: bench-http, kuma.io/protocol: http}}\n    \
-             - port: {h2c}\n      servicePort: {}\n      tags: {{kuma.io/service: bench-h2c, kuma.io/protocol: http2}}\n    \
-             - port: {grpc}\n      servicePort: {}\n      tags: {{kuma.io/service: bench-grpc, kuma.io/protocol: grpc}}\n",
+             - port: {h1}\n      servicePort: {}\n      tags: {{kuma.io/service: bench-http, kuma.io/protocol: {}}}\n    \
+             - port: {h2c}\n      servicePort: {}\n      tags: {{kuma.io/service: bench-h2c, kuma.io/protocol: {}}}\n    \
+             - port: {grpc}\n      servicePort: {}\n      tags: {{kuma.io/service: bench-grpc, kuma.io/protocol: {}}}\n",
         upstreams.h1.port(),
+        protocols[0],
         upstreams.h2c.port(),
+        protocols[1],
         upstreams.grpc.port(),
+        protocols[2],
     );
     let policy = format!(
         "type: Mesh\n\
