@@ -40,6 +40,11 @@ fn dataplane_load_seeds() {
     replay_seeds("dataplane_load", harness::dataplane_load);
 }
 
+#[test]
+fn h1_heads_seeds() {
+    replay_seeds("h1_heads", harness::h1_heads);
+}
+
 /// The seeds are real inputs, not just inputs that do not crash: the B3 ones carry what the
 /// file name says, the config ones load without errors.
 #[test]
@@ -101,6 +106,11 @@ fn dataplane_load_findings() {
     replay_findings("dataplane_load", harness::dataplane_load);
 }
 
+#[test]
+fn h1_heads_findings() {
+    replay_findings("h1_heads", harness::h1_heads);
+}
+
 /// Every rendered diagnostic of `yaml` read as a policy file, the steps of `policy::check`.
 fn policy_lines(yaml: &str) -> Vec<String> {
     use tracecar::policy::load::parse_str;
@@ -156,4 +166,12 @@ fn conf_key_with_line_break_prints_one_line() {
 #[test]
 fn dataplane_name_with_line_break_fuzz_target() {
     harness::dataplane_load(b"type: Dataplane\nname: \"a\\nb\"\n");
+}
+
+/// Found by `h1_heads` (within the first second, ~116,000 runs): the fast path parsed the
+/// target `/#1k` into a `Uri`, which drops the fragment, and sent the upstream `GET /`. A
+/// target the `Uri` does not keep whole now goes to the general path (`h1::request_parts`).
+#[test]
+fn h1_target_with_fragment_fuzz_target() {
+    harness::h1_heads(b"GET /#1k HTTP/1.1\r\nHost: a\r\n\r\n");
 }

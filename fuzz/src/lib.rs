@@ -182,3 +182,13 @@ pub fn dataplane_load(data: &[u8]) {
     let effective = example_policy().effective(&dp, 1);
     serde_json::to_vec_pretty(&effective).expect("the effective configuration serialises");
 }
+
+/// Target `h1_heads`: the HTTP/1.1 fast path's parsers and encoders, without I/O (the checks
+/// live beside them in `tracecar::proxy::h1::fuzz_heads`). The input is read as a request
+/// head with its body (when plain: offsets inside the head, and the request the upstream gets
+/// parses back with the same method, target and fields), as upstream response heads (1xx
+/// skipped; the caller's head parses back with the same status and no hop-by-hop field), and
+/// as a chunked body (the same outcome whole, byte by byte and split in two).
+pub fn h1_heads(data: &[u8]) {
+    tracecar::proxy::h1::fuzz_heads(data);
+}
