@@ -14,7 +14,9 @@ const MAX_TRAILERS: u32 = 16 * 1024;
 enum State {
     /// Hex digits of the chunk size.
     Size,
-    /// After the size: whitespace and `;extensions` up to CR.
+    /// After the size: whitespace before `;` or CR (RFC 9112's BWS).
+    SizeSpace,
+    /// After `;`: the extensions, up to CR.
     Extension,
     /// CR seen after the size line; LF next.
     SizeLf,
@@ -98,15 +100,32 @@ impl Chunked {
                         State::Size
                     }
                     b'\r' if self.digits > 0 => State::SizeLf,
-                    b';' | b' ' | b'\t' if self.digits > 0 => {
+                    b';' if self.digits > 0 => {
                         self.line = 0;
                         State::Extension
                     }
+                    b' ' | b'\t' if self.digits > 0 => {
+                        self.line = 0;
+                        State::SizeSpace
+                    }
+                    _ => return Err(Malformed),
+                },
+                State::SizeSpace => match b {
+                    b' ' | b'\t' => {
+                        self.line += 1;
+                        if self.line > MAX_LINE {
+                            return Err(Malformed);
+                        }
+                        State::SizeSpace
+                    }
+                    b';' => State::Extension,
+                    b'\r' => State::SizeLf,
                     _ => return Err(Malformed),
                 },
                 State::Extension => match b {
                     b'\r' => State::SizeLf,
-                    b'\n' => return Err(Malformed),
+                    // Field-value bytes only: no control characters but HTAB.
+                    0x00..=0x08 | 0x0a..=0x1f | 0x7f => return Err(Malformed),
                     _ => {
                         self.line += 1;
                         if self.line > MAX_LINE {
@@ -232,6 +251,18 @@ mod tests {
     #[test]
     fn a_bare_lf_is_malformed() {
         assert_eq!(whole(b"3\nabc\r\n0\r\n\r\n").0, Err(Malformed));
+    }
+
+    #[test]
+    fn whitespace_may_come_before_extensions_but_not_between_digits() {
+        assert!(whole(b"3 ;x=y\r\nabc\r\n0\r\n\r\n").1.is_done());
+        assert!(whole(b"3 \r\nabc\r\n0\r\n\r\n").1.is_done());
+        assert_eq!(whole(b"5 5\r\nhello\r\n").0, Err(Malformed));
+    }
+
+    #[test]
+    fn control_characters_in_extensions_are_malformed() {
+        assert_eq!(whole(b"3;a\x01b\r\nabc\r\n").0, Err(Malformed));
     }
 
     #[test]
