@@ -60,11 +60,16 @@ fn unanswered(error: &hyper::Error) -> bool {
 
 /// Idempotent, and nothing to send but the head.
 fn replayable(request: &Request<RequestBody>) -> bool {
+    idempotent(request.method()) && http_body::Body::is_end_stream(request.body())
+}
+
+/// RFC 9110 §9.2.2: safe to send again when nothing was answered.
+pub(super) fn idempotent(method: &http::Method) -> bool {
     use http::Method;
     matches!(
-        *request.method(),
+        *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE | Method::PUT
-    ) && http_body::Body::is_end_stream(request.body())
+    )
 }
 
 /// A copy of a request's head (extensions are not carried).

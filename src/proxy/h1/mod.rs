@@ -31,7 +31,7 @@ use super::body::Tracker;
 use super::http::HttpProxy;
 use super::listener::Limits;
 use super::observe::ResponseFlags;
-use super::pool::{Pool, RawConn};
+use super::pool::{Pool, RawConn, idempotent};
 use chunked::Chunked;
 
 /// Request bodies up to this size take the fast path: read whole, then sent with the head
@@ -133,8 +133,7 @@ where
             .map(|e| Tracker::with_request_size(e, head.content_length));
 
         // Phase 3: rewrite.
-        let draining = *stop.borrow();
-        let close = head.close || draining;
+        let close = head.close || *stop.borrow();
         // What the general path's rewrite does to a plain request comes down to this: the
         // target is origin-form already, the one Host is a plain host[:port], and no
         // hop-by-hop field came through.
@@ -458,14 +457,6 @@ fn encode_request(out: &mut Vec<u8>, parts: &http::request::Parts, body: &[u8]) 
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
-}
-
-/// RFC 9110 §9.2.2.
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE | Method::PUT
-    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -939,12 +930,8 @@ fn local_reply(
         t.status = status.as_u16();
         t.flags.insert(flags);
         if let Some(e) = t.exchange_mut() {
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain"),
-            );
-            e.on_response(status, &headers);
+            // As for every fast-path response: no headers an observer reads (see `Exchange`).
+            e.on_response(status, &HeaderMap::new());
         }
         t.count_response_bytes(reason.len() as u64);
         t.finish(false);
