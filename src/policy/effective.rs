@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::null_as_empty;
 use super::resource::{
     DatadogConf, Dataplane, Mesh, Protocol, SERVICE_TAG, TracingBackend, TrafficTrace, ZipkinConf,
 };
@@ -135,7 +136,7 @@ pub fn resolve_backend(backend: &TracingBackend) -> Option<Backend> {
             let c: ZipkinConf = if conf.is_null() {
                 ZipkinConf::default()
             } else {
-                serde_json::from_value(conf).ok()?
+                null_as_empty::from_value(conf).ok()?
             };
             BackendConf::Zipkin(ZipkinBackend {
                 url: c.url,
@@ -152,7 +153,7 @@ pub fn resolve_backend(backend: &TracingBackend) -> Option<Backend> {
             let c: DatadogConf = if conf.is_null() {
                 DatadogConf::default()
             } else {
-                serde_json::from_value(conf).ok()?
+                null_as_empty::from_value(conf).ok()?
             };
             BackendConf::Datadog(DatadogBackend {
                 address: c.address,
