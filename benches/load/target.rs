@@ -26,6 +26,20 @@ pub enum Config {
     /// fails, is retried and dropped. Next to `tracecar-s100-w1` it shows whether a failing
     /// export slows the requests, which must never wait for the exporter.
     TracecarCollectorDown,
+    /// The same as `Tracecar`, run from the `--baseline` binary (an earlier build), so that a
+    /// change is measured against what it replaces in one run, rounds alternating.
+    Baseline {
+        sampling: u8,
+        workers: u8,
+    },
+}
+
+/// The `--baseline` binary, when one was given.
+static BASELINE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Adds the `baseline-*` configurations, run from `binary`.
+pub fn set_baseline(binary: std::path::PathBuf) {
+    let _ = BASELINE.set(binary);
 }
 
 impl Config {
@@ -35,6 +49,9 @@ impl Config {
         for workers in [1, 2] {
             for sampling in [0, 100] {
                 all.push(Config::Tracecar { sampling, workers });
+                if BASELINE.get().is_some() {
+                    all.push(Config::Baseline { sampling, workers });
+                }
             }
         }
         all.push(Config::TracecarTcp);
@@ -49,6 +66,7 @@ impl Config {
             Config::Tracecar { sampling, workers } => format!("tracecar-s{sampling}-w{workers}"),
             Config::TracecarTcp => "tracecar-tcp-w1".to_string(),
             Config::TracecarCollectorDown => "tracecar-down-w1".to_string(),
+            Config::Baseline { sampling, workers } => format!("baseline-s{sampling}-w{workers}"),
         }
     }
 
@@ -190,6 +208,16 @@ pub async fn start(config: Config, upstreams: Upstreams) -> anyhow::Result<Targe
             };
             start_tracecar(config, 100, 1, ["http", "http2", "grpc"], down).await
         }
+        Config::Baseline { sampling, workers } => {
+            start_tracecar(
+                config,
+                sampling,
+                workers,
+                ["http", "http2", "grpc"],
+                upstreams,
+            )
+            .await
+        }
     }
 }
 
@@ -246,7 +274,11 @@ async fn start_tracecar(
     std::fs::write(&dataplane_file, dataplane)?;
     std::fs::write(&policy_file, policy)?;
     let stderr = std::fs::File::create(dir.path().join("stderr.log"))?;
-    let child = Command::new(env!("CARGO_BIN_EXE_tracecar"))
+    let binary = match config {
+        Config::Baseline { .. } => BASELINE.get().context("no --baseline binary")?.clone(),
+        _ => std::path::PathBuf::from(env!("CARGO_BIN_EXE_tracecar")),
+    };
+    let child = Command::new(binary)
         .arg("run")
         .arg("--dataplane")
         .arg(&dataplane_file)
