@@ -38,7 +38,7 @@ usage: cargo bench --bench load -- [options]
   --quick               smoke test: 2 s runs, 1 round, 2 s fixed-rate run
   --only NAME[,NAME]    only these configurations and/or loads (repeatable):
                         direct, nginx, tracecar, tracecar-s0, tracecar-s100, tracecar-s0-w1,
-                        tracecar-s100-w2, …; http1, h2c, grpc (grpc-unary, grpc-stream),
+                        tracecar-s100-w2, tracecar-down, …; http1, h2c, grpc (grpc-unary, grpc-stream),
                         conns, fixed-rate
   --out FILE            where to write the results (default benches/results/load-<date>.md)
   --baseline BINARY     also run every tracecar configuration from BINARY (an earlier build),
@@ -82,6 +82,7 @@ fn fixed_rate_configs() -> Vec<Config> {
             workers,
         });
     }
+    configs.push(Config::TracecarCollectorDown);
     configs
 }
 
@@ -461,7 +462,9 @@ async fn measure(
         });
     }
     let stopped = target.stop().await;
-    if let Config::Tracecar { .. } | Config::Baseline { .. } = config {
+    if let Config::Tracecar { .. } | Config::Baseline { .. } | Config::TracecarCollectorDown =
+        config
+    {
         // tracecar flushes its queue on SIGTERM; the receiver counts before it answers.
         results.export.push(Export {
             round,

@@ -1,6 +1,10 @@
 //! The exporter under collector faults (contract A6): whatever the collector does — down, slow,
-//! failing — proxied requests neither fail nor slow down, memory stays bounded, and every
-//! sampled span is accounted for as exported or dropped with a reason.
+//! failing — no proxied request fails, memory stays bounded, and every sampled span is
+//! accounted for as exported or dropped with a reason.
+//!
+//! That requests do not slow down is a timing, measured where timings belong: the load
+//! benchmark's `tracecar-down-w1` configuration, next to `tracecar-s100-w1` in the same run
+//! (benches/README.md).
 //!
 //! The sidecar runs in-process, wired as `tracecar run` wires it (policy → Exporters → Tracer →
 //! proxy with metrics), in front of the harness app, with an in-test Zipkin collector.
@@ -9,7 +13,7 @@ mod harness;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::{Answer, Client, Collector, Upstream, down_collector_url, metric};
 use tracecar::export::{ExportSettings, Exporters};
@@ -25,8 +29,8 @@ const SLOW: Duration = Duration::from_secs(2);
 /// Time the exporters get to flush at shutdown, as `tracecar run` gives them.
 const FLUSH: Duration = tracecar::app::FLUSH_TIMEOUT;
 
-/// Latency comparisons only mean something when one load runs at a time: the tests of this
-/// file take turns.
+/// Each load is 2,000 requests from 16 clients: the tests of this file take turns, so that on a
+/// small machine they do not starve each other into request timeouts.
 static ONE_LOAD_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The defaults, with the retry backoff shortened so failing runs finish quickly; the shape
@@ -159,26 +163,14 @@ impl Accounts {
 
 /// What a load run saw.
 struct Load {
-    latencies: Vec<Duration>,
+    /// Requests answered 200.
+    answered: usize,
     failures: Vec<String>,
     /// The highest queue gauge seen while the load ran.
     max_queue: i64,
 }
 
-impl Load {
-    fn p99(&self) -> Duration {
-        let mut sorted = self.latencies.clone();
-        sorted.sort();
-        let index = ((sorted.len() as f64) * 0.99).ceil() as usize;
-        sorted
-            .get(index.saturating_sub(1))
-            .copied()
-            .unwrap_or_default()
-    }
-}
-
-/// `REQUESTS` requests from `CLIENTS` keep-alive clients, each timed from send to the end of
-/// the response body; the queue gauge is sampled meanwhile.
+/// `REQUESTS` requests from `CLIENTS` keep-alive clients; the queue gauge is sampled meanwhile.
 async fn load(sidecar: &InProcess) -> Load {
     let next = Arc::new(AtomicUsize::new(0));
     let max_queue = Arc::new(AtomicI64::new(0));
@@ -202,11 +194,10 @@ async fn load(sidecar: &InProcess) -> Load {
         .map(|_| {
             let (address, next) = (sidecar.address, next.clone());
             tokio::spawn(async move {
-                let mut latencies = Vec::new();
+                let mut answered = 0;
                 let mut failures = Vec::new();
                 let mut client = None;
                 while next.fetch_add(1, Ordering::SeqCst) < REQUESTS {
-                    let started = Instant::now();
                     let outcome = match client.as_mut() {
                         Some(c) => Client::get(c, "/echo").await,
                         None => match Client::connect(address).await {
@@ -215,7 +206,7 @@ async fn load(sidecar: &InProcess) -> Load {
                         },
                     };
                     match outcome {
-                        Ok((200, _)) => latencies.push(started.elapsed()),
+                        Ok((200, _)) => answered += 1,
                         Ok((status, body)) => failures.push(format!("{status}: {body}")),
                         Err(e) => {
                             failures.push(e);
@@ -223,18 +214,18 @@ async fn load(sidecar: &InProcess) -> Load {
                         }
                     }
                 }
-                (latencies, failures)
+                (answered, failures)
             })
         })
         .collect();
     let mut run = Load {
-        latencies: Vec::new(),
+        answered: 0,
         failures: Vec::new(),
         max_queue: 0,
     };
     for client in clients {
-        let (latencies, failures) = client.await.expect("client task");
-        run.latencies.extend(latencies);
+        let (answered, failures) = client.await.expect("client task");
+        run.answered += answered;
         run.failures.extend(failures);
     }
     sampling.abort();
@@ -251,26 +242,12 @@ async fn run(app: &Upstream, url: &str, settings: ExportSettings) -> (Load, Acco
     (load, accounts)
 }
 
-/// Runs the healthy baseline and then the fault, and checks what every fault must leave
-/// intact: all requests succeed, p99 stays within 1.5× of the baseline's, every span is
-/// accounted for and nothing is left pending.
+/// Runs the load against a sidecar exporting to the faulty collector at `url`, and checks what
+/// every fault must leave intact: all requests succeed, every span is accounted for and
+/// nothing is left pending.
 async fn fault_leaves_requests_and_accounts_intact(name: &str, url: &str) -> (Load, Accounts) {
     let _turn = ONE_LOAD_AT_A_TIME.lock().await;
     let app = Upstream::start().await;
-    let healthy = Collector::start(Answer::Accept).await;
-    let (baseline, baseline_accounts) = run(&app, &healthy.url(), settings()).await;
-    assert!(
-        baseline.failures.is_empty(),
-        "healthy run: {} failed requests, e.g. {:?}",
-        baseline.failures.len(),
-        baseline.failures.first()
-    );
-    baseline_accounts.assert_balanced("healthy run");
-    assert_eq!(
-        baseline_accounts.sampled, REQUESTS as f64,
-        "healthy run: one span per request at sampling 100"
-    );
-
     let (faulty, accounts) = run(&app, url, settings()).await;
     assert!(
         faulty.failures.is_empty(),
@@ -279,23 +256,8 @@ async fn fault_leaves_requests_and_accounts_intact(name: &str, url: &str) -> (Lo
         faulty.failures.first()
     );
     assert_eq!(
-        faulty.latencies.len(),
-        REQUESTS,
+        faulty.answered, REQUESTS,
         "{name}: every request answered 200"
-    );
-    eprintln!(
-        "{name}: p99 {:?}, healthy p99 {:?}",
-        faulty.p99(),
-        baseline.p99()
-    );
-    // A 2 ms floor: on loopback a p99 can be a fraction of a millisecond, where scheduling
-    // noise alone exceeds 1.5×; the exporter interfering with the data path would cost more.
-    let allowed = baseline.p99().max(Duration::from_millis(2)).mul_f64(1.5);
-    assert!(
-        faulty.p99() <= allowed,
-        "{name}: p99 {:?} exceeds 1.5 × the healthy p99 {:?} (allowed {allowed:?})",
-        faulty.p99(),
-        baseline.p99()
     );
     accounts.assert_balanced(name);
     assert_eq!(
@@ -308,12 +270,12 @@ async fn fault_leaves_requests_and_accounts_intact(name: &str, url: &str) -> (Lo
 // Faults: the data path never waits for the exporter (A6).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn collector_down_fails_no_request_slows_none_and_accounts_for_every_span() {
+async fn collector_down_fails_no_request_and_accounts_for_every_span() {
     fault_leaves_requests_and_accounts_intact("collector down", &down_collector_url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn collector_slow_fails_no_request_slows_none_and_accounts_for_every_span() {
+async fn collector_slow_fails_no_request_and_accounts_for_every_span() {
     let slow = Collector::start(Answer::Slow(SLOW)).await;
     let (load, _) = fault_leaves_requests_and_accounts_intact("collector slow", &slow.url()).await;
     // Memory is bounded: the queue never holds more than its capacity.
@@ -326,7 +288,7 @@ async fn collector_slow_fails_no_request_slows_none_and_accounts_for_every_span(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn collector_failing_500_fails_no_request_slows_none_and_accounts_for_every_span() {
+async fn collector_failing_500_fails_no_request_and_accounts_for_every_span() {
     let failing = Collector::start(Answer::Status(500)).await;
     fault_leaves_requests_and_accounts_intact("collector failing", &failing.url()).await;
 }

@@ -1,8 +1,10 @@
 //! Validation, as users see it: every problem is one line `FILE: Kind/name: field.path: message`
 //! with Kuma's field paths and messages (contract A2, A9; notes/kuma-validation.md).
 //!
-//! Most tests parse inline YAML with `parse_str` and run the same steps as `policy::check`; the
-//! ones about files (size, bytes, folders, `--strict`) go through `check` on temp files.
+//! Most tests are cases of one table (`cases!`): inline YAML → the exact lines `validate` prints,
+//! parsed with `parse_str` and run through the same steps as `policy::check`; each case is a test
+//! of its own name. The ones of another shape are plain tests beside them: those about files
+//! (size, bytes, folders, `--strict`) go through `check` on temp files.
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +51,22 @@ fn lines(file: &str, yaml: &str) -> Vec<String> {
         .collect()
 }
 
+/// The case table: each case `name: "file", yaml => [lines…];` becomes a `#[test]` of its own
+/// name, asserting that `yaml` read as `file` gives exactly those lines (`lines`), so a failing
+/// case is reported by name and the others still run. `yaml` is a `&str` or a `String`.
+macro_rules! cases {
+    ($($name:ident: $file:literal, $yaml:expr => [$($line:expr),* $(,)?];)*) => {
+        $(
+            #[test]
+            fn $name() {
+                let yaml = $yaml;
+                let expected: Vec<&str> = vec![$($line),*];
+                assert_eq!(lines($file, AsRef::<str>::as_ref(&yaml)), expected);
+            }
+        )*
+    };
+}
+
 /// A Universal Mesh named `default` with the given `tracing.backends` entries (YAML list items,
 /// written at column 0).
 fn mesh_with_backends(backends: &str) -> String {
@@ -91,51 +109,32 @@ fn write(dir: &Path, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
 // =============================================================================================
 // Mesh tracing: backends
 
-#[test]
-fn a_valid_zipkin_mesh_has_no_diagnostics() {
-    let yaml = mesh_with_backends(
+cases! {
+    a_valid_zipkin_mesh_has_no_diagnostics: "mesh.yaml", mesh_with_backends(
         "
         - name: zipkin
           type: zipkin
           sampling: 50.5
           conf: {url: 'http://zipkin:9411/api/v2/spans', apiVersion: httpProto, traceId128bit: true, sharedSpanContext: false}
         ",
-    );
-    assert_eq!(lines("mesh.yaml", &yaml), Vec::<String>::new());
-}
+    ) => [];
 
-#[test]
-fn backend_name_cannot_be_empty() {
-    let yaml = mesh_with_backends(
+    backend_name_cannot_be_empty: "mesh.yaml", mesh_with_backends(
         "
         - name: ''
           type: zipkin
           conf: {url: 'http://zipkin:9411/api/v2/spans'}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        ["mesh.yaml: Mesh/default: tracing.backends[0].name: cannot be empty"]
-    );
-}
+    ) => ["mesh.yaml: Mesh/default: tracing.backends[0].name: cannot be empty"];
 
-#[test]
-fn backend_name_is_empty_when_absent() {
-    let yaml = mesh_with_backends(
+    backend_name_is_empty_when_absent: "mesh.yaml", mesh_with_backends(
         "
         - type: zipkin
           conf: {url: 'http://zipkin:9411/api/v2/spans'}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        ["mesh.yaml: Mesh/default: tracing.backends[0].name: cannot be empty"]
-    );
-}
+    ) => ["mesh.yaml: Mesh/default: tracing.backends[0].name: cannot be empty"];
 
-#[test]
-fn duplicate_backend_name_is_reported_on_the_second_backend() {
-    let yaml = mesh_with_backends(
+    duplicate_backend_name_is_reported_on_the_second_backend: "mesh.yaml", mesh_with_backends(
         "
         - name: x
           type: zipkin
@@ -144,19 +143,12 @@ fn duplicate_backend_name_is_reported_on_the_second_backend() {
           type: zipkin
           conf: {url: 'http://b:9411/api/v2/spans'}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            r#"mesh.yaml: Mesh/default: tracing.backends[1].name: "x" name is already used for another backend"#
-        ]
-    );
-}
+    ) => [
+        r#"mesh.yaml: Mesh/default: tracing.backends[1].name: "x" name is already used for another backend"#
+    ];
 
-#[test]
-fn two_empty_backend_names_give_the_second_both_messages() {
     // Kuma's duplicate check also applies to empty names.
-    let yaml = mesh_with_backends(
+    two_empty_backend_names_give_the_second_both_messages: "mesh.yaml", mesh_with_backends(
         "
         - name: ''
           type: zipkin
@@ -165,52 +157,31 @@ fn two_empty_backend_names_give_the_second_both_messages() {
           type: zipkin
           conf: {url: 'http://b:9411/api/v2/spans'}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            "mesh.yaml: Mesh/default: tracing.backends[0].name: cannot be empty",
-            "mesh.yaml: Mesh/default: tracing.backends[1].name: cannot be empty",
-            r#"mesh.yaml: Mesh/default: tracing.backends[1].name: "" name is already used for another backend"#,
-        ]
-    );
-}
+    ) => [
+        "mesh.yaml: Mesh/default: tracing.backends[0].name: cannot be empty",
+        "mesh.yaml: Mesh/default: tracing.backends[1].name: cannot be empty",
+        r#"mesh.yaml: Mesh/default: tracing.backends[1].name: "" name is already used for another backend"#,
+    ];
 
-#[test]
-fn sampling_above_100_is_out_of_range() {
-    let yaml = mesh_with_backends(
+    sampling_above_100_is_out_of_range: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: zipkin
           sampling: 100.1
           conf: {url: 'http://a:9411/api/v2/spans'}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        ["mesh.yaml: Mesh/default: tracing.backends[0].sampling: has to be in [0.0 - 100.0] range"]
-    );
-}
+    ) => ["mesh.yaml: Mesh/default: tracing.backends[0].sampling: has to be in [0.0 - 100.0] range"];
 
-#[test]
-fn negative_sampling_is_out_of_range() {
-    let yaml = mesh_with_backends(
+    negative_sampling_is_out_of_range: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: zipkin
           sampling: -1
           conf: {url: 'http://a:9411/api/v2/spans'}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        ["mesh.yaml: Mesh/default: tracing.backends[0].sampling: has to be in [0.0 - 100.0] range"]
-    );
-}
+    ) => ["mesh.yaml: Mesh/default: tracing.backends[0].sampling: has to be in [0.0 - 100.0] range"];
 
-#[test]
-fn sampling_bounds_0_and_100_are_valid() {
-    let yaml = mesh_with_backends(
+    sampling_bounds_0_and_100_are_valid: "mesh.yaml", mesh_with_backends(
         "
         - name: none
           type: zipkin
@@ -221,58 +192,33 @@ fn sampling_bounds_0_and_100_are_valid() {
           sampling: 100
           conf: {url: 'http://a:9411/api/v2/spans'}
         ",
-    );
-    assert_eq!(lines("mesh.yaml", &yaml), Vec::<String>::new());
-}
+    ) => [];
 
-#[test]
-fn unknown_backend_type_lists_the_available_ones() {
-    let yaml = mesh_with_backends(
+    unknown_backend_type_lists_the_available_ones: "mesh.yaml", mesh_with_backends(
         "
         - name: j
           type: jaeger
           conf: {url: 'not checked: the type is unknown'}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            r#"mesh.yaml: Mesh/default: tracing.backends[0].type: unknown backend type. Available backends: "zipkin", "datadog""#
-        ]
-    );
-}
+    ) => [
+        r#"mesh.yaml: Mesh/default: tracing.backends[0].type: unknown backend type. Available backends: "zipkin", "datadog""#
+    ];
 
-#[test]
-fn missing_backend_type_is_unknown() {
-    let yaml = mesh_with_backends("- name: j");
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            r#"mesh.yaml: Mesh/default: tracing.backends[0].type: unknown backend type. Available backends: "zipkin", "datadog""#
-        ]
-    );
-}
+    missing_backend_type_is_unknown: "mesh.yaml", mesh_with_backends("- name: j") => [
+        r#"mesh.yaml: Mesh/default: tracing.backends[0].type: unknown backend type. Available backends: "zipkin", "datadog""#
+    ];
 
-#[test]
-fn backend_type_is_case_sensitive() {
-    let yaml = mesh_with_backends(
+    backend_type_is_case_sensitive: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: Zipkin
           conf: {url: 'http://a:9411/api/v2/spans'}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            r#"mesh.yaml: Mesh/default: tracing.backends[0].type: unknown backend type. Available backends: "zipkin", "datadog""#
-        ]
-    );
-}
+    ) => [
+        r#"mesh.yaml: Mesh/default: tracing.backends[0].type: unknown backend type. Available backends: "zipkin", "datadog""#
+    ];
 
-#[test]
-fn default_backend_must_name_a_backend_of_the_mesh() {
-    let yaml = dedent(
+    default_backend_must_name_a_backend_of_the_mesh: "mesh.yaml", dedent(
         "
         type: Mesh
         name: default
@@ -283,18 +229,11 @@ fn default_backend_must_name_a_backend_of_the_mesh() {
               type: zipkin
               conf: {url: 'http://a:9411/api/v2/spans'}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            "mesh.yaml: Mesh/default: tracing.defaultBackend: has to be set to one of the tracing backend in mesh"
-        ]
-    );
-}
+    ) => [
+        "mesh.yaml: Mesh/default: tracing.defaultBackend: has to be set to one of the tracing backend in mesh"
+    ];
 
-#[test]
-fn empty_default_backend_is_valid() {
-    let yaml = dedent(
+    empty_default_backend_is_valid: "mesh.yaml", dedent(
         "
         type: Mesh
         name: default
@@ -302,22 +241,12 @@ fn empty_default_backend_is_valid() {
           defaultBackend: ''
           backends: []
         ",
-    );
-    assert_eq!(lines("mesh.yaml", &yaml), Vec::<String>::new());
-}
+    ) => [];
 
-#[test]
-fn mesh_without_tracing_is_valid() {
-    assert_eq!(
-        lines("mesh.yaml", "type: Mesh\nname: default\n"),
-        Vec::<String>::new()
-    );
-}
+    mesh_without_tracing_is_valid: "mesh.yaml", "type: Mesh\nname: default\n" => [];
 
-#[test]
-fn mesh_with_other_sections_is_valid() {
     // A9: mtls, logging, metrics, … are accepted and ignored.
-    let yaml = dedent(
+    mesh_with_other_sections_is_valid: "mesh.yaml", dedent(
         "
         type: Mesh
         name: default
@@ -331,239 +260,147 @@ fn mesh_with_other_sections_is_valid() {
           backends: [{name: prom, type: prometheus}]
         constraints: {}
         ",
-    );
-    assert_eq!(lines("mesh.yaml", &yaml), Vec::<String>::new());
+    ) => [];
 }
 
 // ---------------------------------------------------------------------------------------------
 // Mesh tracing: zipkin conf
 
-#[test]
-fn zipkin_url_cannot_be_empty() {
-    let yaml = mesh_with_backends(
+cases! {
+    zipkin_url_cannot_be_empty: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: zipkin
           conf: {url: ''}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        ["mesh.yaml: Mesh/default: tracing.backends[0].config.url: cannot be empty"]
-    );
-}
+    ) => ["mesh.yaml: Mesh/default: tracing.backends[0].config.url: cannot be empty"];
 
-#[test]
-fn zipkin_without_conf_reports_the_empty_url() {
     // A missing conf is an empty config in Kuma, not a parse error.
-    let yaml = mesh_with_backends(
+    zipkin_without_conf_reports_the_empty_url: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: zipkin
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        ["mesh.yaml: Mesh/default: tracing.backends[0].config.url: cannot be empty"]
-    );
-}
+    ) => ["mesh.yaml: Mesh/default: tracing.backends[0].config.url: cannot be empty"];
 
-#[test]
-fn zipkin_url_that_does_not_parse_is_invalid() {
-    let yaml = mesh_with_backends(
+    zipkin_url_that_does_not_parse_is_invalid: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: zipkin
           conf: {url: invalid-url}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        ["mesh.yaml: Mesh/default: tracing.backends[0].config.url: invalid URL"]
-    );
-}
+    ) => ["mesh.yaml: Mesh/default: tracing.backends[0].config.url: invalid URL"];
 
-#[test]
-fn zipkin_url_with_non_numeric_port_is_invalid() {
-    let yaml = mesh_with_backends(
+    zipkin_url_with_non_numeric_port_is_invalid: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: zipkin
           conf: {url: 'http://h:abc/'}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        ["mesh.yaml: Mesh/default: tracing.backends[0].config.url: invalid URL"]
-    );
-}
+    ) => ["mesh.yaml: Mesh/default: tracing.backends[0].config.url: invalid URL"];
 
-#[test]
-fn zipkin_url_without_port_needs_one() {
-    let yaml = mesh_with_backends(
+    zipkin_url_without_port_needs_one: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: zipkin
           conf: {url: 'http://zipkin-us.local/v2/spans'}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            "mesh.yaml: Mesh/default: tracing.backends[0].config.url: port has to be explicitly specified"
-        ]
-    );
-}
+    ) => [
+        "mesh.yaml: Mesh/default: tracing.backends[0].config.url: port has to be explicitly specified"
+    ];
 
-#[test]
-fn zipkin_url_with_empty_port_needs_one() {
     // Go's Port() is empty for `h:`.
-    let yaml = mesh_with_backends(
+    zipkin_url_with_empty_port_needs_one: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: zipkin
           conf: {url: 'http://h:/x'}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            "mesh.yaml: Mesh/default: tracing.backends[0].config.url: port has to be explicitly specified"
-        ]
-    );
-}
+    ) => [
+        "mesh.yaml: Mesh/default: tracing.backends[0].config.url: port has to be explicitly specified"
+    ];
 
-#[test]
-fn zipkin_url_that_is_an_absolute_path_needs_a_port() {
     // Go's ParseRequestURI accepts an absolute path; it has no port.
-    let yaml = mesh_with_backends(
+    zipkin_url_that_is_an_absolute_path_needs_a_port: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: zipkin
           conf: {url: /api/v2/spans}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            "mesh.yaml: Mesh/default: tracing.backends[0].config.url: port has to be explicitly specified"
-        ]
-    );
-}
+    ) => [
+        "mesh.yaml: Mesh/default: tracing.backends[0].config.url: port has to be explicitly specified"
+    ];
 
-#[test]
-fn zipkin_url_without_scheme_is_an_opaque_uri_without_port() {
     // Go's ParseRequestURI reads `localhost:9411` as scheme `localhost` with opaque `9411`
     // (an absolute URI, notes §1), whose Port() is empty: Kuma says the port is missing.
-    let yaml = mesh_with_backends(
+    zipkin_url_without_scheme_is_an_opaque_uri_without_port: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: zipkin
           conf: {url: 'localhost:9411'}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            "mesh.yaml: Mesh/default: tracing.backends[0].config.url: port has to be explicitly specified"
-        ]
-    );
-}
+    ) => [
+        "mesh.yaml: Mesh/default: tracing.backends[0].config.url: port has to be explicitly specified"
+    ];
 
-#[test]
-fn zipkin_https_url_with_port_is_valid() {
-    let yaml = mesh_with_backends(
+    zipkin_https_url_with_port_is_valid: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: zipkin
           conf: {url: 'https://[::1]:9411/api/v2/spans'}
         ",
-    );
-    assert_eq!(lines("mesh.yaml", &yaml), Vec::<String>::new());
-}
+    ) => [];
 
-#[test]
-fn zipkin_url_with_a_scheme_other_than_http_is_a_warning() {
     // Beyond Kuma: valid there, but tracecar cannot export to it.
-    let yaml = mesh_with_backends(
+    zipkin_url_with_a_scheme_other_than_http_is_a_warning: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: zipkin
           conf: {url: 'udp://zipkin:9411'}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            "warning: mesh.yaml: Mesh/default: tracing.backends[0].config.url: tracecar exports only over http and https; spans for this backend will be dropped"
-        ]
-    );
-}
+    ) => [
+        "warning: mesh.yaml: Mesh/default: tracing.backends[0].config.url: tracecar exports only over http and https; spans for this backend will be dropped"
+    ];
 
-#[test]
-fn zipkin_api_version_must_be_a_known_one() {
-    let yaml = mesh_with_backends(
+    zipkin_api_version_must_be_a_known_one: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: zipkin
           conf: {url: 'http://a:9411/api/v2/spans', apiVersion: v2}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            "mesh.yaml: Mesh/default: tracing.backends[0].config.apiVersion: has invalid value. Allowed values: httpJsonV1, httpJson, httpProto"
-        ]
-    );
-}
+    ) => [
+        "mesh.yaml: Mesh/default: tracing.backends[0].config.apiVersion: has invalid value. Allowed values: httpJsonV1, httpJson, httpProto"
+    ];
 
-#[test]
-fn zipkin_api_version_is_case_sensitive() {
-    let yaml = mesh_with_backends(
+    zipkin_api_version_is_case_sensitive: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: zipkin
           conf: {url: 'http://a:9411/api/v2/spans', apiVersion: httpjson}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            "mesh.yaml: Mesh/default: tracing.backends[0].config.apiVersion: has invalid value. Allowed values: httpJsonV1, httpJson, httpProto"
-        ]
-    );
-}
+    ) => [
+        "mesh.yaml: Mesh/default: tracing.backends[0].config.apiVersion: has invalid value. Allowed values: httpJsonV1, httpJson, httpProto"
+    ];
 
-#[test]
-fn zipkin_api_version_is_checked_before_the_url() {
-    let yaml = mesh_with_backends(
+    zipkin_api_version_is_checked_before_the_url: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: zipkin
           conf: {apiVersion: v2}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            "mesh.yaml: Mesh/default: tracing.backends[0].config.apiVersion: has invalid value. Allowed values: httpJsonV1, httpJson, httpProto",
-            "mesh.yaml: Mesh/default: tracing.backends[0].config.url: cannot be empty",
-        ]
-    );
-}
+    ) => [
+        "mesh.yaml: Mesh/default: tracing.backends[0].config.apiVersion: has invalid value. Allowed values: httpJsonV1, httpJson, httpProto",
+        "mesh.yaml: Mesh/default: tracing.backends[0].config.url: cannot be empty",
+    ];
 
-#[test]
-fn zipkin_api_version_http_json_v1_is_accepted() {
-    let yaml = mesh_with_backends(
+    zipkin_api_version_http_json_v1_is_accepted: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: zipkin
           conf: {url: 'http://a:9411/api/v1/spans', apiVersion: httpJsonV1}
         ",
-    );
-    assert_eq!(lines("mesh.yaml", &yaml), Vec::<String>::new());
+    ) => [];
 }
-
 #[test]
 fn wrong_type_in_conf_is_one_parse_error_at_config() {
     // Kuma converts conf to the typed config first; a type mismatch stops that backend's
@@ -608,88 +445,59 @@ fn conf_that_is_not_a_mapping_is_a_parse_error_at_config() {
     );
 }
 
-#[test]
-fn unknown_conf_key_is_a_warning() {
+cases! {
     // Kuma ignores it; tracecar warns, as a misspelt key silently falls back to its default.
-    let yaml = mesh_with_backends(
+    unknown_conf_key_is_a_warning: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type: zipkin
           conf: {url: 'http://a:9411/api/v2/spans', sharedSpanContxt: false}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            "warning: mesh.yaml: Mesh/default: tracing.backends[0].config.sharedSpanContxt: unknown field, ignored"
-        ]
-    );
+    ) => [
+        "warning: mesh.yaml: Mesh/default: tracing.backends[0].config.sharedSpanContxt: unknown field, ignored"
+    ];
 }
 
 // ---------------------------------------------------------------------------------------------
 // Mesh tracing: datadog conf
 
-#[test]
-fn a_valid_datadog_mesh_has_no_diagnostics() {
-    let yaml = mesh_with_backends(
+cases! {
+    a_valid_datadog_mesh_has_no_diagnostics: "mesh.yaml", mesh_with_backends(
         "
         - name: dd
           type: datadog
           conf: {address: datadog.agent, port: 8126, splitService: true}
         ",
-    );
-    assert_eq!(lines("mesh.yaml", &yaml), Vec::<String>::new());
-}
+    ) => [];
 
-#[test]
-fn datadog_address_cannot_be_empty() {
-    let yaml = mesh_with_backends(
+    datadog_address_cannot_be_empty: "mesh.yaml", mesh_with_backends(
         "
         - name: dd
           type: datadog
           conf: {address: '', port: 8126}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        ["mesh.yaml: Mesh/default: tracing.backends[0].config.address: cannot be empty"]
-    );
-}
+    ) => ["mesh.yaml: Mesh/default: tracing.backends[0].config.address: cannot be empty"];
 
-#[test]
-fn datadog_port_zero_is_out_of_range() {
-    let yaml = mesh_with_backends(
+    datadog_port_zero_is_out_of_range: "mesh.yaml", mesh_with_backends(
         "
         - name: dd
           type: datadog
           conf: {address: 127.0.0.1, port: 0}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            "mesh.yaml: Mesh/default: tracing.backends[0].config.port: port must be in the range [1, 65535]"
-        ]
-    );
-}
+    ) => [
+        "mesh.yaml: Mesh/default: tracing.backends[0].config.port: port must be in the range [1, 65535]"
+    ];
 
-#[test]
-fn datadog_port_above_65535_is_out_of_range() {
-    let yaml = mesh_with_backends(
+    datadog_port_above_65535_is_out_of_range: "mesh.yaml", mesh_with_backends(
         "
         - name: dd
           type: datadog
           conf: {address: 127.0.0.1, port: 65536}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            "mesh.yaml: Mesh/default: tracing.backends[0].config.port: port must be in the range [1, 65535]"
-        ]
-    );
+    ) => [
+        "mesh.yaml: Mesh/default: tracing.backends[0].config.port: port must be in the range [1, 65535]"
+    ];
 }
-
 #[test]
 fn datadog_negative_port_is_a_parse_error_as_in_kuma() {
     // Kuma's port is a uint32: a negative number fails the typed conversion (notes §1), so the
@@ -713,24 +521,18 @@ fn datadog_negative_port_is_a_parse_error_as_in_kuma() {
     );
 }
 
-#[test]
-fn datadog_empty_conf_reports_address_then_port() {
-    let yaml = mesh_with_backends(
+cases! {
+    datadog_empty_conf_reports_address_then_port: "mesh.yaml", mesh_with_backends(
         "
         - name: dd
           type: datadog
           conf: {}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            "mesh.yaml: Mesh/default: tracing.backends[0].config.address: cannot be empty",
-            "mesh.yaml: Mesh/default: tracing.backends[0].config.port: port must be in the range [1, 65535]",
-        ]
-    );
+    ) => [
+        "mesh.yaml: Mesh/default: tracing.backends[0].config.address: cannot be empty",
+        "mesh.yaml: Mesh/default: tracing.backends[0].config.port: port must be in the range [1, 65535]",
+    ];
 }
-
 #[test]
 fn datadog_port_of_wrong_type_is_a_parse_error() {
     let found = lines(
@@ -755,11 +557,10 @@ fn datadog_port_of_wrong_type_is_a_parse_error() {
 // ---------------------------------------------------------------------------------------------
 // Mesh: every violation, in Kuma's order
 
-#[test]
-fn every_mesh_violation_is_reported_in_kumas_order() {
+cases! {
     // Backend i's own errors (name, sampling, type/config) come first, then its duplicate check;
     // defaultBackend last.
-    let yaml = dedent(
+    every_mesh_violation_is_reported_in_kumas_order: "mesh.yaml", dedent(
         "
         type: Mesh
         name: default
@@ -779,32 +580,27 @@ fn every_mesh_violation_is_reported_in_kumas_order() {
               type: zipkin
               conf: {url: 'http://a:9411/'}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            "mesh.yaml: Mesh/default: tracing.backends[0].name: cannot be empty",
-            "mesh.yaml: Mesh/default: tracing.backends[0].sampling: has to be in [0.0 - 100.0] range",
-            "mesh.yaml: Mesh/default: tracing.backends[0].config.apiVersion: has invalid value. Allowed values: httpJsonV1, httpJson, httpProto",
-            "mesh.yaml: Mesh/default: tracing.backends[0].config.url: port has to be explicitly specified",
-            "mesh.yaml: Mesh/default: tracing.backends[1].name: cannot be empty",
-            r#"mesh.yaml: Mesh/default: tracing.backends[1].type: unknown backend type. Available backends: "zipkin", "datadog""#,
-            r#"mesh.yaml: Mesh/default: tracing.backends[1].name: "" name is already used for another backend"#,
-            "mesh.yaml: Mesh/default: tracing.backends[2].sampling: has to be in [0.0 - 100.0] range",
-            "mesh.yaml: Mesh/default: tracing.backends[2].config.address: cannot be empty",
-            "mesh.yaml: Mesh/default: tracing.backends[2].config.port: port must be in the range [1, 65535]",
-            r#"mesh.yaml: Mesh/default: tracing.backends[3].name: "dd" name is already used for another backend"#,
-            "mesh.yaml: Mesh/default: tracing.defaultBackend: has to be set to one of the tracing backend in mesh",
-        ]
-    );
+    ) => [
+        "mesh.yaml: Mesh/default: tracing.backends[0].name: cannot be empty",
+        "mesh.yaml: Mesh/default: tracing.backends[0].sampling: has to be in [0.0 - 100.0] range",
+        "mesh.yaml: Mesh/default: tracing.backends[0].config.apiVersion: has invalid value. Allowed values: httpJsonV1, httpJson, httpProto",
+        "mesh.yaml: Mesh/default: tracing.backends[0].config.url: port has to be explicitly specified",
+        "mesh.yaml: Mesh/default: tracing.backends[1].name: cannot be empty",
+        r#"mesh.yaml: Mesh/default: tracing.backends[1].type: unknown backend type. Available backends: "zipkin", "datadog""#,
+        r#"mesh.yaml: Mesh/default: tracing.backends[1].name: "" name is already used for another backend"#,
+        "mesh.yaml: Mesh/default: tracing.backends[2].sampling: has to be in [0.0 - 100.0] range",
+        "mesh.yaml: Mesh/default: tracing.backends[2].config.address: cannot be empty",
+        "mesh.yaml: Mesh/default: tracing.backends[2].config.port: port must be in the range [1, 65535]",
+        r#"mesh.yaml: Mesh/default: tracing.backends[3].name: "dd" name is already used for another backend"#,
+        "mesh.yaml: Mesh/default: tracing.defaultBackend: has to be set to one of the tracing backend in mesh",
+    ];
 }
 
 // =============================================================================================
 // TrafficTrace
 
-#[test]
-fn a_valid_traffic_trace_has_no_diagnostics() {
-    let yaml = dedent(
+cases! {
+    a_valid_traffic_trace_has_no_diagnostics: "trace.yaml", dedent(
         "
         type: TrafficTrace
         name: trace-web
@@ -813,31 +609,13 @@ fn a_valid_traffic_trace_has_no_diagnostics() {
           - match: {kuma.io/service: web, version: 'v1.2_x:y/z'}
         conf: {backend: zipkin}
         ",
-    );
-    assert_eq!(lines("trace.yaml", &yaml), Vec::<String>::new());
-}
+    ) => [];
 
-#[test]
-fn traffic_trace_selectors_must_have_at_least_one_element() {
-    let yaml = "type: TrafficTrace\nname: t\nmesh: default\nselectors: []\n";
-    assert_eq!(
-        lines("trace.yaml", yaml),
-        ["trace.yaml: TrafficTrace/t: selectors: must have at least one element"]
-    );
-}
+    traffic_trace_selectors_must_have_at_least_one_element: "trace.yaml", "type: TrafficTrace\nname: t\nmesh: default\nselectors: []\n" => ["trace.yaml: TrafficTrace/t: selectors: must have at least one element"];
 
-#[test]
-fn traffic_trace_without_selectors_must_have_at_least_one_element() {
-    let yaml = "type: TrafficTrace\nname: t\nmesh: default\n";
-    assert_eq!(
-        lines("trace.yaml", yaml),
-        ["trace.yaml: TrafficTrace/t: selectors: must have at least one element"]
-    );
-}
+    traffic_trace_without_selectors_must_have_at_least_one_element: "trace.yaml", "type: TrafficTrace\nname: t\nmesh: default\n" => ["trace.yaml: TrafficTrace/t: selectors: must have at least one element"];
 
-#[test]
-fn selector_match_must_have_at_least_one_tag() {
-    let yaml = dedent(
+    selector_match_must_have_at_least_one_tag: "trace.yaml", dedent(
         "
         type: TrafficTrace
         name: t
@@ -845,129 +623,59 @@ fn selector_match_must_have_at_least_one_tag() {
           - match: {kuma.io/service: web}
           - match: {}
         ",
-    );
-    assert_eq!(
-        lines("trace.yaml", &yaml),
-        ["trace.yaml: TrafficTrace/t: selectors[1].match: must have at least one tag"]
-    );
-}
+    ) => ["trace.yaml: TrafficTrace/t: selectors[1].match: must have at least one tag"];
 
-#[test]
-fn selector_without_match_must_have_at_least_one_tag() {
-    let yaml = "type: TrafficTrace\nname: t\nselectors:\n  - {}\n";
-    assert_eq!(
-        lines("trace.yaml", yaml),
-        ["trace.yaml: TrafficTrace/t: selectors[0].match: must have at least one tag"]
-    );
-}
+    selector_without_match_must_have_at_least_one_tag: "trace.yaml", "type: TrafficTrace\nname: t\nselectors:\n  - {}\n" => ["trace.yaml: TrafficTrace/t: selectors[0].match: must have at least one tag"];
 
-#[test]
-fn selector_tag_values_must_be_non_empty_in_sorted_key_order() {
     // Kuma's own test case: keys are visited sorted, paths quote the key Go-style.
-    let yaml = dedent(
+    selector_tag_values_must_be_non_empty_in_sorted_key_order: "trace.yaml", dedent(
         "
         type: TrafficTrace
         name: t
         selectors:
           - match: {region: '', kuma.io/service: ''}
         ",
-    );
-    assert_eq!(
-        lines("trace.yaml", &yaml),
-        [
-            r#"trace.yaml: TrafficTrace/t: selectors[0].match["kuma.io/service"]: tag value must be non-empty"#,
-            r#"trace.yaml: TrafficTrace/t: selectors[0].match["region"]: tag value must be non-empty"#,
-        ]
-    );
-}
+    ) => [
+        r#"trace.yaml: TrafficTrace/t: selectors[0].match["kuma.io/service"]: tag value must be non-empty"#,
+        r#"trace.yaml: TrafficTrace/t: selectors[0].match["region"]: tag value must be non-empty"#,
+    ];
 
-#[test]
-fn selector_tag_name_must_be_non_empty_at_the_match_path() {
-    let yaml = "type: TrafficTrace\nname: t\nselectors:\n  - match: {'': web}\n";
-    assert_eq!(
-        lines("trace.yaml", yaml),
-        ["trace.yaml: TrafficTrace/t: selectors[0].match: tag name must be non-empty"]
-    );
-}
+    selector_tag_name_must_be_non_empty_at_the_match_path: "trace.yaml", "type: TrafficTrace\nname: t\nselectors:\n  - match: {'': web}\n" => ["trace.yaml: TrafficTrace/t: selectors[0].match: tag name must be non-empty"];
 
-#[test]
-fn selector_tag_name_characters_are_restricted() {
-    let yaml = "type: TrafficTrace\nname: t\nselectors:\n  - match: {'inv@lid tag': web}\n";
-    assert_eq!(
-        lines("trace.yaml", yaml),
-        [
-            r#"trace.yaml: TrafficTrace/t: selectors[0].match["inv@lid tag"]: tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores"#
-        ]
-    );
-}
+    selector_tag_name_characters_are_restricted: "trace.yaml", "type: TrafficTrace\nname: t\nselectors:\n  - match: {'inv@lid tag': web}\n" => [
+        r#"trace.yaml: TrafficTrace/t: selectors[0].match["inv@lid tag"]: tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores"#
+    ];
 
-#[test]
-fn selector_tag_name_cannot_be_a_wildcard() {
-    let yaml = "type: TrafficTrace\nname: t\nselectors:\n  - match: {'*': web}\n";
-    assert_eq!(
-        lines("trace.yaml", yaml),
-        [
-            r#"trace.yaml: TrafficTrace/t: selectors[0].match["*"]: tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores"#
-        ]
-    );
-}
+    selector_tag_name_cannot_be_a_wildcard: "trace.yaml", "type: TrafficTrace\nname: t\nselectors:\n  - match: {'*': web}\n" => [
+        r#"trace.yaml: TrafficTrace/t: selectors[0].match["*"]: tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores"#
+    ];
 
-#[test]
-fn selector_tag_value_characters_are_restricted() {
-    let yaml = "type: TrafficTrace\nname: t\nselectors:\n  - match: {kuma.io/service: 'web app'}\n";
-    assert_eq!(
-        lines("trace.yaml", yaml),
-        [
-            r#"trace.yaml: TrafficTrace/t: selectors[0].match["kuma.io/service"]: tag value must consist of alphanumeric characters, dots, dashes, slashes and underscores or be "*""#
-        ]
-    );
-}
+    selector_tag_value_characters_are_restricted: "trace.yaml", "type: TrafficTrace\nname: t\nselectors:\n  - match: {kuma.io/service: 'web app'}\n" => [
+        r#"trace.yaml: TrafficTrace/t: selectors[0].match["kuma.io/service"]: tag value must consist of alphanumeric characters, dots, dashes, slashes and underscores or be "*""#
+    ];
 
-#[test]
-fn selector_value_wildcard_must_be_exactly_a_star() {
-    let yaml = "type: TrafficTrace\nname: t\nselectors:\n  - match: {kuma.io/service: 'web*'}\n";
-    assert_eq!(
-        lines("trace.yaml", yaml),
-        [
-            r#"trace.yaml: TrafficTrace/t: selectors[0].match["kuma.io/service"]: tag value must consist of alphanumeric characters, dots, dashes, slashes and underscores or be "*""#
-        ]
-    );
-}
+    selector_value_wildcard_must_be_exactly_a_star: "trace.yaml", "type: TrafficTrace\nname: t\nselectors:\n  - match: {kuma.io/service: 'web*'}\n" => [
+        r#"trace.yaml: TrafficTrace/t: selectors[0].match["kuma.io/service"]: tag value must consist of alphanumeric characters, dots, dashes, slashes and underscores or be "*""#
+    ];
 
-#[test]
-fn selector_value_star_and_slash_are_valid() {
-    let yaml =
-        "type: TrafficTrace\nname: t\nselectors:\n  - match: {kuma.io/service: '*', team: a/b}\n";
-    assert_eq!(lines("trace.yaml", yaml), Vec::<String>::new());
-}
+    selector_value_star_and_slash_are_valid: "trace.yaml", "type: TrafficTrace\nname: t\nselectors:\n  - match: {kuma.io/service: '*', team: a/b}\n" => [];
 
-#[test]
-fn selector_violations_are_reported_per_key_name_before_value() {
-    let yaml = dedent(
+    selector_violations_are_reported_per_key_name_before_value: "trace.yaml", dedent(
         "
         type: TrafficTrace
         name: t
         selectors:
           - match: {'b@d': 'x y', a: ''}
         ",
-    );
-    assert_eq!(
-        lines("trace.yaml", &yaml),
-        [
-            r#"trace.yaml: TrafficTrace/t: selectors[0].match["a"]: tag value must be non-empty"#,
-            r#"trace.yaml: TrafficTrace/t: selectors[0].match["b@d"]: tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores"#,
-            r#"trace.yaml: TrafficTrace/t: selectors[0].match["b@d"]: tag value must consist of alphanumeric characters, dots, dashes, slashes and underscores or be "*""#,
-        ]
-    );
-}
+    ) => [
+        r#"trace.yaml: TrafficTrace/t: selectors[0].match["a"]: tag value must be non-empty"#,
+        r#"trace.yaml: TrafficTrace/t: selectors[0].match["b@d"]: tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores"#,
+        r#"trace.yaml: TrafficTrace/t: selectors[0].match["b@d"]: tag value must consist of alphanumeric characters, dots, dashes, slashes and underscores or be "*""#,
+    ];
 
-#[test]
-fn traffic_trace_conf_backend_is_not_validated_on_its_own() {
     // Kuma does not validate conf; a missing backend is only checked against a loaded Mesh.
-    let yaml = "type: TrafficTrace\nname: t\nselectors:\n  - match: {kuma.io/service: '*'}\nconf: {backend: nowhere}\n";
-    assert_eq!(lines("trace.yaml", yaml), Vec::<String>::new());
+    traffic_trace_conf_backend_is_not_validated_on_its_own: "trace.yaml", "type: TrafficTrace\nname: t\nselectors:\n  - match: {kuma.io/service: '*'}\nconf: {backend: nowhere}\n" => [];
 }
-
 #[test]
 fn traffic_trace_naming_a_backend_the_mesh_lacks_is_a_warning() {
     let yaml = dedent(
@@ -995,9 +703,8 @@ fn traffic_trace_naming_a_backend_the_mesh_lacks_is_a_warning() {
     assert!(!found[0].is_error());
 }
 
-#[test]
-fn traffic_trace_without_backend_in_a_mesh_without_default_is_a_warning() {
-    let yaml = dedent(
+cases! {
+    traffic_trace_without_backend_in_a_mesh_without_default_is_a_warning: "policy.yaml", dedent(
         "
         type: Mesh
         name: default
@@ -1009,18 +716,11 @@ fn traffic_trace_without_backend_in_a_mesh_without_default_is_a_warning() {
         selectors:
           - match: {kuma.io/service: '*'}
         ",
-    );
-    assert_eq!(
-        lines("policy.yaml", &yaml),
-        [
-            r#"warning: policy.yaml: TrafficTrace/t: conf: names no backend and mesh "default" has no defaultBackend: proxies it selects are not traced"#
-        ]
-    );
-}
+    ) => [
+        r#"warning: policy.yaml: TrafficTrace/t: conf: names no backend and mesh "default" has no defaultBackend: proxies it selects are not traced"#
+    ];
 
-#[test]
-fn traffic_trace_using_the_default_backend_is_valid() {
-    let yaml = dedent(
+    traffic_trace_using_the_default_backend_is_valid: "policy.yaml", dedent(
         "
         type: Mesh
         name: default
@@ -1033,10 +733,8 @@ fn traffic_trace_using_the_default_backend_is_valid() {
         selectors:
           - match: {kuma.io/service: '*'}
         ",
-    );
-    assert_eq!(lines("policy.yaml", &yaml), Vec::<String>::new());
+    ) => [];
 }
-
 #[test]
 fn strict_check_fails_on_a_missing_backend_warning() {
     let dir = tempfile::tempdir().unwrap();
@@ -1066,9 +764,8 @@ fn strict_check_fails_on_a_missing_backend_warning() {
 // =============================================================================================
 // Dataplane
 
-#[test]
-fn a_valid_dataplane_has_no_diagnostics() {
-    let yaml = dedent(
+cases! {
+    a_valid_dataplane_has_no_diagnostics: "dataplane.yaml", dedent(
         "
         type: Dataplane
         mesh: default
@@ -1084,35 +781,17 @@ fn a_valid_dataplane_has_no_diagnostics() {
               tags: {kuma.io/service: backend, kuma.io/protocol: grpc}
               endpoints: ['10.0.0.7:15000', 'backend.local:15000', '[::1]:15000']
         ",
-    );
-    assert_eq!(lines("dataplane.yaml", &yaml), Vec::<String>::new());
-}
+    ) => [];
 
-#[test]
-fn dataplane_networking_must_be_defined() {
-    let yaml = "type: Dataplane\nmesh: default\nname: dp-1\n";
-    assert_eq!(
-        lines("dataplane.yaml", yaml),
-        ["dataplane.yaml: Dataplane/dp-1: networking: must be defined"]
-    );
-}
+    dataplane_networking_must_be_defined: "dataplane.yaml", "type: Dataplane\nmesh: default\nname: dp-1\n" => ["dataplane.yaml: Dataplane/dp-1: networking: must be defined"];
 
-#[test]
-fn dataplane_needs_at_least_one_inbound_and_an_address() {
     // Kuma's test: `networking: {}` gives both, in this order.
-    let yaml = "type: Dataplane\nmesh: default\nname: dp-1\nnetworking: {}\n";
-    assert_eq!(
-        lines("dataplane.yaml", yaml),
-        [
-            "dataplane.yaml: Dataplane/dp-1: networking: has to contain at least one inbound interface or gateway",
-            "dataplane.yaml: Dataplane/dp-1: networking.address: address can't be empty",
-        ]
-    );
-}
+    dataplane_needs_at_least_one_inbound_and_an_address: "dataplane.yaml", "type: Dataplane\nmesh: default\nname: dp-1\nnetworking: {}\n" => [
+        "dataplane.yaml: Dataplane/dp-1: networking: has to contain at least one inbound interface or gateway",
+        "dataplane.yaml: Dataplane/dp-1: networking.address: address can't be empty",
+    ];
 
-#[test]
-fn dataplane_gateway_is_not_supported() {
-    let yaml = dedent(
+    dataplane_gateway_is_not_supported: "dataplane.yaml", dedent(
         "
         type: Dataplane
         mesh: default
@@ -1121,13 +800,9 @@ fn dataplane_gateway_is_not_supported() {
           address: 127.0.0.1
           gateway: {tags: {kuma.io/service: edge}}
         ",
-    );
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            "dataplane.yaml: Dataplane/gw-1: networking.gateway: gateway dataplanes are not supported by tracecar; describe the inbounds instead"
-        ]
-    );
+    ) => [
+        "dataplane.yaml: Dataplane/gw-1: networking.gateway: gateway dataplanes are not supported by tracecar; describe the inbounds instead"
+    ];
 }
 
 fn dataplane_with_address(address: &str) -> String {
@@ -1136,40 +811,17 @@ fn dataplane_with_address(address: &str) -> String {
     )
 }
 
-#[test]
-fn dataplane_address_cannot_be_empty() {
-    assert_eq!(
-        lines("dataplane.yaml", &dataplane_with_address("")),
-        ["dataplane.yaml: Dataplane/dp-1: networking.address: address can't be empty"]
-    );
-}
+cases! {
+    dataplane_address_cannot_be_empty: "dataplane.yaml", &dataplane_with_address("") => ["dataplane.yaml: Dataplane/dp-1: networking.address: address can't be empty"];
 
-#[test]
-fn dataplane_address_cannot_be_the_ipv4_wildcard() {
-    assert_eq!(
-        lines("dataplane.yaml", &dataplane_with_address("0.0.0.0")),
-        ["dataplane.yaml: Dataplane/dp-1: networking.address: must not be 0.0.0.0 or ::"]
-    );
-}
+    dataplane_address_cannot_be_the_ipv4_wildcard: "dataplane.yaml", &dataplane_with_address("0.0.0.0") => ["dataplane.yaml: Dataplane/dp-1: networking.address: must not be 0.0.0.0 or ::"];
 
-#[test]
-fn dataplane_address_cannot_be_the_ipv6_wildcard() {
-    assert_eq!(
-        lines("dataplane.yaml", &dataplane_with_address("::")),
-        ["dataplane.yaml: Dataplane/dp-1: networking.address: must not be 0.0.0.0 or ::"]
-    );
-}
+    dataplane_address_cannot_be_the_ipv6_wildcard: "dataplane.yaml", &dataplane_with_address("::") => ["dataplane.yaml: Dataplane/dp-1: networking.address: must not be 0.0.0.0 or ::"];
 
-#[test]
-fn dataplane_address_must_be_an_ip_or_a_domain_name() {
-    assert_eq!(
-        lines("dataplane.yaml", &dataplane_with_address("..>_<..")),
-        [
-            "dataplane.yaml: Dataplane/dp-1: networking.address: address has to be valid IP address or domain name"
-        ]
-    );
+    dataplane_address_must_be_an_ip_or_a_domain_name: "dataplane.yaml", &dataplane_with_address("..>_<..") => [
+        "dataplane.yaml: Dataplane/dp-1: networking.address: address has to be valid IP address or domain name"
+    ];
 }
-
 #[test]
 fn dataplane_address_may_be_a_domain_name_or_ipv6() {
     assert_eq!(
@@ -1182,151 +834,67 @@ fn dataplane_address_may_be_a_domain_name_or_ipv6() {
     );
 }
 
-#[test]
-fn inbound_port_zero_is_out_of_range() {
-    let yaml = dataplane_with_inbound("port: 0\ntags: {kuma.io/service: web}");
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].port: port must be in the range [1, 65535]"
-        ]
-    );
-}
+cases! {
+    inbound_port_zero_is_out_of_range: "dataplane.yaml", dataplane_with_inbound("port: 0\ntags: {kuma.io/service: web}") => [
+        "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].port: port must be in the range [1, 65535]"
+    ];
 
-#[test]
-fn inbound_port_above_65535_is_out_of_range() {
-    let yaml = dataplane_with_inbound("port: 70000\ntags: {kuma.io/service: web}");
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].port: port must be in the range [1, 65535]"
-        ]
-    );
-}
+    inbound_port_above_65535_is_out_of_range: "dataplane.yaml", dataplane_with_inbound("port: 70000\ntags: {kuma.io/service: web}") => [
+        "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].port: port must be in the range [1, 65535]"
+    ];
 
-#[test]
-fn inbound_service_port_above_65535_is_out_of_range() {
-    let yaml =
-        dataplane_with_inbound("port: 15000\nservicePort: 65536\ntags: {kuma.io/service: web}");
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].servicePort: port must be in the range [1, 65535]"
-        ]
-    );
-}
+    inbound_service_port_above_65535_is_out_of_range: "dataplane.yaml", dataplane_with_inbound("port: 15000\nservicePort: 65536\ntags: {kuma.io/service: web}") => [
+        "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].servicePort: port must be in the range [1, 65535]"
+    ];
 
-#[test]
-fn inbound_service_port_zero_means_unset() {
-    let yaml = dataplane_with_inbound("port: 15000\nservicePort: 0\ntags: {kuma.io/service: web}");
-    assert_eq!(lines("dataplane.yaml", &yaml), Vec::<String>::new());
-}
+    inbound_service_port_zero_means_unset: "dataplane.yaml", dataplane_with_inbound("port: 15000\nservicePort: 0\ntags: {kuma.io/service: web}") => [];
 
-#[test]
-fn inbound_service_address_must_be_an_ip() {
-    let yaml = dataplane_with_inbound(
+    inbound_service_address_must_be_an_ip: "dataplane.yaml", dataplane_with_inbound(
         "port: 15000\nservicePort: 8080\nserviceAddress: app.local\ntags: {kuma.io/service: web}",
-    );
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].serviceAddress: serviceAddress has to be valid IP address"
-        ]
-    );
-}
+    ) => [
+        "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].serviceAddress: serviceAddress has to be valid IP address"
+    ];
 
-#[test]
-fn inbound_service_address_and_port_must_differ_from_the_listener() {
-    let yaml = dataplane_with_inbound(
+    inbound_service_address_and_port_must_differ_from_the_listener: "dataplane.yaml", dataplane_with_inbound(
         "port: 15000\nserviceAddress: 127.0.0.1\ntags: {kuma.io/service: web}",
-    );
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].serviceAddress: serviceAddress and servicePort has to differ from address and port"
-        ]
-    );
-}
+    ) => [
+        "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].serviceAddress: serviceAddress and servicePort has to differ from address and port"
+    ];
 
-#[test]
-fn inbound_address_must_be_an_ip() {
-    let yaml = dataplane_with_inbound(
+    inbound_address_must_be_an_ip: "dataplane.yaml", dataplane_with_inbound(
         "port: 15000\nservicePort: 8080\naddress: web.local\ntags: {kuma.io/service: web}",
-    );
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].address: address has to be valid IP address"
-        ]
-    );
-}
+    ) => [
+        "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].address: address has to be valid IP address"
+    ];
 
-#[test]
-fn inbound_service_tag_has_to_exist() {
-    let yaml = dataplane_with_inbound("port: 15000\ntags: {kuma.io/protocol: http}");
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["kuma.io/service"]: tag has to exist"#
-        ]
-    );
-}
+    inbound_service_tag_has_to_exist: "dataplane.yaml", dataplane_with_inbound("port: 15000\ntags: {kuma.io/protocol: http}") => [
+        r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["kuma.io/service"]: tag has to exist"#
+    ];
 
-#[test]
-fn inbound_service_tag_is_checked_after_the_other_inbound_errors() {
-    let yaml = dataplane_with_inbound("port: 0\ntags: {version: ''}");
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].port: port must be in the range [1, 65535]",
-            r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["version"]: tag value must be non-empty"#,
-            r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["kuma.io/service"]: tag has to exist"#,
-        ]
-    );
-}
+    inbound_service_tag_is_checked_after_the_other_inbound_errors: "dataplane.yaml", dataplane_with_inbound("port: 0\ntags: {version: ''}") => [
+        "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].port: port must be in the range [1, 65535]",
+        r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["version"]: tag value must be non-empty"#,
+        r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["kuma.io/service"]: tag has to exist"#,
+    ];
 
-#[test]
-fn inbound_unknown_protocol_lists_kumas_supported_protocols() {
-    let yaml = dataplane_with_inbound(
+    inbound_unknown_protocol_lists_kumas_supported_protocols: "dataplane.yaml", dataplane_with_inbound(
         "port: 15000\ntags: {kuma.io/service: web, kuma.io/protocol: not-yet-supported-protocol}",
-    );
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["kuma.io/protocol"]: tag "kuma.io/protocol" has an invalid value "not-yet-supported-protocol". Allowed values: grpc, http, http2, kafka, tcp"#
-        ]
-    );
-}
+    ) => [
+        r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["kuma.io/protocol"]: tag "kuma.io/protocol" has an invalid value "not-yet-supported-protocol". Allowed values: grpc, http, http2, kafka, tcp"#
+    ];
 
-#[test]
-fn inbound_empty_protocol_is_invalid_and_empty() {
     // Kuma's whole-map protocol check runs before the per-key checks: two messages.
-    let yaml =
-        dataplane_with_inbound("port: 15000\ntags: {kuma.io/service: web, kuma.io/protocol: ''}");
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["kuma.io/protocol"]: tag "kuma.io/protocol" has an invalid value "". Allowed values: grpc, http, http2, kafka, tcp"#,
-            r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["kuma.io/protocol"]: tag value must be non-empty"#,
-        ]
-    );
-}
+    inbound_empty_protocol_is_invalid_and_empty: "dataplane.yaml", dataplane_with_inbound("port: 15000\ntags: {kuma.io/service: web, kuma.io/protocol: ''}") => [
+        r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["kuma.io/protocol"]: tag "kuma.io/protocol" has an invalid value "". Allowed values: grpc, http, http2, kafka, tcp"#,
+        r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["kuma.io/protocol"]: tag value must be non-empty"#,
+    ];
 
-#[test]
-fn inbound_protocol_is_case_insensitive() {
-    let yaml = dataplane_with_inbound(
+    inbound_protocol_is_case_insensitive: "dataplane.yaml", dataplane_with_inbound(
         "port: 15000\ntags: {kuma.io/service: web, kuma.io/protocol: HTTP2}",
-    );
-    assert_eq!(lines("dataplane.yaml", &yaml), Vec::<String>::new());
-}
+    ) => [];
 
-#[test]
-fn inbound_protocol_tls_is_accepted_though_not_listed() {
-    let yaml =
-        dataplane_with_inbound("port: 15000\ntags: {kuma.io/service: web, kuma.io/protocol: tls}");
-    assert_eq!(lines("dataplane.yaml", &yaml), Vec::<String>::new());
+    inbound_protocol_tls_is_accepted_though_not_listed: "dataplane.yaml", dataplane_with_inbound("port: 15000\ntags: {kuma.io/service: web, kuma.io/protocol: tls}") => [];
 }
-
 #[test]
 fn inbound_every_listed_protocol_is_accepted() {
     for protocol in ["grpc", "http", "http2", "kafka", "tcp"] {
@@ -1341,185 +909,86 @@ fn inbound_every_listed_protocol_is_accepted() {
     }
 }
 
-#[test]
-fn inbound_tag_name_characters_are_restricted() {
-    let yaml =
-        dataplane_with_inbound("port: 15000\ntags: {kuma.io/service: web, 'inv@lidT/gN%me': x}");
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["inv@lidT/gN%me"]: tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores"#
-        ]
-    );
-}
+cases! {
+    inbound_tag_name_characters_are_restricted: "dataplane.yaml", dataplane_with_inbound("port: 15000\ntags: {kuma.io/service: web, 'inv@lidT/gN%me': x}") => [
+        r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["inv@lidT/gN%me"]: tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores"#
+    ];
 
-#[test]
-fn inbound_tag_name_must_be_non_empty() {
-    let yaml = dataplane_with_inbound("port: 15000\ntags: {kuma.io/service: web, '': x}");
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        ["dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags: tag name must be non-empty"]
-    );
-}
+    inbound_tag_name_must_be_non_empty: "dataplane.yaml", dataplane_with_inbound("port: 15000\ntags: {kuma.io/service: web, '': x}") => ["dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags: tag name must be non-empty"];
 
-#[test]
-fn inbound_tag_value_allows_no_slash_and_no_wildcard() {
-    let yaml = dataplane_with_inbound(
+    inbound_tag_value_allows_no_slash_and_no_wildcard: "dataplane.yaml", dataplane_with_inbound(
         "port: 15000\ntags: {kuma.io/service: web, team: 'a/b', version: '*'}",
-    );
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["team"]: tag value must consist of alphanumeric characters, dots, dashes and underscores"#,
-            r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["version"]: tag value must consist of alphanumeric characters, dots, dashes and underscores"#,
-        ]
-    );
-}
+    ) => [
+        r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["team"]: tag value must consist of alphanumeric characters, dots, dashes and underscores"#,
+        r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["version"]: tag value must consist of alphanumeric characters, dots, dashes and underscores"#,
+    ];
 
-#[test]
-fn inbound_tls_needs_cert_and_key_files() {
-    let yaml = dataplane_with_inbound("port: 15000\ntags: {kuma.io/service: web}\ntls: {}");
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tls.certFile: cannot be empty",
-            "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tls.keyFile: cannot be empty",
-        ]
-    );
-}
+    inbound_tls_needs_cert_and_key_files: "dataplane.yaml", dataplane_with_inbound("port: 15000\ntags: {kuma.io/service: web}\ntls: {}") => [
+        "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tls.certFile: cannot be empty",
+        "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tls.keyFile: cannot be empty",
+    ];
 
-#[test]
-fn outbound_port_is_range_checked() {
-    let yaml = dataplane_with_outbound(
+    outbound_port_is_range_checked: "dataplane.yaml", dataplane_with_outbound(
         "port: 0\ntags: {kuma.io/service: backend}\nendpoints: ['10.0.0.1:80']",
-    );
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            "dataplane.yaml: Dataplane/dp-1: networking.outbound[0].port: port must be in the range [1, 65535]"
-        ]
-    );
-}
+    ) => [
+        "dataplane.yaml: Dataplane/dp-1: networking.outbound[0].port: port must be in the range [1, 65535]"
+    ];
 
-#[test]
-fn outbound_address_must_be_an_ip() {
-    let yaml = dataplane_with_outbound(
+    outbound_address_must_be_an_ip: "dataplane.yaml", dataplane_with_outbound(
         "port: 15001\naddress: localhost\ntags: {kuma.io/service: backend}\nendpoints: ['10.0.0.1:80']",
-    );
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            "dataplane.yaml: Dataplane/dp-1: networking.outbound[0].address: address has to be valid IP address"
-        ]
-    );
-}
+    ) => [
+        "dataplane.yaml: Dataplane/dp-1: networking.outbound[0].address: address has to be valid IP address"
+    ];
 
-#[test]
-fn outbound_without_tags_is_missing_the_service_tag() {
-    let yaml = dataplane_with_outbound("port: 15001\nendpoints: ['10.0.0.1:80']");
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            r#"dataplane.yaml: Dataplane/dp-1: networking.outbound[0].tags: mandatory tag "kuma.io/service" is missing"#
-        ]
-    );
-}
+    outbound_without_tags_is_missing_the_service_tag: "dataplane.yaml", dataplane_with_outbound("port: 15001\nendpoints: ['10.0.0.1:80']") => [
+        r#"dataplane.yaml: Dataplane/dp-1: networking.outbound[0].tags: mandatory tag "kuma.io/service" is missing"#
+    ];
 
-#[test]
-fn outbound_with_tags_but_no_service_is_missing_the_service_tag() {
     // Even with the legacy `service` field set, as in Kuma.
-    let yaml = dataplane_with_outbound(
+    outbound_with_tags_but_no_service_is_missing_the_service_tag: "dataplane.yaml", dataplane_with_outbound(
         "port: 15001\nservice: backend\ntags: {kuma.io/protocol: http}\nendpoints: ['10.0.0.1:80']",
-    );
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            r#"dataplane.yaml: Dataplane/dp-1: networking.outbound[0].tags: mandatory tag "kuma.io/service" is missing"#
-        ]
-    );
-}
+    ) => [
+        r#"dataplane.yaml: Dataplane/dp-1: networking.outbound[0].tags: mandatory tag "kuma.io/service" is missing"#
+    ];
 
-#[test]
-fn outbound_legacy_service_field_is_enough_without_tags() {
-    let yaml = dataplane_with_outbound("port: 15001\nservice: backend\nendpoints: ['10.0.0.1:80']");
-    assert_eq!(lines("dataplane.yaml", &yaml), Vec::<String>::new());
-}
+    outbound_legacy_service_field_is_enough_without_tags: "dataplane.yaml", dataplane_with_outbound("port: 15001\nservice: backend\nendpoints: ['10.0.0.1:80']") => [];
 
-#[test]
-fn outbound_unknown_protocol_is_an_error() {
     // Beyond Kuma: the listener needs a protocol it can speak.
-    let yaml = dataplane_with_outbound(
+    outbound_unknown_protocol_is_an_error: "dataplane.yaml", dataplane_with_outbound(
         "port: 15001\ntags: {kuma.io/service: backend, kuma.io/protocol: thrift}\nendpoints: ['10.0.0.1:80']",
-    );
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            r#"dataplane.yaml: Dataplane/dp-1: networking.outbound[0].tags["kuma.io/protocol"]: tag "kuma.io/protocol" has an invalid value "thrift". Allowed values: grpc, http, http2, kafka, tcp"#
-        ]
-    );
-}
+    ) => [
+        r#"dataplane.yaml: Dataplane/dp-1: networking.outbound[0].tags["kuma.io/protocol"]: tag "kuma.io/protocol" has an invalid value "thrift". Allowed values: grpc, http, http2, kafka, tcp"#
+    ];
 
-#[test]
-fn outbound_without_endpoints_is_a_warning() {
-    let yaml = dataplane_with_outbound("port: 15001\ntags: {kuma.io/service: backend}");
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            "warning: dataplane.yaml: Dataplane/dp-1: networking.outbound[0].endpoints: no endpoints: requests to this outbound will get 503 (no control plane tells tracecar where the service lives)"
-        ]
-    );
-}
+    outbound_without_endpoints_is_a_warning: "dataplane.yaml", dataplane_with_outbound("port: 15001\ntags: {kuma.io/service: backend}") => [
+        "warning: dataplane.yaml: Dataplane/dp-1: networking.outbound[0].endpoints: no endpoints: requests to this outbound will get 503 (no control plane tells tracecar where the service lives)"
+    ];
 
-#[test]
-fn outbound_endpoints_must_be_host_and_port() {
-    let yaml = dataplane_with_outbound(
+    outbound_endpoints_must_be_host_and_port: "dataplane.yaml", dataplane_with_outbound(
         "port: 15001\ntags: {kuma.io/service: backend}\nendpoints: ['10.0.0.1', '10.0.0.1:0', 'host:99999', 'ok.local:80', '::1:80']",
-    );
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            "dataplane.yaml: Dataplane/dp-1: networking.outbound[0].endpoints[0]: has to be host:port with a port in the range [1, 65535]",
-            "dataplane.yaml: Dataplane/dp-1: networking.outbound[0].endpoints[1]: has to be host:port with a port in the range [1, 65535]",
-            "dataplane.yaml: Dataplane/dp-1: networking.outbound[0].endpoints[2]: has to be host:port with a port in the range [1, 65535]",
-            "dataplane.yaml: Dataplane/dp-1: networking.outbound[0].endpoints[4]: has to be host:port with a port in the range [1, 65535]",
-        ]
-    );
-}
+    ) => [
+        "dataplane.yaml: Dataplane/dp-1: networking.outbound[0].endpoints[0]: has to be host:port with a port in the range [1, 65535]",
+        "dataplane.yaml: Dataplane/dp-1: networking.outbound[0].endpoints[1]: has to be host:port with a port in the range [1, 65535]",
+        "dataplane.yaml: Dataplane/dp-1: networking.outbound[0].endpoints[2]: has to be host:port with a port in the range [1, 65535]",
+        "dataplane.yaml: Dataplane/dp-1: networking.outbound[0].endpoints[4]: has to be host:port with a port in the range [1, 65535]",
+    ];
 
-#[test]
-fn outbound_tls_needs_a_ca_file() {
-    let yaml = dataplane_with_outbound(
+    outbound_tls_needs_a_ca_file: "dataplane.yaml", dataplane_with_outbound(
         "port: 15001\ntags: {kuma.io/service: backend}\nendpoints: ['10.0.0.1:443']\ntls: {serverName: backend}",
-    );
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        ["dataplane.yaml: Dataplane/dp-1: networking.outbound[0].tls.caFile: cannot be empty"]
-    );
-}
+    ) => ["dataplane.yaml: Dataplane/dp-1: networking.outbound[0].tls.caFile: cannot be empty"];
 
-#[test]
-fn duplicate_listener_port_is_an_error_on_the_second_listener() {
     // Beyond Kuma: two listeners on one address and port could never both bind. Outbounds
     // bind 127.0.0.1 by default, as the dataplane address here.
-    let yaml = dataplane_with_outbound(
+    duplicate_listener_port_is_an_error_on_the_second_listener: "dataplane.yaml", dataplane_with_outbound(
         "port: 15000\ntags: {kuma.io/service: backend}\nendpoints: ['10.0.0.1:80']",
-    );
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            "dataplane.yaml: Dataplane/dp-1: networking.outbound[0].port: 127.0.0.1:15000 is already used by networking.inbound[0]"
-        ]
-    );
-}
+    ) => [
+        "dataplane.yaml: Dataplane/dp-1: networking.outbound[0].port: 127.0.0.1:15000 is already used by networking.inbound[0]"
+    ];
 
-#[test]
-fn same_port_on_different_addresses_is_fine() {
-    let yaml = dataplane_with_outbound(
+    same_port_on_different_addresses_is_fine: "dataplane.yaml", dataplane_with_outbound(
         "port: 15000\naddress: 127.0.0.2\ntags: {kuma.io/service: backend}\nendpoints: ['10.0.0.1:80']",
-    );
-    assert_eq!(lines("dataplane.yaml", &yaml), Vec::<String>::new());
+    ) => [];
 }
-
 #[test]
 fn dataplane_file_holding_no_dataplane_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -1583,63 +1052,36 @@ fn dataplane_of_a_mesh_the_policy_lacks_is_a_warning() {
 // Null values: Kuma reads YAML through JSON into protobuf, so `key:`, `key: ~` and `key: null`
 // are the field's empty value, and then Kuma's usual messages apply.
 
-#[test]
-fn null_backend_name_cannot_be_empty() {
-    let yaml = mesh_with_backends(
+cases! {
+    null_backend_name_cannot_be_empty: "mesh.yaml", mesh_with_backends(
         "
         - name: ~
           type: zipkin
           conf: {url: 'http://zipkin:9411/api/v2/spans'}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        ["mesh.yaml: Mesh/default: tracing.backends[0].name: cannot be empty"]
-    );
-}
+    ) => ["mesh.yaml: Mesh/default: tracing.backends[0].name: cannot be empty"];
 
-#[test]
-fn null_mesh_fields_are_empty_and_absent_sampling_is_valid() {
     // `sampling:` is an unset wrapper in Kuma (100), `type:` an empty string (unknown type).
-    let yaml = mesh_with_backends(
+    null_mesh_fields_are_empty_and_absent_sampling_is_valid: "mesh.yaml", mesh_with_backends(
         "
         - name: z
           type:
           sampling:
           conf: {url: 'http://zipkin:9411/api/v2/spans', traceId128bit: ~, apiVersion: null, sharedSpanContext:}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            r#"mesh.yaml: Mesh/default: tracing.backends[0].type: unknown backend type. Available backends: "zipkin", "datadog""#
-        ]
-    );
-}
+    ) => [
+        r#"mesh.yaml: Mesh/default: tracing.backends[0].type: unknown backend type. Available backends: "zipkin", "datadog""#
+    ];
 
-#[test]
-fn null_zipkin_url_cannot_be_empty() {
-    let yaml = mesh_with_backends("- {name: z, type: zipkin, conf: {url: ~}}");
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        ["mesh.yaml: Mesh/default: tracing.backends[0].config.url: cannot be empty"]
-    );
-}
+    null_zipkin_url_cannot_be_empty: "mesh.yaml", mesh_with_backends("- {name: z, type: zipkin, conf: {url: ~}}") => ["mesh.yaml: Mesh/default: tracing.backends[0].config.url: cannot be empty"];
 
-#[test]
-fn null_datadog_conf_fields_are_empty() {
-    let yaml = mesh_with_backends(
+    null_datadog_conf_fields_are_empty: "mesh.yaml", mesh_with_backends(
         "- {name: d, type: datadog, conf: {address: ~, port: , splitService: null}}",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            "mesh.yaml: Mesh/default: tracing.backends[0].config.address: cannot be empty",
-            "mesh.yaml: Mesh/default: tracing.backends[0].config.port: port must be in the range [1, 65535]",
-        ]
-    );
+    ) => [
+        "mesh.yaml: Mesh/default: tracing.backends[0].config.address: cannot be empty",
+        "mesh.yaml: Mesh/default: tracing.backends[0].config.port: port must be in the range [1, 65535]",
+    ];
 }
-
 #[test]
 fn null_tracing_sections_are_empty() {
     for yaml in [
@@ -1651,9 +1093,8 @@ fn null_tracing_sections_are_empty() {
     }
 }
 
-#[test]
-fn null_traffic_trace_backend_is_the_mesh_default_backend() {
-    let yaml = dedent(
+cases! {
+    null_traffic_trace_backend_is_the_mesh_default_backend: "policy.yaml", dedent(
         "
         type: Mesh
         name: default
@@ -1667,29 +1108,20 @@ fn null_traffic_trace_backend_is_the_mesh_default_backend() {
           - match: {kuma.io/service: '*'}
         conf: {backend: }
         ",
-    );
-    assert_eq!(lines("policy.yaml", &yaml), Vec::<String>::new());
-}
+    ) => [];
 
-#[test]
-fn null_selector_tag_values_must_be_non_empty() {
-    let yaml = dedent(
+    null_selector_tag_values_must_be_non_empty: "trace.yaml", dedent(
         "
         type: TrafficTrace
         name: t
         selectors:
           - match: {kuma.io/service: , region: ~}
         ",
-    );
-    assert_eq!(
-        lines("trace.yaml", &yaml),
-        [
-            r#"trace.yaml: TrafficTrace/t: selectors[0].match["kuma.io/service"]: tag value must be non-empty"#,
-            r#"trace.yaml: TrafficTrace/t: selectors[0].match["region"]: tag value must be non-empty"#,
-        ]
-    );
+    ) => [
+        r#"trace.yaml: TrafficTrace/t: selectors[0].match["kuma.io/service"]: tag value must be non-empty"#,
+        r#"trace.yaml: TrafficTrace/t: selectors[0].match["region"]: tag value must be non-empty"#,
+    ];
 }
-
 #[test]
 fn null_selectors_and_match_are_empty() {
     assert_eq!(
@@ -1708,9 +1140,8 @@ fn null_selectors_and_match_are_empty() {
     );
 }
 
-#[test]
-fn null_dataplane_address_and_tag_value_are_empty() {
-    let yaml = dedent(
+cases! {
+    null_dataplane_address_and_tag_value_are_empty: "dataplane.yaml", dedent(
         "
         type: Dataplane
         mesh: default
@@ -1726,30 +1157,16 @@ fn null_dataplane_address_and_tag_value_are_empty() {
               tags: {kuma.io/service: web, version: }
           outbound: ~
         ",
-    );
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            "dataplane.yaml: Dataplane/dp-1: networking.address: address can't be empty",
-            r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["version"]: tag value must be non-empty"#,
-        ]
-    );
-}
+    ) => [
+        "dataplane.yaml: Dataplane/dp-1: networking.address: address can't be empty",
+        r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["version"]: tag value must be non-empty"#,
+    ];
 
-#[test]
-fn null_dataplane_port_is_zero_and_out_of_range() {
-    let yaml = dataplane_with_inbound("port: ~\ntags: {kuma.io/service: web}");
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        [
-            "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].port: port must be in the range [1, 65535]"
-        ]
-    );
-}
+    null_dataplane_port_is_zero_and_out_of_range: "dataplane.yaml", dataplane_with_inbound("port: ~\ntags: {kuma.io/service: web}") => [
+        "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].port: port must be in the range [1, 65535]"
+    ];
 
-#[test]
-fn null_outbound_fields_and_kubernetes_dataplane_are_empty() {
-    let yaml = dedent(
+    null_outbound_fields_and_kubernetes_dataplane_are_empty: "dataplane.yaml", dedent(
         "
         apiVersion: kuma.io/v1alpha1
         kind: Dataplane
@@ -1770,43 +1187,23 @@ fn null_outbound_fields_and_kubernetes_dataplane_are_empty() {
                 endpoints: ['10.0.0.7:15000']
                 tls:
         ",
-    );
-    assert_eq!(lines("dataplane.yaml", &yaml), Vec::<String>::new());
+    ) => [];
 }
 
 // =============================================================================================
 // Resource names
 
-#[test]
-fn resource_name_must_be_an_rfc1123_subdomain() {
-    let yaml =
-        "type: TrafficTrace\nname: Trace_All\nselectors:\n  - match: {kuma.io/service: '*'}\n";
-    assert_eq!(
-        lines("trace.yaml", yaml),
-        [
-            "trace.yaml: TrafficTrace/Trace_All: name: invalid characters. A lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
-        ]
-    );
-}
+cases! {
+    resource_name_must_be_an_rfc1123_subdomain: "trace.yaml", "type: TrafficTrace\nname: Trace_All\nselectors:\n  - match: {kuma.io/service: '*'}\n" => [
+        "trace.yaml: TrafficTrace/Trace_All: name: invalid characters. A lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+    ];
 
-#[test]
-fn resource_name_cannot_end_with_a_dash() {
-    let yaml = "type: Mesh\nname: default-\n";
-    assert_eq!(
-        lines("mesh.yaml", yaml),
-        [
-            "mesh.yaml: Mesh/default-: name: invalid characters. A lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
-        ]
-    );
-}
+    resource_name_cannot_end_with_a_dash: "mesh.yaml", "type: Mesh\nname: default-\n" => [
+        "mesh.yaml: Mesh/default-: name: invalid characters. A lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+    ];
 
-#[test]
-fn resource_name_may_have_dotted_labels() {
-    let yaml =
-        "type: TrafficTrace\nname: trace.web-1\nselectors:\n  - match: {kuma.io/service: '*'}\n";
-    assert_eq!(lines("trace.yaml", yaml), Vec::<String>::new());
+    resource_name_may_have_dotted_labels: "trace.yaml", "type: TrafficTrace\nname: trace.web-1\nselectors:\n  - match: {kuma.io/service: '*'}\n" => [];
 }
-
 #[test]
 fn resource_name_longer_than_253_is_refused() {
     let name = "a".repeat(254);
@@ -1841,17 +1238,11 @@ fn mesh_name_of_63_is_fine() {
     );
 }
 
-#[test]
-fn mesh_reference_characters_are_restricted() {
-    let yaml = "type: TrafficTrace\nname: t\nmesh: Default\nselectors:\n  - match: {kuma.io/service: '*'}\n";
-    assert_eq!(
-        lines("trace.yaml", yaml),
-        [
-            "trace.yaml: TrafficTrace/t: mesh: invalid characters. Valid characters are numbers, lowercase latin letters and '-', '_', '.' symbols."
-        ]
-    );
+cases! {
+    mesh_reference_characters_are_restricted: "trace.yaml", "type: TrafficTrace\nname: t\nmesh: Default\nselectors:\n  - match: {kuma.io/service: '*'}\n" => [
+        "trace.yaml: TrafficTrace/t: mesh: invalid characters. Valid characters are numbers, lowercase latin letters and '-', '_', '.' symbols."
+    ];
 }
-
 #[test]
 fn mesh_reference_longer_than_253_is_refused() {
     let mesh = "m".repeat(254);
@@ -1864,37 +1255,19 @@ fn mesh_reference_longer_than_253_is_refused() {
     );
 }
 
-#[test]
-fn universal_resource_name_cannot_be_empty() {
-    assert_eq!(
-        lines("mesh.yaml", "type: Mesh\n"),
-        ["mesh.yaml: document 1: Mesh: name: cannot be empty"]
-    );
-}
+cases! {
+    universal_resource_name_cannot_be_empty: "mesh.yaml", "type: Mesh\n" => ["mesh.yaml: document 1: Mesh: name: cannot be empty"];
 
-#[test]
-fn kubernetes_resource_name_cannot_be_empty() {
-    let yaml = "apiVersion: kuma.io/v1alpha1\nkind: Mesh\nmetadata: {}\n";
-    assert_eq!(
-        lines("mesh.yaml", yaml),
-        ["mesh.yaml: document 1: Mesh: metadata.name: cannot be empty"]
-    );
-}
+    kubernetes_resource_name_cannot_be_empty: "mesh.yaml", "apiVersion: kuma.io/v1alpha1\nkind: Mesh\nmetadata: {}\n" => ["mesh.yaml: document 1: Mesh: metadata.name: cannot be empty"];
 
-#[test]
-fn resource_name_must_be_a_string() {
-    assert_eq!(
-        lines("mesh.yaml", "type: Mesh\nname: [a]\n"),
-        ["mesh.yaml: document 1: Mesh: name: expected a string, found a list"]
-    );
+    resource_name_must_be_a_string: "mesh.yaml", "type: Mesh\nname: [a]\n" => ["mesh.yaml: document 1: Mesh: name: expected a string, found a list"];
 }
 
 // =============================================================================================
 // Kubernetes form
 
-#[test]
-fn kubernetes_field_paths_have_no_spec_prefix() {
-    let yaml = dedent(
+cases! {
+    kubernetes_field_paths_have_no_spec_prefix: "mesh.yaml", dedent(
         "
         apiVersion: kuma.io/v1alpha1
         kind: Mesh
@@ -1907,15 +1280,10 @@ fn kubernetes_field_paths_have_no_spec_prefix() {
                 type: zipkin
                 conf: {url: 'http://zipkin/api/v2/spans'}
         ",
-    );
-    assert_eq!(
-        lines("mesh.yaml", &yaml),
-        [
-            "mesh.yaml: Mesh/default: tracing.backends[0].config.url: port has to be explicitly specified"
-        ]
-    );
+    ) => [
+        "mesh.yaml: Mesh/default: tracing.backends[0].config.url: port has to be explicitly specified"
+    ];
 }
-
 #[test]
 fn kubernetes_type_error_paths_have_no_spec_prefix() {
     let yaml = dedent(
@@ -1940,9 +1308,8 @@ fn kubernetes_type_error_paths_have_no_spec_prefix() {
     );
 }
 
-#[test]
-fn kubernetes_traffic_trace_selector_paths_have_no_spec_prefix() {
-    let yaml = dedent(
+cases! {
+    kubernetes_traffic_trace_selector_paths_have_no_spec_prefix: "trace.yaml", dedent(
         "
         apiVersion: kuma.io/v1alpha1
         kind: TrafficTrace
@@ -1953,18 +1320,11 @@ fn kubernetes_traffic_trace_selector_paths_have_no_spec_prefix() {
           selectors:
             - match: {kuma.io/service: ''}
         ",
-    );
-    assert_eq!(
-        lines("trace.yaml", &yaml),
-        [
-            r#"trace.yaml: TrafficTrace/t: selectors[0].match["kuma.io/service"]: tag value must be non-empty"#
-        ]
-    );
-}
+    ) => [
+        r#"trace.yaml: TrafficTrace/t: selectors[0].match["kuma.io/service"]: tag value must be non-empty"#
+    ];
 
-#[test]
-fn kubernetes_dataplane_is_named_name_dot_namespace() {
-    let yaml = dedent(
+    kubernetes_dataplane_is_named_name_dot_namespace: "dataplane.yaml", dedent(
         "
         apiVersion: kuma.io/v1alpha1
         kind: Dataplane
@@ -1972,62 +1332,22 @@ fn kubernetes_dataplane_is_named_name_dot_namespace() {
         metadata: {name: web-1, namespace: kuma-demo}
         spec: {}
         ",
-    );
-    assert_eq!(
-        lines("dataplane.yaml", &yaml),
-        ["dataplane.yaml: Dataplane/web-1.kuma-demo: networking: must be defined"]
-    );
-}
+    ) => ["dataplane.yaml: Dataplane/web-1.kuma-demo: networking: must be defined"];
 
-#[test]
-fn kubernetes_spec_must_be_a_mapping() {
-    let yaml = "apiVersion: kuma.io/v1alpha1\nkind: Mesh\nmetadata: {name: x}\nspec: 5\n";
-    assert_eq!(
-        lines("mesh.yaml", yaml),
-        ["mesh.yaml: Mesh/x: spec: expected a mapping, found number `5`"]
-    );
-}
+    kubernetes_spec_must_be_a_mapping: "mesh.yaml", "apiVersion: kuma.io/v1alpha1\nkind: Mesh\nmetadata: {name: x}\nspec: 5\n" => ["mesh.yaml: Mesh/x: spec: expected a mapping, found number `5`"];
 
-#[test]
-fn kubernetes_metadata_must_be_a_mapping() {
-    let yaml = "apiVersion: kuma.io/v1alpha1\nkind: Mesh\nmetadata: x\n";
-    assert_eq!(
-        lines("mesh.yaml", yaml),
-        [r#"mesh.yaml: document 1: Mesh: metadata: expected a mapping, found string "x""#]
-    );
-}
+    kubernetes_metadata_must_be_a_mapping: "mesh.yaml", "apiVersion: kuma.io/v1alpha1\nkind: Mesh\nmetadata: x\n" => [r#"mesh.yaml: document 1: Mesh: metadata: expected a mapping, found string "x""#];
 
-#[test]
-fn kubernetes_api_version_must_be_kumas() {
-    let yaml = "apiVersion: v1\nkind: Mesh\nmetadata: {name: x}\n";
-    assert_eq!(
-        lines("mesh.yaml", yaml),
-        [
-            r#"mesh.yaml: document 1: Mesh: apiVersion: "v1" is not Kuma's; expected "kuma.io/v1alpha1""#
-        ]
-    );
-}
+    kubernetes_api_version_must_be_kumas: "mesh.yaml", "apiVersion: v1\nkind: Mesh\nmetadata: {name: x}\n" => [
+        r#"mesh.yaml: document 1: Mesh: apiVersion: "v1" is not Kuma's; expected "kuma.io/v1alpha1""#
+    ];
 
-#[test]
-fn kubernetes_api_version_cannot_be_missing() {
-    let yaml = "kind: Mesh\nmetadata: {name: x}\n";
-    assert_eq!(
-        lines("mesh.yaml", yaml),
-        [
-            r#"mesh.yaml: document 1: Mesh: apiVersion: cannot be empty (expected "kuma.io/v1alpha1")"#
-        ]
-    );
-}
+    kubernetes_api_version_cannot_be_missing: "mesh.yaml", "kind: Mesh\nmetadata: {name: x}\n" => [
+        r#"mesh.yaml: document 1: Mesh: apiVersion: cannot be empty (expected "kuma.io/v1alpha1")"#
+    ];
 
-#[test]
-fn kubernetes_kind_cannot_be_empty() {
-    let yaml = "apiVersion: kuma.io/v1alpha1\nmetadata: {name: x}\n";
-    assert_eq!(
-        lines("mesh.yaml", yaml),
-        ["mesh.yaml: document 1: kind: cannot be empty"]
-    );
+    kubernetes_kind_cannot_be_empty: "mesh.yaml", "apiVersion: kuma.io/v1alpha1\nmetadata: {name: x}\n" => ["mesh.yaml: document 1: kind: cannot be empty"];
 }
-
 #[test]
 fn kubernetes_creation_timestamp_must_be_rfc3339() {
     let yaml = "apiVersion: kuma.io/v1alpha1\nkind: Mesh\nmetadata: {name: x, creationTimestamp: yesterday}\n";
@@ -2068,86 +1388,33 @@ fn known_kuma_kind_is_skipped_with_a_warning() {
     assert!(!found[0].is_error());
 }
 
-#[test]
-fn known_kuma_kind_in_kubernetes_form_is_skipped_with_a_warning() {
-    let yaml = "apiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata: {name: mt}\nspec: {}\n";
-    assert_eq!(
-        lines("policy.yaml", yaml),
-        ["warning: policy.yaml: MeshTrace/mt: not used by tracecar, skipped"]
-    );
-}
+cases! {
+    known_kuma_kind_in_kubernetes_form_is_skipped_with_a_warning: "policy.yaml", "apiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata: {name: mt}\nspec: {}\n" => ["warning: policy.yaml: MeshTrace/mt: not used by tracecar, skipped"];
 
-#[test]
-fn unknown_kind_is_an_error() {
-    assert_eq!(
-        lines("policy.yaml", "type: TrafficTrac\nname: t\n"),
-        [
-            r#"policy.yaml: document 1: unknown kind "TrafficTrac"; tracecar reads Mesh, TrafficTrace and Dataplane"#
-        ]
-    );
-}
+    unknown_kind_is_an_error: "policy.yaml", "type: TrafficTrac\nname: t\n" => [
+        r#"policy.yaml: document 1: unknown kind "TrafficTrac"; tracecar reads Mesh, TrafficTrace and Dataplane"#
+    ];
 
-#[test]
-fn document_without_type_or_kind_is_an_error() {
-    assert_eq!(
-        lines("policy.yaml", "name: t\n"),
-        ["policy.yaml: document 1: missing `type:` (Universal form) or `kind:` (Kubernetes form)"]
-    );
-}
+    document_without_type_or_kind_is_an_error: "policy.yaml", "name: t\n" => ["policy.yaml: document 1: missing `type:` (Universal form) or `kind:` (Kubernetes form)"];
 
-#[test]
-fn type_must_be_a_string() {
-    assert_eq!(
-        lines("policy.yaml", "type: 3\nname: t\n"),
-        ["policy.yaml: document 1: type: expected a string, found number `3`"]
-    );
-}
+    type_must_be_a_string: "policy.yaml", "type: 3\nname: t\n" => ["policy.yaml: document 1: type: expected a string, found number `3`"];
 
-#[test]
-fn document_that_is_not_a_mapping_is_an_error() {
-    assert_eq!(
-        lines("policy.yaml", "- a\n- b\n"),
-        [
-            "policy.yaml: document 1: expected a Kuma resource (a mapping with `type:` or `kind:`), found a list"
-        ]
-    );
-}
+    document_that_is_not_a_mapping_is_an_error: "policy.yaml", "- a\n- b\n" => [
+        "policy.yaml: document 1: expected a Kuma resource (a mapping with `type:` or `kind:`), found a list"
+    ];
 
-#[test]
-fn problems_name_the_document_they_are_in() {
-    let yaml = "type: Mesh\nname: default\n---\ntype: Nope\nname: x\n";
-    assert_eq!(
-        lines("policy.yaml", yaml),
-        [
-            r#"policy.yaml: document 2: unknown kind "Nope"; tracecar reads Mesh, TrafficTrace and Dataplane"#
-        ]
-    );
-}
+    problems_name_the_document_they_are_in: "policy.yaml", "type: Mesh\nname: default\n---\ntype: Nope\nname: x\n" => [
+        r#"policy.yaml: document 2: unknown kind "Nope"; tracecar reads Mesh, TrafficTrace and Dataplane"#
+    ];
 
-#[test]
-fn a_bad_document_does_not_hide_its_siblings_problems() {
-    let yaml = "type: Nope\nname: x\n---\ntype: Mesh\nname: Bad\n";
-    assert_eq!(
-        lines("policy.yaml", yaml),
-        [
-            r#"policy.yaml: document 1: unknown kind "Nope"; tracecar reads Mesh, TrafficTrace and Dataplane"#,
-            "policy.yaml: Mesh/Bad: name: invalid characters. A lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
-        ]
-    );
-}
+    a_bad_document_does_not_hide_its_siblings_problems: "policy.yaml", "type: Nope\nname: x\n---\ntype: Mesh\nname: Bad\n" => [
+        r#"policy.yaml: document 1: unknown kind "Nope"; tracecar reads Mesh, TrafficTrace and Dataplane"#,
+        "policy.yaml: Mesh/Bad: name: invalid characters. A lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+    ];
 
-#[test]
-fn resource_defined_twice_is_an_error() {
-    let yaml = "type: Mesh\nname: default\n---\ntype: Mesh\nname: default\n";
-    assert_eq!(
-        lines("policy.yaml", yaml),
-        ["policy.yaml: Mesh/default: defined twice (first in policy.yaml, document 1)"]
-    );
-}
+    resource_defined_twice_is_an_error: "policy.yaml", "type: Mesh\nname: default\n---\ntype: Mesh\nname: default\n" => ["policy.yaml: Mesh/default: defined twice (first in policy.yaml, document 1)"];
 
-#[test]
-fn same_name_in_two_meshes_is_not_a_duplicate() {
-    let yaml = dedent(
+    same_name_in_two_meshes_is_not_a_duplicate: "policy.yaml", dedent(
         "
         type: TrafficTrace
         name: t
@@ -2159,35 +1426,14 @@ fn same_name_in_two_meshes_is_not_a_duplicate() {
         mesh: b
         selectors: [{match: {kuma.io/service: '*'}}]
         ",
-    );
-    assert_eq!(lines("policy.yaml", &yaml), Vec::<String>::new());
-}
+    ) => [];
 
-#[test]
-fn universal_and_kubernetes_twins_are_duplicates() {
-    let yaml = "type: Mesh\nname: default\n---\napiVersion: kuma.io/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n";
-    assert_eq!(
-        lines("policy.yaml", yaml),
-        ["policy.yaml: Mesh/default: defined twice (first in policy.yaml, document 1)"]
-    );
-}
+    universal_and_kubernetes_twins_are_duplicates: "policy.yaml", "type: Mesh\nname: default\n---\napiVersion: kuma.io/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n" => ["policy.yaml: Mesh/default: defined twice (first in policy.yaml, document 1)"];
 
-#[test]
-fn empty_text_is_an_error() {
-    assert_eq!(
-        lines("policy.yaml", ""),
-        ["policy.yaml: file is empty: it holds no resource"]
-    );
-}
+    empty_text_is_an_error: "policy.yaml", "" => ["policy.yaml: file is empty: it holds no resource"];
 
-#[test]
-fn text_of_only_comments_and_separators_is_empty() {
-    assert_eq!(
-        lines("policy.yaml", "# nothing here\n---\n---\n"),
-        ["policy.yaml: file is empty: it holds no resource"]
-    );
+    text_of_only_comments_and_separators_is_empty: "policy.yaml", "# nothing here\n---\n---\n" => ["policy.yaml: file is empty: it holds no resource"];
 }
-
 #[test]
 fn invalid_yaml_is_one_line_naming_the_file() {
     let found = lines("policy.yaml", "type: Mesh\nname: [default\n");

@@ -446,6 +446,44 @@ pub fn render(
             );
         }
     }
+    // A collector that is down must not slow the requests: the data path never waits for the
+    // exporter (contract A6). Measured here, against the healthy configuration of the same run.
+    let (down, up) = (Config::TracecarCollectorDown, tracecar(100, 1));
+    let (nd, nu) = (down.name(), up.name());
+    if let (Some(d), Some(u)) = (view.fixed(down), view.fixed(up)) {
+        let v = ratio(Some(d.run.p99_us), Some(u.run.p99_us));
+        row(
+            format!("{nd} / {nu} p99 at {} rps (collector down)", options.rate),
+            v,
+            fmt_ratio(v),
+            "≤ 1.5",
+            |v| v <= 1.5,
+        );
+    }
+    let v = ratio(view.p99(down, Load::Http1), view.p99(up, Load::Http1));
+    row(
+        format!("{nd} / {nu} HTTP/1.1 p99, closed loop (collector down)"),
+        v,
+        fmt_ratio(v),
+        "(info)",
+        |_| true,
+    );
+    let v = ratio(view.rate(down, Load::Http1), view.rate(up, Load::Http1));
+    row(
+        format!("{nd} / {nu} HTTP/1.1 throughput (collector down)"),
+        v,
+        fmt_ratio(v),
+        "(info)",
+        |_| true,
+    );
+    let v = ratio(view.cpu(down, Load::Http1), view.cpu(up, Load::Http1));
+    row(
+        format!("{nd} / {nu} CPU per HTTP/1.1 request (collector down)"),
+        v,
+        fmt_ratio(v),
+        "(info)",
+        |_| true,
+    );
     let _ = writeln!(
         w,
         "\nnginx runs one worker, so `-w1` is the like-for-like comparison. Anchors (issue 7): \

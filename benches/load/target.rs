@@ -22,6 +22,10 @@ pub enum Config {
     /// tracecar with every inbound `kuma.io/protocol: tcp`, one worker: bytes copied both
     /// ways, no HTTP at all. The floor for any proxy process between client and server.
     TracecarTcp,
+    /// `tracecar-s100-w1` with its Zipkin collector down (connections refused): every batch
+    /// fails, is retried and dropped. Next to `tracecar-s100-w1` it shows whether a failing
+    /// export slows the requests, which must never wait for the exporter.
+    TracecarCollectorDown,
     /// The same as `Tracecar`, run from the `--baseline` binary (an earlier build), so that a
     /// change is measured against what it replaces in one run, rounds alternating.
     Baseline {
@@ -51,6 +55,7 @@ impl Config {
             }
         }
         all.push(Config::TracecarTcp);
+        all.push(Config::TracecarCollectorDown);
         all
     }
 
@@ -60,6 +65,7 @@ impl Config {
             Config::Nginx => "nginx".to_string(),
             Config::Tracecar { sampling, workers } => format!("tracecar-s{sampling}-w{workers}"),
             Config::TracecarTcp => "tracecar-tcp-w1".to_string(),
+            Config::TracecarCollectorDown => "tracecar-down-w1".to_string(),
             Config::Baseline { sampling, workers } => format!("baseline-s{sampling}-w{workers}"),
         }
     }
@@ -193,6 +199,14 @@ pub async fn start(config: Config, upstreams: Upstreams) -> anyhow::Result<Targe
         }
         Config::TracecarTcp => {
             start_tracecar(config, 100, 1, ["tcp", "tcp", "tcp"], upstreams).await
+        }
+        Config::TracecarCollectorDown => {
+            // A port that was free a moment ago: nothing listens, connections are refused.
+            let down = Upstreams {
+                zipkin: loopback(free_port()?),
+                ..upstreams
+            };
+            start_tracecar(config, 100, 1, ["http", "http2", "grpc"], down).await
         }
         Config::Baseline { sampling, workers } => {
             start_tracecar(
