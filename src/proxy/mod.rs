@@ -3,6 +3,7 @@
 //! [`observe::Observer`].
 
 pub mod body;
+mod exchange;
 pub mod h1;
 pub mod http;
 pub mod listener;

@@ -211,7 +211,7 @@ impl Recording {
             .or_else(|| head.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
             .unwrap_or("");
         let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
-        let grpc = crate::proxy::http::is_grpc(&head.headers);
+        let grpc = crate::proxy::observe::is_grpc(&head.headers);
 
         let mut tags: Vec<(&'static str, TagValue)> = Vec::with_capacity(17);
         tags.push(("node_id", TagValue::Shared(tracer.node_id.clone())));

@@ -30,8 +30,10 @@ use tokio::time::Sleep;
 use super::body::Tracker;
 use super::http::HttpProxy;
 use super::listener::Limits;
+use super::exchange::{self, Attempt, Failure, Replay, SendError, is_hop_by_hop_bytes};
+use super::upstream::{Endpoint, HttpClient};
 use super::observe::ResponseFlags;
-use super::pool::{Pool, RawConn, idempotent};
+use super::pool::{Pool, RawConn};
 use chunked::Chunked;
 
 /// Request bodies up to this size take the fast path: read whole, then sent with the head
@@ -140,15 +142,12 @@ where
         proxy.set_forwarded_proto(&mut parts.headers);
         encode_request(&mut conn.request, &parts, &message[head.len..]);
         drop(parts);
-        let replayable = head.content_length == 0 && idempotent(&head.method);
-        let is_head = head.method == Method::HEAD;
-
         // Phase 4: forward.
         let forwarded = forward(
             proxy,
             &conn.request,
-            replayable,
-            is_head,
+            &head.method,
+            head.content_length == 0,
             &mut conn.response,
             upstream_timer.as_mut(),
         )
@@ -156,14 +155,7 @@ where
         let (pool, mut upstream, response) = match forwarded {
             Ok(sent) => sent,
             Err(failure) => {
-                let reply = local_reply(
-                    &mut conn.response,
-                    failure.status,
-                    failure.flags,
-                    failure.reason,
-                    close,
-                    tracker.as_mut(),
-                );
+                let reply = local_reply(&mut conn.response, failure, close, tracker.as_mut());
                 let _stats = proxy.stats_guard(started, reply);
                 if write_out(io, &conn.response).await.is_err() || close {
                     return Exit::Closed;
@@ -352,21 +344,11 @@ fn parse_request(buf: &[u8], fields: &mut Vec<[u32; 4]>) -> Parsed {
                     _ => return Parsed::Other,
                 }
             }
-            2 | 6 | 7 | 10 | 13 | 16 | 17
-                if [
-                    &b"te"[..],
-                    b"expect",
-                    b"upgrade",
-                    b"keep-alive",
-                    b"http2-settings",
-                    b"proxy-connection",
-                    b"transfer-encoding",
-                ]
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n)) =>
-            {
-                return Parsed::Other;
-            }
+            // Hop-by-hop fields, and what asks for an interim answer or a protocol switch,
+            // are the general path's to judge.
+            6 if name.eq_ignore_ascii_case(b"expect") => return Parsed::Other,
+            14 if name.eq_ignore_ascii_case(b"http2-settings") => return Parsed::Other,
+            _ if is_hop_by_hop_bytes(name) => return Parsed::Other,
             _ => {}
         }
         let (ns, vs) = (offset(name), offset(value));
@@ -463,33 +445,6 @@ fn encode_request(out: &mut Vec<u8>, parts: &http::request::Parts, body: &[u8]) 
 // Upstream
 // ---------------------------------------------------------------------------------------------
 
-struct Failure {
-    status: StatusCode,
-    flags: ResponseFlags,
-    reason: &'static str,
-}
-
-const CONNECT_FAILED: Failure = Failure {
-    status: StatusCode::SERVICE_UNAVAILABLE,
-    flags: ResponseFlags::UF,
-    reason: "upstream connect error",
-};
-const RESET: Failure = Failure {
-    status: StatusCode::SERVICE_UNAVAILABLE,
-    flags: ResponseFlags::UC,
-    reason: "upstream connect error or disconnect/reset before headers",
-};
-const TIMEOUT: Failure = Failure {
-    status: StatusCode::GATEWAY_TIMEOUT,
-    flags: ResponseFlags::UT,
-    reason: "upstream request timeout",
-};
-const NO_UPSTREAM: Failure = Failure {
-    status: StatusCode::SERVICE_UNAVAILABLE,
-    flags: ResponseFlags::UH,
-    reason: "no healthy upstream",
-};
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
     /// No body (HEAD, 204, 304).
@@ -507,84 +462,74 @@ struct ResponseHead {
     reusable: bool,
 }
 
-/// Round robin over the endpoints, as the general path does: an endpoint that refuses the
-/// connection is skipped and the request goes to the next. On success, `response` holds the
-/// head for the caller (without its final CRLF).
+/// Forwards through [`exchange::forward`], the rules the general path follows too. On
+/// success, `response` holds the head for the caller (without its final CRLF).
 async fn forward<'p>(
     proxy: &'p HttpProxy,
     request: &[u8],
-    replayable: bool,
-    is_head: bool,
+    method: &Method,
+    bodyless: bool,
     response: &mut Vec<u8>,
-    mut timer: Pin<&mut Sleep>,
+    timer: Pin<&mut Sleep>,
 ) -> Result<(&'p std::sync::Arc<Pool>, RawConn, ResponseHead), Failure> {
-    if proxy.upstream.is_empty() {
-        return Err(NO_UPSTREAM);
-    }
-    let mut last = CONNECT_FAILED;
-    for endpoint in proxy.upstream.plan() {
-        if let Some(limit) = proxy.request_timeout {
-            timer.as_mut().reset(tokio::time::Instant::now() + limit);
-        }
-        let sent = send(&endpoint.client, request, replayable, is_head, response);
-        let result = if proxy.request_timeout.is_some() {
-            tokio::select! {
-                biased;
-                r = sent => r,
-                () = timer.as_mut() => return Err(TIMEOUT),
-            }
-        } else {
-            sent.await
-        };
-        match result {
-            Ok((conn, head)) => {
-                proxy.upstream.mark_up(endpoint);
-                return Ok((&endpoint.client, conn, head));
-            }
-            Err(SendFailure::Connect(e)) => {
-                tracing::debug!(endpoint = %endpoint.address, error = %e, "upstream connect failed");
-                proxy.upstream.mark_down(endpoint);
-                last = CONNECT_FAILED;
-            }
-            Err(SendFailure::Reset(e)) => {
-                tracing::debug!(endpoint = %endpoint.address, error = %e, "upstream request failed");
-                return Err(RESET);
-            }
-        }
-    }
-    Err(last)
+    let timer = proxy.request_timeout.map(|limit| (limit, timer));
+    let mut attempt = RawAttempt {
+        request,
+        method,
+        bodyless,
+        response,
+    };
+    let (endpoint, (conn, head)) = exchange::forward(&proxy.upstream, timer, &mut attempt).await?;
+    Ok((&endpoint.client, conn, head))
 }
 
-enum SendFailure {
-    /// No connection: nothing was sent.
-    Connect(io::Error),
-    /// The connection failed, closed or answered nonsense before a response head.
-    Reset(io::Error),
+/// The fast path's request, in bytes, and where its response head goes.
+struct RawAttempt<'a> {
+    request: &'a [u8],
+    method: &'a Method,
+    bodyless: bool,
+    response: &'a mut Vec<u8>,
+}
+
+impl Attempt for RawAttempt<'_> {
+    type Sent = (RawConn, ResponseHead);
+
+    async fn send(&mut self, endpoint: &Endpoint<HttpClient>) -> Result<Self::Sent, SendError> {
+        send(
+            &endpoint.client,
+            self.request,
+            self.method,
+            self.bodyless,
+            self.response,
+        )
+        .await
+    }
 }
 
 /// Sends the request on a pooled connection of one endpoint, or a new one, and reads the
-/// response head. A pooled connection the server closed while it sat idle fails with nothing
-/// answered: the request goes again on another connection when nothing of it was taken, and
-/// an idempotent request without a body goes again once on a fresh connection in any case
-/// (RFC 9110 §9.2.2) — the general path's rules.
+/// response head; a failed attempt goes again as [`Replay`] says.
 async fn send(
     pool: &Pool,
     request: &[u8],
-    replayable: bool,
-    is_head: bool,
+    method: &Method,
+    bodyless: bool,
     response: &mut Vec<u8>,
-) -> Result<(RawConn, ResponseHead), SendFailure> {
-    let mut fresh_only = false;
+) -> Result<(RawConn, ResponseHead), SendError> {
+    let mut replay = Replay::new(method, bodyless);
+    let is_head = *method == Method::HEAD;
     loop {
-        let pooled = if fresh_only {
-            None
-        } else {
+        let pooled = if replay.pooled() {
             pool.checkout_raw()
+        } else {
+            None
         };
         let reused = pooled.is_some();
         let mut conn = match pooled {
             Some(conn) => conn,
-            None => pool.connect_raw().await.map_err(SendFailure::Connect)?,
+            None => pool
+                .connect_raw()
+                .await
+                .map_err(|error| SendError::Connect { error, again: true })?,
         };
         conn.buf.clear();
         let written = match conn.stream.write(request).await {
@@ -592,25 +537,21 @@ async fn send(
                 .stream
                 .write_all(&request[n..])
                 .await
-                .map_err(|e| (true, e)),
-            Ok(_) => Err((false, io::Error::from(io::ErrorKind::WriteZero))),
-            Err(e) => Err((false, e)),
+                .map_err(|e| (false, e)),
+            Ok(_) => Err((true, io::Error::from(io::ErrorKind::WriteZero))),
+            Err(e) => Err((true, e)),
         };
-        let error = match written {
+        let (untouched, error) = match written {
             Ok(()) => match read_response_head(&mut conn, is_head, response).await {
                 Ok(head) => return Ok((conn, head)),
-                Err(HeadError::Unanswered(e)) => e,
-                Err(HeadError::Invalid(e)) => return Err(SendFailure::Reset(e)),
+                Err(HeadError::Unanswered(e)) => (false, e),
+                Err(HeadError::Invalid(e)) => return Err(SendError::Reset(Box::new(e))),
             },
-            // Closed while idle, and none of this request was taken: it is still ours.
-            Err((false, _)) if reused => continue,
-            Err((_, e)) => e,
+            Err(failed) => failed,
         };
-        if replayable && !fresh_only {
-            fresh_only = true;
-            continue;
+        if replay.again(reused, untouched, true).is_none() {
+            return Err(SendError::Reset(Box::new(error)));
         }
-        return Err(SendFailure::Reset(error));
     }
 }
 
@@ -658,15 +599,7 @@ async fn read_response_head(
             }
             Ok(0) => return Err(invalid("connection closed inside the response head")),
             Ok(_) => {}
-            Err(e)
-                if !answered
-                    && matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionReset
-                            | io::ErrorKind::BrokenPipe
-                            | io::ErrorKind::ConnectionAborted
-                    ) =>
-            {
+            Err(e) if !answered && exchange::unanswered(e.kind()) => {
                 return Err(HeadError::Unanswered(e));
             }
             Err(e) => return Err(HeadError::Invalid(e)),
@@ -784,16 +717,10 @@ fn encode_response_head(
     )))
 }
 
-/// RFC 9110 §7.6.1's hop-by-hop fields but Transfer-Encoding, which the fast path keeps with
-/// the body it frames. By length first: most names are none of these.
+/// The hop-by-hop fields but Transfer-Encoding, which the fast path keeps with the body it
+/// frames.
 fn response_hop_by_hop(name: &[u8]) -> bool {
-    match name.len() {
-        2 => name.eq_ignore_ascii_case(b"te"),
-        7 => name.eq_ignore_ascii_case(b"upgrade"),
-        10 => name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"keep-alive"),
-        16 => name.eq_ignore_ascii_case(b"proxy-connection"),
-        _ => false,
-    }
+    is_hop_by_hop_bytes(name) && !name.eq_ignore_ascii_case(b"transfer-encoding")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -903,40 +830,25 @@ async fn stream_body<S: AsyncWrite + Unpin>(
 // Local replies
 // ---------------------------------------------------------------------------------------------
 
-/// A local reply (non-gRPC: gRPC never takes this path), observed like any response. Returns
-/// its status.
+/// A local reply, observed like any response. Returns its status.
 fn local_reply(
     out: &mut Vec<u8>,
-    status: StatusCode,
-    flags: ResponseFlags,
-    reason: &'static str,
+    failure: Failure,
     close: bool,
     tracker: Option<&mut Tracker>,
 ) -> u16 {
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\ncontent-type: text/plain\r\ncontent-length: ");
-    out.extend_from_slice(itoa::Buffer::new().format(reason.len()).as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(reason.as_bytes());
+    failure.encode_local_reply(out, close);
     if let Some(t) = tracker {
-        t.status = status.as_u16();
-        t.flags.insert(flags);
+        t.status = failure.status.as_u16();
+        t.flags.insert(failure.flags);
         if let Some(e) = t.exchange_mut() {
             // As for every fast-path response: no headers an observer reads (see `Exchange`).
-            e.on_response(status, &HeaderMap::new());
+            e.on_response(failure.status, &HeaderMap::new());
         }
-        t.count_response_bytes(reason.len() as u64);
+        t.count_response_bytes(failure.reason.len() as u64);
         t.finish(false);
     }
-    status.as_u16()
+    failure.status.as_u16()
 }
 
 // ---------------------------------------------------------------------------------------------
