@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::{self, AdminState, LogControl};
-use crate::cli::RunArgs;
 use crate::export::{ExportSettings, Exporters};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::policy::effective::{BackendConf, Effective};
@@ -47,8 +46,21 @@ pub fn trace_config(effective: &Effective, exporters: &Exporters) -> anyhow::Res
     })
 }
 
+/// What `run` needs from the command line; `cli` builds it.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Policy files or folders, followed for changes.
+    pub policy: Vec<PathBuf>,
+    /// Admin server address.
+    pub admin: String,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub drain_timeout: Duration,
+    /// Plain HTTP/1.1 requests to HTTP/1.1 upstreams take the fast path.
+    pub http1_fast_path: bool,
+}
+
 pub async fn run(
-    args: RunArgs,
+    args: RunConfig,
     checked: Checked,
     log: Option<Box<dyn LogControl>>,
 ) -> anyhow::Result<()> {
@@ -74,7 +86,7 @@ pub async fn run(
 
     let config = ProxyConfig {
         metrics: Some(metrics.clone()),
-        limits: proxy::listener::Limits {
+        limits: proxy::limits::Limits {
             http1_fast_path: args.http1_fast_path,
             ..Default::default()
         },

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 
 use harness::{Upstream, inbound_proxy, latencies, p50};
 use tracecar::proxy::ProxyConfig;
-use tracecar::proxy::listener::Limits;
+use tracecar::proxy::limits::Limits;
 
 /// The tests of this file run one at a time: some measure latency or memory, and on a small
 /// machine tests running side by side would measure each other.

@@ -1,22 +1,18 @@
 //! The rules both HTTP paths share, each written once: how an exchange fails and what the
-//! caller is told ([`Failure`]), which endpoint gets the request and when the next one does
-//! ([`forward`]), when a request is sent again on an HTTP/1.1 connection ([`Replay`]), and
-//! which header fields are hop-by-hop ([`HOP_BY_HOP`]).
+//! caller is told ([`Failure`]), when a request is sent again on an HTTP/1.1 connection
+//! ([`Replay`]), and which header fields are hop-by-hop ([`HOP_BY_HOP`]). Which endpoint gets
+//! the request, and when the next one does, is `super::upstream::forward`, on top of these.
 //!
 //! The general path ([`super::http`]) and the HTTP/1.1 fast path ([`super::h1`]) differ in
 //! how they speak (hyper's types, or bytes), never in these rules.
 
 use std::io;
-use std::pin::Pin;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
-use tokio::time::Sleep;
 
 use super::observe::ResponseFlags;
-use super::upstream::{Endpoint, HttpClient, Upstream};
 
 // ---------------------------------------------------------------------------------------------
 // Failures and their local replies
@@ -117,7 +113,7 @@ impl Failure {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Trying the endpoints
+// Sending, and sending again on HTTP/1.1
 // ---------------------------------------------------------------------------------------------
 
 /// Why one attempt on one endpoint got no response head.
@@ -132,61 +128,6 @@ pub(crate) enum SendError {
     Reset(Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// One way of sending a request to one endpoint: each path speaks its own wire.
-pub(crate) trait Attempt {
-    type Sent;
-    /// Sends to `endpoint` and waits for the response head.
-    async fn send(&mut self, endpoint: &Endpoint<HttpClient>) -> Result<Self::Sent, SendError>;
-}
-
-/// Round robin over the endpoints: an endpoint that refuses the connection is marked down
-/// and the request goes to the next one while it is still whole; any other failure ends the
-/// exchange. `timer`, when given, limits each attempt to its duration (it is reset per
-/// attempt, not allocated). Both HTTP paths forward through this.
-pub(crate) async fn forward<'u, A: Attempt>(
-    upstream: &'u Upstream,
-    mut timer: Option<(Duration, Pin<&mut Sleep>)>,
-    attempt: &mut A,
-) -> Result<(&'u Endpoint<HttpClient>, A::Sent), Failure> {
-    if upstream.is_empty() {
-        return Err(Failure::NO_UPSTREAM);
-    }
-    for endpoint in upstream.plan() {
-        let result = match &mut timer {
-            Some((limit, sleep)) => {
-                sleep.as_mut().reset(tokio::time::Instant::now() + *limit);
-                tokio::select! {
-                    biased;
-                    r = attempt.send(endpoint) => r,
-                    () = sleep.as_mut() => return Err(Failure::TIMEOUT),
-                }
-            }
-            None => attempt.send(endpoint).await,
-        };
-        match result {
-            Ok(sent) => {
-                upstream.mark_up(endpoint);
-                return Ok((endpoint, sent));
-            }
-            Err(SendError::Connect { error, again }) => {
-                tracing::debug!(endpoint = %endpoint.address, %error, "upstream connect failed");
-                upstream.mark_down(endpoint);
-                if !again {
-                    break;
-                }
-            }
-            Err(SendError::Reset(error)) => {
-                tracing::debug!(endpoint = %endpoint.address, %error, "upstream request failed");
-                return Err(Failure::RESET);
-            }
-        }
-    }
-    Err(Failure::CONNECT_FAILED)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Sending again on HTTP/1.1
-// ---------------------------------------------------------------------------------------------
 
 /// RFC 9110 §9.2.2: safe to send again when nothing was answered.
 pub(crate) fn idempotent(method: &Method) -> bool {

@@ -22,11 +22,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-use super::body::{RequestBody, ResponseBody, ResponseInner, StatsGuard, Tracker};
-use super::exchange::{self, Failure, SendError, connection_tokens, remove_hop_by_hop};
+use super::request_body::RequestBody;
+use super::response_body::{ResponseBody, ResponseInner, StatsGuard, Tracker};
+use super::connect::Wire;
+use super::exchange::{Failure, SendError, connection_tokens, remove_hop_by_hop};
 use super::observe::{ListenerInfo, Observer, is_grpc};
 use super::pool::Lease;
-use super::upstream::{Endpoint, HttpClient, Upstream, Wire};
+use super::upstream::{self, Attempt, Endpoint, HttpClient, Upstream};
 
 /// Per-listener state of the HTTP path.
 pub struct HttpProxy {
@@ -207,7 +209,7 @@ impl HttpProxy {
             request_bytes,
             single: self.upstream.len() == 1,
         };
-        let sent = exchange::forward(&self.upstream, timer, &mut attempt).await;
+        let sent = upstream::forward(&self.upstream, timer, &mut attempt).await;
         sent.map(|(_, sent)| sent)
     }
 
@@ -253,7 +255,7 @@ struct HyperAttempt {
     single: bool,
 }
 
-impl exchange::Attempt for HyperAttempt {
+impl Attempt for HyperAttempt {
     type Sent = (Response<Incoming>, Option<Lease>);
 
     async fn send(&mut self, endpoint: &Endpoint<HttpClient>) -> Result<Self::Sent, SendError> {

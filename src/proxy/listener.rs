@@ -13,63 +13,11 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::h1;
+use super::limits::{H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW, Limits};
 use super::http::HttpProxy;
 use super::tcp;
-use super::upstream::{EndpointConnector, Upstream, Wire};
-
-/// Limits of the downstream side. Defaults follow Envoy's where it has one.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest HTTP/1.1 request head (request line + headers), bytes. Envoy: 60 KiB.
-    pub max_header_bytes: usize,
-    /// Most header fields in one HTTP/1.1 request. Envoy: 100.
-    pub max_headers: usize,
-    /// Largest HTTP/2 header list, bytes.
-    pub h2_max_header_list_bytes: u32,
-    /// Concurrent streams per HTTP/2 connection.
-    pub h2_max_concurrent_streams: u32,
-    /// Streams a client may reset before the server accepted them (rapid reset, CVE-2023-44487).
-    pub h2_max_pending_accept_reset_streams: usize,
-    /// Streams the server may reset for protocol errors before closing the connection.
-    pub h2_max_local_error_reset_streams: usize,
-    /// Time to receive a request head (slowloris). For HTTP/1.1 it is also how long a
-    /// keep-alive connection may sit idle between requests. nginx: 60 s.
-    pub header_read_timeout: Duration,
-    /// HTTP/2 PING interval; a connection that does not answer within `h2_keep_alive_timeout`
-    /// is closed.
-    pub h2_keep_alive_interval: Duration,
-    pub h2_keep_alive_timeout: Duration,
-    /// TLS handshake deadline.
-    pub tls_handshake_timeout: Duration,
-    /// Plain HTTP/1.1 requests to an HTTP/1.1 upstream take the fast path ([`super::h1`]).
-    pub http1_fast_path: bool,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_header_bytes: 60 * 1024,
-            max_headers: 100,
-            h2_max_header_list_bytes: 60 * 1024,
-            h2_max_concurrent_streams: 1024,
-            h2_max_pending_accept_reset_streams: 20,
-            h2_max_local_error_reset_streams: 1024,
-            header_read_timeout: Duration::from_secs(60),
-            h2_keep_alive_interval: Duration::from_secs(60),
-            h2_keep_alive_timeout: Duration::from_secs(20),
-            tls_handshake_timeout: Duration::from_secs(10),
-            http1_fast_path: true,
-        }
-    }
-}
-
-/// HTTP/2 flow control windows and the largest frame a peer may send, both directions.
-/// Fixed and larger than h2's 64 KiB: on loopback the adaptive window never grows (the
-/// bandwidth-delay product is tiny), and a stream would stall for WINDOW_UPDATEs every
-/// 64 KiB. A stream may have at most this much in flight, so it bounds buffering too.
-pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
-pub const H2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
-pub const H2_MAX_FRAME: u32 = 64 * 1024;
+use super::connect::{EndpointConnector, Wire};
+use super::upstream::Upstream;
 
 /// The HTTP server settings for downstream connections: HTTP/1.1 and h2c on one port.
 pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {

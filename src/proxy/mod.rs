@@ -2,13 +2,16 @@
 //! pools. It knows nothing of Zipkin or Datadog: whatever watches requests plugs in as an
 //! [`observe::Observer`].
 
-pub mod body;
+pub mod connect;
 mod exchange;
 pub mod h1;
 pub mod http;
+pub mod limits;
 pub mod listener;
 pub mod observe;
 pub mod pool;
+pub mod request_body;
+pub mod response_body;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;
@@ -23,9 +26,11 @@ use tokio::task::JoinHandle;
 
 use crate::policy::effective::{Direction, Effective, Listener};
 use crate::policy::resource::{Dataplane, Protocol};
-use listener::{Handler, Limits};
+use connect::{UpstreamSettings, UpstreamTls, Wire};
+use limits::Limits;
+use listener::Handler;
 use observe::{ListenerInfo, Observer};
-use upstream::{Upstream, UpstreamSettings, UpstreamTls, Wire};
+use upstream::Upstream;
 
 /// Settings of the data path.
 #[derive(Clone)]

@@ -17,9 +17,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::body::RequestBody;
+use super::request_body::RequestBody;
 use super::exchange::{Replay, SendError};
-use super::upstream::{EndpointConnector, Stream, Wire};
+use super::connect::{EndpointConnector, Stream, Wire};
 
 /// The connection ended before any answer: closed, reset, or a broken pipe.
 fn unanswered(error: &hyper::Error) -> bool {
@@ -319,9 +319,9 @@ impl Pool {
         let stream = self.connector.connect().await.map_err(connect)?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .initial_stream_window_size(super::listener::H2_STREAM_WINDOW)
-            .initial_connection_window_size(super::listener::H2_CONNECTION_WINDOW)
-            .max_frame_size(super::listener::H2_MAX_FRAME)
+            .initial_stream_window_size(super::limits::H2_STREAM_WINDOW)
+            .initial_connection_window_size(super::limits::H2_CONNECTION_WINDOW)
+            .max_frame_size(super::limits::H2_MAX_FRAME)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .handshake(TokioIo::new(stream))

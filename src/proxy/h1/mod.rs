@@ -27,28 +27,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Sleep;
 
-use super::body::Tracker;
+use super::response_body::Tracker;
 use super::http::HttpProxy;
-use super::listener::Limits;
-use super::exchange::{self, Attempt, Failure, Replay, SendError, is_hop_by_hop_bytes};
-use super::upstream::{Endpoint, HttpClient};
+use super::limits::{
+    COALESCE, Limits, MAX_BODY, MAX_REQUEST_HEADERS, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS,
+    READ_SIZE,
+};
+use super::exchange::{self, Failure, Replay, SendError, is_hop_by_hop_bytes};
+use super::upstream::{self, Attempt, Endpoint, HttpClient};
 use super::observe::ResponseFlags;
 use super::pool::{Pool, RawConn};
 use chunked::Chunked;
-
-/// Request bodies up to this size take the fast path: read whole, then sent with the head
-/// (nginx buffers request bodies too). Larger ones stream through the general path.
-pub const MAX_BODY: u64 = 64 * 1024;
-/// Most header fields of a request here; more goes to the general path and its own limit.
-const MAX_REQUEST_HEADERS: usize = 128;
-/// Most header fields of an upstream response (hyper's default as a client).
-const MAX_RESPONSE_HEADERS: usize = 100;
-/// Largest upstream response head.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// What a read asks the kernel for at least.
-const READ_SIZE: usize = 4096;
-/// Body bytes that go out in the same write as the response head, copied behind it.
-const COALESCE: usize = 16 * 1024;
 
 /// How a connection left the fast path.
 pub enum Exit {
@@ -479,7 +468,7 @@ async fn forward<'p>(
         bodyless,
         response,
     };
-    let (endpoint, (conn, head)) = exchange::forward(&proxy.upstream, timer, &mut attempt).await?;
+    let (endpoint, (conn, head)) = upstream::forward(&proxy.upstream, timer, &mut attempt).await?;
     Ok((&endpoint.client, conn, head))
 }
 
