@@ -941,7 +941,7 @@ async fn bodies_at_and_past_the_fast_path_limit_reach_the_upstream_byte_exact() 
     // read whole by the fast path, one byte more streams through the general path. Neither
     // side of the boundary may lose, add or reorder a byte. (Which path answered shows in the
     // field-name case: only the fast path keeps the upstream's.)
-    let limit = tracecar::proxy::h1::MAX_BODY as usize;
+    let limit = tracecar::proxy::limits::MAX_BODY as usize;
     let upstream = Scripted::start(|r| {
         Reply::Send(
             format!(
