@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::admin::{self, AdminState, LogControl};
+use crate::drain;
 use crate::export::{ExportSettings, Exporters};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::policy::effective::{BackendConf, Effective};
@@ -80,8 +81,8 @@ pub async fn run(
     log_effective(&effective);
 
     let state = Arc::new(AdminState::new(effective.clone(), metrics.clone(), log));
-    let (stop, stop_rx) = watch::channel(false);
-    let (admin_address, admin_task) = admin::serve(&args.admin, state.clone(), stop_rx).await?;
+    let (admin_drain, admin_watcher) = drain::channel();
+    let admin_address = admin::serve(&args.admin, state.clone(), admin_watcher).await?;
     tracing::info!(address = %admin_address, "admin listening");
 
     let config = ProxyConfig {
@@ -114,7 +115,7 @@ pub async fn run(
     state.ready.store(true, Ordering::Relaxed);
 
     tokio::select! {
-        _ = crate::shutdown::signal() => tracing::info!("signal received"),
+        _ = crate::drain::signal() => tracing::info!("signal received"),
         _ = state.quit.notified() => tracing::info!("/quitquitquit received"),
     }
     state.draining.store(true, Ordering::Relaxed);
@@ -126,8 +127,7 @@ pub async fn run(
     // No new spans can start; dropping the tracer's handles lets the exporters finish.
     tracer.set_config(TraceConfig::default());
     exporters.shutdown(FLUSH_TIMEOUT).await;
-    let _ = stop.send(true);
-    let _ = admin_task.await;
+    admin_drain.drain(FLUSH_TIMEOUT).await;
     tracing::info!("stopped");
     Ok(())
 }

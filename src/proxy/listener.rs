@@ -9,10 +9,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::h1;
+use crate::drain;
 use super::limits::{H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW, Limits};
 use super::http::HttpProxy;
 use super::tcp;
@@ -54,22 +54,21 @@ pub enum Handler {
     Tcp(Arc<Upstream<EndpointConnector>>),
 }
 
-/// Accepts until `stop` turns true, then waits (no longer than the caller allows) for the
-/// connections it accepted: HTTP connections are told to finish (h2 GOAWAY, h1 close after
-/// the current response), TCP ones run to their end.
+/// Accepts until a drain begins. Every connection holds a clone of `drain`, so the drain
+/// waits for it: HTTP connections are told to finish (h2 GOAWAY, h1 close after the current
+/// response), TCP ones run to their end.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     handler: Handler,
     limits: Arc<Limits>,
-    mut stop: watch::Receiver<bool>,
+    mut drain: drain::Watcher,
 ) {
     let graceful = GracefulShutdown::new();
-    let tasks = counter::TaskCounter::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = stop.wait_for(|s| *s) => break,
+            () = drain.draining() => break,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -88,18 +87,15 @@ pub async fn serve(
                 let tls = tls.clone();
                 let limits = limits.clone();
                 let watcher = graceful.watcher();
-                let stop = stop.clone();
-                // Fast-path connections are not hyper's to drain: counted like TCP ones.
-                let guard = tasks.enter();
+                let drain = drain.clone();
                 tokio::spawn(async move {
-                    let _guard = guard;
                     let connection = Connection {
                         peer,
                         proxy,
                         builder,
                         watcher,
                         limits,
-                        stop,
+                        drain,
                     };
                     match tls {
                         None => connection.serve(stream).await,
@@ -123,9 +119,9 @@ pub async fn serve(
                 let upstream = upstream.clone();
                 let tls = tls.clone();
                 let limits = limits.clone();
-                let guard = tasks.enter();
+                let drain = drain.clone();
                 tokio::spawn(async move {
-                    let _guard = guard;
+                    let _drain = drain;
                     match tls {
                         None => tcp::pass_through(stream, upstream).await,
                         Some(acceptor) => {
@@ -144,8 +140,8 @@ pub async fn serve(
         }
     }
     drop(listener);
+    // Tells hyper's connections to finish; the drain waits for each by its watcher.
     graceful.shutdown().await;
-    tasks.wait_idle().await;
 }
 
 /// One accepted HTTP connection and what serving it needs.
@@ -155,7 +151,8 @@ struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
     limits: Arc<Limits>,
-    stop: watch::Receiver<bool>,
+    /// Held for as long as the connection lives: the drain waits for it.
+    drain: drain::Watcher,
 }
 
 impl Connection {
@@ -182,7 +179,7 @@ impl Connection {
             self.peer,
             &self.proxy,
             &self.limits,
-            &mut self.stop,
+            &mut self.drain,
         )
         .await;
         if let h1::Exit::Handoff { read, remaining } = exit {
@@ -241,43 +238,4 @@ pub async fn bind(address: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))
-}
-
-/// Counts live TCP passthrough tasks, so shutdown can wait for them.
-mod counter {
-    use std::sync::Arc;
-    use tokio::sync::watch;
-
-    #[derive(Clone)]
-    pub struct TaskCounter {
-        tx: Arc<watch::Sender<usize>>,
-    }
-
-    impl Default for TaskCounter {
-        fn default() -> Self {
-            TaskCounter {
-                tx: Arc::new(watch::channel(0).0),
-            }
-        }
-    }
-
-    pub struct Guard(Arc<watch::Sender<usize>>);
-
-    impl TaskCounter {
-        pub fn enter(&self) -> Guard {
-            self.tx.send_modify(|n| *n += 1);
-            Guard(self.tx.clone())
-        }
-
-        pub async fn wait_idle(&self) {
-            let mut rx = self.tx.subscribe();
-            let _ = rx.wait_for(|n| *n == 0).await;
-        }
-    }
-
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0.send_modify(|n| *n -= 1);
-        }
-    }
 }

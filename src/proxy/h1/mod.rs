@@ -34,10 +34,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 use tokio::time::Sleep;
 
 use super::exchange::Failure;
+use crate::drain;
 use super::http::HttpProxy;
 use super::limits::{Limits, READ_SIZE};
 use super::observe::ResponseFlags;
@@ -85,7 +85,7 @@ pub(crate) async fn serve<S>(
     peer: SocketAddr,
     proxy: &HttpProxy,
     limits: &Limits,
-    stop: &mut watch::Receiver<bool>,
+    drain: &mut drain::Watcher,
 ) -> Exit
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -103,7 +103,7 @@ where
             head,
             message,
             mut parts,
-        } = match read_request(io, &mut conn, limits, head_timer.as_mut(), stop).await {
+        } = match read_request(io, &mut conn, limits, head_timer.as_mut(), drain).await {
             Ok(plain) => plain,
             Err(exit) => return exit,
         };
@@ -116,7 +116,7 @@ where
             .map(|e| Tracker::with_request_size(e, head.content_length));
 
         // Phase 3: rewrite.
-        let close = head.close || *stop.borrow();
+        let close = head.close || drain.is_draining();
         rewrite(proxy, &mut conn.request, parts, &message[head.len..]);
 
         // Phase 4: forward.
@@ -143,7 +143,7 @@ where
 
         // Phase 5: respond. A drain that began while the upstream was answering closes the
         // connection after this response, so the caller must be told not to send another.
-        let close = close || *stop.borrow();
+        let close = close || drain.is_draining();
         let close = respond(&mut conn.response, &response, close, tracker.as_mut());
         let _stats = proxy.stats_guard(started, response.status.as_u16());
 
@@ -170,7 +170,7 @@ async fn read_request<S: AsyncRead + Unpin>(
     conn: &mut Conn,
     limits: &Limits,
     mut head_timer: Pin<&mut Sleep>,
-    stop: &mut watch::Receiver<bool>,
+    drain: &mut drain::Watcher,
 ) -> Result<Plain, Exit> {
     let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
     head_timer.as_mut().reset(deadline);
@@ -184,7 +184,7 @@ async fn read_request<S: AsyncRead + Unpin>(
         }
         // A drain closes connections that sit between requests, never one mid-head.
         let idle = conn.buf.is_empty();
-        let draining = idle.then_some(&mut *stop);
+        let draining = idle.then_some(&mut *drain);
         if !read_more(io, &mut conn.buf, head_timer.as_mut(), draining).await {
             return Err(Exit::Closed);
         }
@@ -321,22 +321,22 @@ fn handoff(read: Bytes, deadline: tokio::time::Instant) -> Exit {
 }
 
 /// Reads more into `buf`. False when the peer closed, the read failed, the deadline passed,
-/// or (with `stop`) a drain began.
+/// or (with `drain`) a drain began.
 async fn read_more<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
     deadline: Pin<&mut Sleep>,
-    stop: Option<&mut watch::Receiver<bool>>,
+    drain: Option<&mut drain::Watcher>,
 ) -> bool {
     if buf.capacity() - buf.len() < READ_SIZE / 4 {
         buf.reserve(READ_SIZE);
     }
     let read = io.read_buf(buf);
-    let result = match stop {
-        Some(stop) => tokio::select! {
+    let result = match drain {
+        Some(drain) => tokio::select! {
             biased;
             r = read => Some(r),
-            _ = stop.wait_for(|s| *s) => None,
+            () = drain.draining() => None,
             () = deadline => None,
         },
         None => tokio::select! {
