@@ -58,7 +58,7 @@ impl AdminState {
 }
 
 /// Binds the admin address; serves until `drain` says to stop.
-pub async fn serve(
+pub(crate) async fn serve(
     address: &str,
     state: Arc<AdminState>,
     mut drain: crate::drain::Watcher,

@@ -10,18 +10,18 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Starts a drain, once.
-pub struct Trigger {
+pub(crate) struct Trigger {
     tx: watch::Sender<bool>,
 }
 
 /// Told when a drain begins; the drain waits for every clone to be dropped.
 #[derive(Clone)]
-pub struct Watcher {
+pub(crate) struct Watcher {
     rx: watch::Receiver<bool>,
 }
 
 /// A trigger and the first of its watchers.
-pub fn channel() -> (Trigger, Watcher) {
+pub(crate) fn channel() -> (Trigger, Watcher) {
     let (tx, rx) = watch::channel(false);
     (Trigger { tx }, Watcher { rx })
 }
@@ -29,20 +29,22 @@ pub fn channel() -> (Trigger, Watcher) {
 impl Trigger {
     /// Tells every watcher to finish and waits until all are dropped, at most `deadline`.
     /// Returns whether everything finished in time.
-    pub async fn drain(self, deadline: Duration) -> bool {
+    pub(crate) async fn drain(self, deadline: Duration) -> bool {
         let _ = self.tx.send(true);
-        tokio::time::timeout(deadline, self.tx.closed()).await.is_ok()
+        tokio::time::timeout(deadline, self.tx.closed())
+            .await
+            .is_ok()
     }
 }
 
 impl Watcher {
     /// Whether a drain began.
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         *self.rx.borrow()
     }
 
     /// Resolves once a drain begins (at once if it has).
-    pub async fn draining(&mut self) {
+    pub(crate) async fn draining(&mut self) {
         // An error means the trigger is gone: nothing will wait for this watcher any more,
         // which ends it just the same.
         let _ = self.rx.wait_for(|d| *d).await;
@@ -50,7 +52,7 @@ impl Watcher {
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn signal() {
+pub(crate) async fn signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! tracecar: a tracing sidecar proxy. See DESIGN and the README for the contract.
 //!
 //! Layers, top to bottom (data flows down): `cli` → `policy` (what users write) → `trace`
@@ -7,7 +8,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod demo;
-pub mod drain;
+pub(crate) mod drain;
 pub mod export;
 pub mod metrics;
 pub mod policy;

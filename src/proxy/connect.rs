@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 /// How an upstream is spoken to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wire {
+pub(crate) enum Wire {
     Http1,
     /// HTTP/2 with prior knowledge (h2c), or h2 over TLS.
     Http2,
@@ -45,14 +45,14 @@ impl Default for UpstreamSettings {
 
 /// TLS origination towards the endpoints.
 #[derive(Clone)]
-pub struct UpstreamTls {
-    pub connector: tokio_rustls::TlsConnector,
+pub(crate) struct UpstreamTls {
+    pub(crate) connector: tokio_rustls::TlsConnector,
     /// SNI and the name the certificate must carry; `None` means the endpoint's host.
-    pub server_name: Option<ServerName<'static>>,
+    pub(crate) server_name: Option<ServerName<'static>>,
 }
 
 /// A connector per endpoint address.
-pub fn connectors(
+pub(crate) fn connectors(
     addresses: &[String],
     tls: Option<&UpstreamTls>,
     settings: &UpstreamSettings,
@@ -85,7 +85,7 @@ pub fn connectors(
 
 impl EndpointConnector {
     /// Opens a connection to the endpoint (TLS when configured).
-    pub async fn connect(&self) -> io::Result<Stream> {
+    pub(crate) async fn connect(&self) -> io::Result<Stream> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.address))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timeout"))??;
@@ -113,14 +113,14 @@ fn host_of(address: &str) -> &str {
 
 /// Dials one fixed endpoint.
 #[derive(Clone)]
-pub struct EndpointConnector {
+pub(crate) struct EndpointConnector {
     address: Arc<str>,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
 }
 
 /// A connection to an upstream, plain or TLS.
-pub enum Stream {
+pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }

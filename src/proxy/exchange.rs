@@ -128,7 +128,6 @@ pub(crate) enum SendError {
     Reset(Box<dyn std::error::Error + Send + Sync>),
 }
 
-
 /// RFC 9110 §9.2.2: safe to send again when nothing was answered.
 pub(crate) fn idempotent(method: &Method) -> bool {
     matches!(

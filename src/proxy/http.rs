@@ -22,29 +22,29 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-use super::request_body::RequestBody;
-use super::response_body::{ResponseBody, ResponseInner, StatsGuard, Tracker};
 use super::connect::Wire;
 use super::exchange::{Failure, SendError, connection_tokens, remove_hop_by_hop};
 use super::observe::{ListenerInfo, Observer, is_grpc};
 use super::pool::Lease;
+use super::request_body::RequestBody;
+use super::response_body::{ResponseBody, ResponseInner, StatsGuard, Tracker};
 use super::upstream::{self, Attempt, Endpoint, HttpClient, Upstream};
 
 /// Per-listener state of the HTTP path.
-pub struct HttpProxy {
-    pub info: Arc<ListenerInfo>,
-    pub upstream: Upstream,
-    pub observer: Arc<dyn Observer>,
+pub(crate) struct HttpProxy {
+    pub(crate) info: Arc<ListenerInfo>,
+    pub(crate) upstream: Upstream,
+    pub(crate) observer: Arc<dyn Observer>,
     /// Time allowed for the upstream's response head on non-streaming requests (gRPC and
     /// upgrades are streams: no limit).
-    pub request_timeout: Option<Duration>,
+    pub(crate) request_timeout: Option<Duration>,
     /// Request metrics of this listener.
-    pub stats: Option<Arc<crate::metrics::ListenerStats>>,
+    pub(crate) stats: Option<Arc<crate::metrics::ListenerStats>>,
 }
 
 impl HttpProxy {
     /// Serves one request. Never fails: every failure is a response.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         peer: SocketAddr,

@@ -72,4 +72,3 @@ pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 pub(crate) const READ_SIZE: usize = 4096;
 /// Body bytes that go out in the same write as the response head, copied behind it.
 pub(crate) const COALESCE: usize = 16 * 1024;
-

@@ -11,16 +11,16 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::h1;
-use crate::drain;
-use super::limits::{H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW, Limits};
-use super::http::HttpProxy;
-use super::tcp;
 use super::connect::{EndpointConnector, Wire};
+use super::h1;
+use super::http::HttpProxy;
+use super::limits::{H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW, Limits};
+use super::tcp;
 use super::upstream::Upstream;
+use crate::drain;
 
 /// The HTTP server settings for downstream connections: HTTP/1.1 and h2c on one port.
-pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+pub(crate) fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -49,7 +49,7 @@ pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// What a listener does with its connections.
-pub enum Handler {
+pub(crate) enum Handler {
     Http(Arc<HttpProxy>, Arc<auto::Builder<TokioExecutor>>),
     Tcp(Arc<Upstream<EndpointConnector>>),
 }
@@ -57,7 +57,7 @@ pub enum Handler {
 /// Accepts until a drain begins. Every connection holds a clone of `drain`, so the drain
 /// waits for it: HTTP connections are told to finish (h2 GOAWAY, h1 close after the current
 /// response), TCP ones run to their end.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     handler: Handler,
@@ -234,7 +234,7 @@ async fn serve_http<S>(
 }
 
 /// Binds a listener, with a clear error naming the address.
-pub async fn bind(address: &str) -> anyhow::Result<TcpListener> {
+pub(crate) async fn bind(address: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))

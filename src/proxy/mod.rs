@@ -5,16 +5,16 @@
 pub mod connect;
 mod exchange;
 pub mod h1;
-pub mod http;
+pub(crate) mod http;
 pub mod limits;
-pub mod listener;
+pub(crate) mod listener;
 pub mod observe;
-pub mod pool;
-pub mod request_body;
-pub mod response_body;
-pub mod tcp;
+pub(crate) mod pool;
+pub(crate) mod request_body;
+pub(crate) mod response_body;
+pub(crate) mod tcp;
 pub mod tls;
-pub mod upstream;
+pub(crate) mod upstream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

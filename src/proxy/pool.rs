@@ -17,9 +17,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::request_body::RequestBody;
-use super::exchange::{Replay, SendError};
 use super::connect::{EndpointConnector, Stream, Wire};
+use super::exchange::{Replay, SendError};
+use super::request_body::RequestBody;
 
 /// The connection ended before any answer: closed, reset, or a broken pipe.
 fn unanswered(error: &hyper::Error) -> bool {
@@ -41,14 +41,11 @@ fn reset(error: hyper::Error) -> SendError {
 }
 
 fn connect(error: io::Error) -> SendError {
-    SendError::Connect {
-        error,
-        again: true,
-    }
+    SendError::Connect { error, again: true }
 }
 
 /// A copy of a request's head (extensions are not carried).
-pub fn copy_head(
+pub(crate) fn copy_head(
     method: &http::Method,
     uri: &http::Uri,
     version: http::Version,
@@ -69,9 +66,9 @@ struct Idle {
 
 /// An HTTP/1.1 connection that the fast path ([`super::h1`]) speaks itself, in the caller's
 /// task: no connection task, no channels. `buf` holds what was read from it.
-pub struct RawConn {
-    pub stream: Stream,
-    pub buf: bytes::BytesMut,
+pub(crate) struct RawConn {
+    pub(crate) stream: Stream,
+    pub(crate) buf: bytes::BytesMut,
     since: Instant,
 }
 
@@ -92,7 +89,7 @@ impl RawConn {
     }
 }
 
-pub struct Pool {
+pub(crate) struct Pool {
     connector: EndpointConnector,
     wire: Wire,
     idle: Mutex<Vec<Idle>>,
@@ -106,19 +103,19 @@ pub struct Pool {
 
 /// An HTTP/1.1 connection lent to one exchange; it returns to the pool when the response
 /// body has been read to its end, and is closed if the exchange ends any other way.
-pub struct Lease {
+pub(crate) struct Lease {
     pool: Arc<Pool>,
     sender: http1::SendRequest<RequestBody>,
 }
 
 impl Lease {
-    pub fn release(self) {
+    pub(crate) fn release(self) {
         self.pool.put(self.sender);
     }
 }
 
 impl Pool {
-    pub fn new(
+    pub(crate) fn new(
         connector: EndpointConnector,
         wire: Wire,
         max_idle: usize,
@@ -263,7 +260,7 @@ impl Pool {
     }
 
     /// The most recently used idle fast-path connection that still looks open and fresh.
-    pub fn checkout_raw(&self) -> Option<RawConn> {
+    pub(crate) fn checkout_raw(&self) -> Option<RawConn> {
         let mut idle = self.raw_idle.lock().ok()?;
         while let Some(conn) = idle.pop() {
             if conn.since.elapsed() < self.idle_timeout && conn.looks_open() {
@@ -274,7 +271,7 @@ impl Pool {
     }
 
     /// Returns a fast-path connection whose exchange ended cleanly.
-    pub fn put_raw(&self, mut conn: RawConn) {
+    pub(crate) fn put_raw(&self, mut conn: RawConn) {
         if let Ok(mut idle) = self.raw_idle.lock() {
             let now = Instant::now();
             // The oldest sit at the bottom: drop the stale ones while here.
@@ -292,7 +289,7 @@ impl Pool {
     }
 
     /// A new fast-path connection.
-    pub async fn connect_raw(&self) -> io::Result<RawConn> {
+    pub(crate) async fn connect_raw(&self) -> io::Result<RawConn> {
         let stream = self.connector.connect().await?;
         Ok(RawConn {
             stream,

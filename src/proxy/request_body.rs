@@ -12,11 +12,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 /// Errors surfaced by proxied bodies.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 type Slot = Arc<Mutex<Option<Incoming>>>;
 
-pub struct RequestBody {
+pub(crate) struct RequestBody {
     inner: RequestInner,
     counter: Option<Arc<AtomicU64>>,
 }
@@ -32,14 +32,14 @@ enum RequestInner {
 }
 
 impl RequestBody {
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         RequestBody {
             inner: RequestInner::Empty,
             counter: None,
         }
     }
 
-    pub fn direct(body: Incoming, counter: Option<Arc<AtomicU64>>) -> Self {
+    pub(crate) fn direct(body: Incoming, counter: Option<Arc<AtomicU64>>) -> Self {
         RequestBody {
             inner: RequestInner::Direct(body),
             counter,
@@ -47,7 +47,7 @@ impl RequestBody {
     }
 
     /// A body that [`reclaim`] can take back while it has not been read.
-    pub fn reclaimable(body: Incoming, counter: Option<Arc<AtomicU64>>) -> (Self, Reclaim) {
+    pub(crate) fn reclaimable(body: Incoming, counter: Option<Arc<AtomicU64>>) -> (Self, Reclaim) {
         let slot = Arc::new(Mutex::new(Some(body)));
         (
             RequestBody {
@@ -63,11 +63,11 @@ impl RequestBody {
 }
 
 /// The other half of a reclaimable body.
-pub struct Reclaim(Slot);
+pub(crate) struct Reclaim(Slot);
 
 impl Reclaim {
     /// The body, if nobody started reading it.
-    pub fn take(&self) -> Option<Incoming> {
+    pub(crate) fn take(&self) -> Option<Incoming> {
         self.0.lock().ok()?.take()
     }
 }
@@ -132,4 +132,3 @@ impl Body for RequestBody {
         }
     }
 }
-

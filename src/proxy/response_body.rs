@@ -3,8 +3,8 @@
 //! at end of stream, on error, or when dropped early (the caller went away).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -17,13 +17,13 @@ use super::pool::Lease;
 use super::request_body::BodyError;
 
 /// What the response body carries.
-pub enum ResponseInner {
+pub(crate) enum ResponseInner {
     Upstream(Incoming),
     /// A local reply (errors): a short text, or nothing.
     Local(Option<Bytes>),
 }
 
-pub struct ResponseBody {
+pub(crate) struct ResponseBody {
     inner: ResponseInner,
     /// Present when observed.
     tracker: Option<Box<Tracker>>,
@@ -34,10 +34,10 @@ pub struct ResponseBody {
 }
 
 /// Counts a finished request in its listener's metrics, once, when dropped.
-pub struct StatsGuard {
-    pub stats: Arc<crate::metrics::ListenerStats>,
-    pub started: std::time::Instant,
-    pub status: u16,
+pub(crate) struct StatsGuard {
+    pub(crate) stats: Arc<crate::metrics::ListenerStats>,
+    pub(crate) started: std::time::Instant,
+    pub(crate) status: u16,
 }
 
 impl Drop for StatsGuard {
@@ -48,11 +48,11 @@ impl Drop for StatsGuard {
 }
 
 /// Ends an exchange exactly once.
-pub struct Tracker {
+pub(crate) struct Tracker {
     exchange: Option<Box<dyn Exchange>>,
-    pub status: u16,
-    pub flags: ResponseFlags,
-    pub request_bytes: Option<Arc<AtomicU64>>,
+    pub(crate) status: u16,
+    pub(crate) flags: ResponseFlags,
+    pub(crate) request_bytes: Option<Arc<AtomicU64>>,
     /// Request bytes known up front (the fast path reads bodies whole).
     known_request_bytes: u64,
     response_bytes: u64,
@@ -60,7 +60,7 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(exchange: Box<dyn Exchange>, request_bytes: Option<Arc<AtomicU64>>) -> Self {
+    pub(crate) fn new(exchange: Box<dyn Exchange>, request_bytes: Option<Arc<AtomicU64>>) -> Self {
         Tracker {
             exchange: Some(exchange),
             status: 0,
@@ -73,22 +73,22 @@ impl Tracker {
     }
 
     /// For a request whose body size is known before it is forwarded.
-    pub fn with_request_size(exchange: Box<dyn Exchange>, bytes: u64) -> Self {
+    pub(crate) fn with_request_size(exchange: Box<dyn Exchange>, bytes: u64) -> Self {
         let mut tracker = Tracker::new(exchange, None);
         tracker.known_request_bytes = bytes;
         tracker
     }
 
-    pub fn count_response_bytes(&mut self, bytes: u64) {
+    pub(crate) fn count_response_bytes(&mut self, bytes: u64) {
         self.response_bytes += bytes;
     }
 
-    pub fn exchange_mut(&mut self) -> Option<&mut Box<dyn Exchange>> {
+    pub(crate) fn exchange_mut(&mut self) -> Option<&mut Box<dyn Exchange>> {
         self.exchange.as_mut()
     }
 
     /// Ends the exchange; later calls do nothing.
-    pub fn finish(&mut self, aborted: bool) {
+    pub(crate) fn finish(&mut self, aborted: bool) {
         if let Some(exchange) = self.exchange.take() {
             let end = End {
                 status: self.status,
@@ -118,7 +118,7 @@ impl Drop for Tracker {
 }
 
 impl ResponseBody {
-    pub fn new(
+    pub(crate) fn new(
         inner: ResponseInner,
         tracker: Option<Box<Tracker>>,
         stats: Option<StatsGuard>,
@@ -139,7 +139,7 @@ impl ResponseBody {
     }
 
     /// Returns `lease` to its pool when the body has been read to its end.
-    pub fn with_lease(mut self, lease: Option<Lease>) -> Self {
+    pub(crate) fn with_lease(mut self, lease: Option<Lease>) -> Self {
         match lease {
             Some(lease) if self.is_end_stream() => lease.release(),
             lease => self.lease = lease,

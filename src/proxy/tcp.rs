@@ -9,7 +9,7 @@ use super::connect::EndpointConnector;
 use super::upstream::Upstream;
 
 /// Connects to the next endpoint that accepts and copies bytes until either side closes.
-pub async fn pass_through<S>(mut downstream: S, upstream: Arc<Upstream<EndpointConnector>>)
+pub(crate) async fn pass_through<S>(mut downstream: S, upstream: Arc<Upstream<EndpointConnector>>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

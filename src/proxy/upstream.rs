@@ -18,20 +18,20 @@ use super::exchange::{Failure, SendError};
 use super::pool::Pool;
 
 /// The pooled connections of one endpoint.
-pub type HttpClient = Arc<Pool>;
+pub(crate) type HttpClient = Arc<Pool>;
 
 /// One endpoint and how to reach it: a pooled HTTP client, or a bare connector for TCP.
-pub struct Endpoint<C> {
-    pub address: String,
-    pub client: C,
+pub(crate) struct Endpoint<C> {
+    pub(crate) address: String,
+    pub(crate) client: C,
     /// Milliseconds since `Upstream::epoch` before which the endpoint is skipped.
     down_until_ms: AtomicU64,
 }
 
 /// A set of endpoints used round robin.
-pub struct Upstream<C = HttpClient> {
-    pub wire: Wire,
-    pub tls: bool,
+pub(crate) struct Upstream<C = HttpClient> {
+    pub(crate) wire: Wire,
+    pub(crate) tls: bool,
     endpoints: Vec<Endpoint<C>>,
     next: AtomicUsize,
     epoch: Instant,
@@ -39,7 +39,7 @@ pub struct Upstream<C = HttpClient> {
 }
 
 impl Upstream<HttpClient> {
-    pub fn http(
+    pub(crate) fn http(
         addresses: &[String],
         wire: Wire,
         tls: Option<&UpstreamTls>,
@@ -62,7 +62,7 @@ impl Upstream<HttpClient> {
 }
 
 impl Upstream<EndpointConnector> {
-    pub fn tcp(
+    pub(crate) fn tcp(
         addresses: &[String],
         tls: Option<&UpstreamTls>,
         settings: &UpstreamSettings,
@@ -78,7 +78,7 @@ impl Upstream<EndpointConnector> {
 }
 
 impl<C> Upstream<C> {
-    pub fn new(
+    pub(crate) fn new(
         clients: Vec<(String, C)>,
         wire: Wire,
         tls: bool,
@@ -101,11 +101,11 @@ impl<C> Upstream<C> {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.endpoints.len()
     }
 
@@ -116,7 +116,7 @@ impl<C> Upstream<C> {
     /// The endpoints to try for one request, in order: round robin from the next one,
     /// skipping those recently refused; if all were refused, all of them anyway (one may be
     /// back) so the request still gets its chance.
-    pub fn plan(&self) -> impl Iterator<Item = &Endpoint<C>> {
+    pub(crate) fn plan(&self) -> impl Iterator<Item = &Endpoint<C>> {
         let n = self.endpoints.len();
         let start = if n > 1 {
             self.next.fetch_add(1, Ordering::Relaxed) % n
@@ -132,12 +132,12 @@ impl<C> Upstream<C> {
     }
 
     /// Records that `endpoint` refused a connection.
-    pub fn mark_down(&self, endpoint: &Endpoint<C>) {
+    pub(crate) fn mark_down(&self, endpoint: &Endpoint<C>) {
         let until = self.now_ms() + self.retry_after.as_millis() as u64;
         endpoint.down_until_ms.store(until, Ordering::Relaxed);
     }
 
-    pub fn mark_up(&self, endpoint: &Endpoint<C>) {
+    pub(crate) fn mark_up(&self, endpoint: &Endpoint<C>) {
         if endpoint.down_until_ms.load(Ordering::Relaxed) != 0 {
             endpoint.down_until_ms.store(0, Ordering::Relaxed);
         }

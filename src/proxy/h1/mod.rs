@@ -37,12 +37,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Sleep;
 
 use super::exchange::Failure;
-use crate::drain;
 use super::http::HttpProxy;
 use super::limits::{Limits, READ_SIZE};
 use super::observe::ResponseFlags;
 use super::pool::{Pool, RawConn};
 use super::response_body::Tracker;
+use crate::drain;
 use body::{BodyFailure, stream_body};
 pub(crate) use handoff::Rewind;
 use request::{Parsed, RequestHead, encode_request, parse_request, request_parts};

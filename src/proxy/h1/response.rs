@@ -132,7 +132,12 @@ fn judge<'b>(
 
 /// Writes the caller's head: the status line and the end-to-end fields as the upstream sent
 /// them, without the final CRLF.
-fn encode(res: &httparse::Response<'_, '_>, head: &ResponseHead, named: &[&[u8]], out: &mut Vec<u8>) {
+fn encode(
+    res: &httparse::Response<'_, '_>,
+    head: &ResponseHead,
+    named: &[&[u8]],
+    out: &mut Vec<u8>,
+) {
     let status = head.status;
     let chunked = head.framing == Framing::Chunked;
     out.clear();

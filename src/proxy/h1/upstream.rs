@@ -109,9 +109,14 @@ async fn send(
     }
 }
 
+/// Why no response head came.
+#[derive(Debug, thiserror::Error)]
 enum HeadError {
-    /// Closed or reset before any byte of a response.
+    /// Closed or reset before any byte of a response: the request may go again.
+    #[error("unanswered: {0}")]
     Unanswered(io::Error),
+    /// A head that cannot be forwarded, or a connection lost inside one.
+    #[error("invalid response head: {0}")]
     Invalid(io::Error),
 }
 
