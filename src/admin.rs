@@ -1,4 +1,4 @@
-//! The admin server (contract A7), apart from the data path: loopback by default.
+//! The admin server (README, Operations), apart from the data path: loopback by default.
 //!
 //! - `GET /ready`: 200 once listeners are bound and a policy is loaded, 503 while draining.
 //! - `GET /metrics` (alias `/stats/prometheus`): Prometheus text.

@@ -1,4 +1,4 @@
-//! The command line (contract A1). Problems go to stderr, one line each; a one-line summary
+//! The command line (README, Commands). Problems go to stderr, one line each; a one-line summary
 //! goes to stdout. Exit codes: 0 ok, 1 invalid input, 2 usage, other = runtime failure.
 
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! The exporter under collector faults (contract A6): whatever the collector does — down, slow,
+//! The exporter under collector faults (README, Export): whatever the collector does — down, slow,
 //! failing — proxied requests neither fail nor slow down, memory stays bounded, and every
 //! sampled span is accounted for as exported or dropped with a reason.
 //!
@@ -305,7 +305,7 @@ async fn fault_leaves_requests_and_accounts_intact(name: &str, url: &str) -> (Lo
     (faulty, accounts)
 }
 
-// Faults: the data path never waits for the exporter (A6).
+// Faults: the data path never waits for the exporter (README, Export).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_down_fails_no_request_slows_none_and_accounts_for_every_span() {

@@ -1,5 +1,5 @@
 //! Validation, as users see it: every problem is one line `FILE: Kind/name: field.path: message`
-//! with Kuma's field paths and messages (contract A2, A9; notes/kuma-validation.md).
+//! with Kuma's field paths and messages (README, Validation).
 //!
 //! Most tests parse inline YAML with `parse_str` and run the same steps as `policy::check`; the
 //! ones about files (size, bytes, folders, `--strict`) go through `check` on temp files.
@@ -316,7 +316,7 @@ fn mesh_without_tracing_is_valid() {
 
 #[test]
 fn mesh_with_other_sections_is_valid() {
-    // A9: mtls, logging, metrics, … are accepted and ignored.
+    // README: mtls, logging, metrics, … are accepted and ignored.
     let yaml = dedent(
         "
         type: Mesh

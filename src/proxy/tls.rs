@@ -1,4 +1,4 @@
-//! TLS from files (contract A4 extension): inbound termination with ALPN `h2`/`http/1.1`,
+//! TLS from files (README, Dataplane): inbound termination with ALPN `h2`/`http/1.1`,
 //! outbound origination with a CA file and SNI. rustls with the ring provider only.
 
 use std::path::Path;
