@@ -7,6 +7,7 @@
 //! how they speak (hyper's types, or bytes), never in these rules.
 
 use std::io;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -110,6 +111,39 @@ impl Failure {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(self.reason.as_bytes());
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// gRPC deadlines
+// ---------------------------------------------------------------------------------------------
+
+/// The deadline a gRPC caller set: `grpc-timeout`, at most 8 digits and a unit (`H`, `M`, `S`,
+/// `m`, `u`, `n`). `None` when absent or malformed (then the call has no deadline here).
+pub(crate) fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// How long before our deadline a caller's reset already counts as the deadline: the
+/// caller's clock started before ours, by the time its request took to arrive (a tenth of
+/// the timeout, from 20 ms to 100 ms).
+pub(crate) fn deadline_grace(timeout: Duration) -> Duration {
+    (timeout / 10).clamp(Duration::from_millis(20), Duration::from_millis(100))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -328,6 +362,22 @@ mod tests {
         assert_eq!(headers.len(), 2);
         assert_eq!(headers[header::TE], "trailers");
         assert_eq!(headers["x-kept"], "2");
+    }
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit_and_malformed_ones_ignored() {
+        let timeout = |v: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", HeaderValue::from_static(v));
+            grpc_timeout(&headers)
+        };
+        assert_eq!(timeout("500m"), Some(Duration::from_millis(500)));
+        assert_eq!(timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "123456789m", "1x", "-1S", "1.5S"] {
+            assert_eq!(timeout(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

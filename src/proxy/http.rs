@@ -23,7 +23,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use super::connect::Wire;
-use super::exchange::{Failure, SendError, connection_tokens, remove_hop_by_hop};
+use super::exchange::{self, Failure, SendError, connection_tokens, remove_hop_by_hop};
 use super::observe::{ListenerInfo, Observer, is_grpc};
 use super::pool::Lease;
 use super::request_body::RequestBody;
@@ -53,8 +53,19 @@ impl HttpProxy {
         let grpc = is_grpc(req.headers());
         // Phase 1: check.
         if let Err(reason) = check(&req) {
-            return Ok(self.fail(None, started, Failure::bad_request(reason), grpc));
+            return Ok(self.fail(
+                None,
+                self.stats_guard(started, 0),
+                Failure::bad_request(reason),
+                grpc,
+            ));
         }
+        // A gRPC caller's deadline, enforced here as Envoy does.
+        let deadline = if grpc {
+            exchange::grpc_timeout(req.headers())
+        } else {
+            None
+        };
         let downstream_version = req.version();
         let upgrade = wants_upgrade(&req);
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -64,23 +75,34 @@ impl HttpProxy {
         let exchange = self.observer.on_request(&self.info, peer, &mut head);
         let request_bytes = exchange.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
         let mut tracker = exchange.map(|e| Box::new(Tracker::new(e, request_bytes.clone())));
+        // Counted from here on, whatever happens: a caller that leaves before the response
+        // drops this future, and the guard with it, and is counted with status 0.
+        let mut stats = self.stats_guard(started, 0);
+        if let (Some(t), Some(timeout)) = (&mut tracker, deadline) {
+            t.deadline_from = started
+                .checked_add(timeout)
+                .and_then(|d| d.checked_sub(exchange::deadline_grace(timeout)));
+        }
 
         // Phase 3: rewrite.
         let unframed_body = !http_body::Body::is_end_stream(&body)
             && !head.headers.contains_key(header::CONTENT_LENGTH);
         if let Err(reason) = self.rewrite(&mut head, upgrade, unframed_body) {
-            return Ok(self.fail(tracker, started, Failure::bad_request(reason), grpc));
+            return Ok(self.fail(tracker, stats, Failure::bad_request(reason), grpc));
         }
 
-        // Phase 4: forward.
-        let result = self
-            .forward(head, body, request_bytes, grpc || upgrade)
-            .await;
+        // Phase 4: forward. gRPC and upgrades are streams: no timeout but the caller's deadline.
+        let timeout = if grpc || upgrade {
+            deadline
+        } else {
+            self.request_timeout
+        };
+        let result = self.forward(head, body, request_bytes, timeout).await;
 
         // Phase 5: respond.
         let (response, lease) = match result {
             Ok(sent) => sent,
-            Err(failure) => return Ok(self.fail(tracker, started, failure, grpc)),
+            Err(failure) => return Ok(self.fail(tracker, stats, failure, grpc)),
         };
         let mut response = response;
         let upstream_upgrade = (response.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade)
@@ -101,13 +123,16 @@ impl HttpProxy {
             tokio::spawn(tunnel(down, up));
         }
         // Phase 6: stream.
-        let stats = self.stats_guard(started, parts.status.as_u16());
+        if let Some(stats) = &mut stats {
+            stats.status = parts.status.as_u16();
+        }
         // An upgraded connection belongs to the tunnel now, not to the pool.
         let lease = lease.filter(|_| parts.status != StatusCode::SWITCHING_PROTOCOLS);
         Ok(Response::from_parts(
             parts,
             ResponseBody::new(ResponseInner::Upstream(upstream_body), tracker, stats)
-                .with_lease(lease),
+                .with_lease(lease)
+                .with_deadline(deadline.and_then(|d| started.checked_add(d))),
         ))
     }
 
@@ -195,13 +220,8 @@ impl HttpProxy {
         head: http::request::Parts,
         body: Incoming,
         request_bytes: Option<Arc<AtomicU64>>,
-        streaming: bool,
+        timeout: Option<Duration>,
     ) -> Result<(Response<Incoming>, Option<Lease>), Failure> {
-        let timeout = if streaming {
-            None
-        } else {
-            self.request_timeout
-        };
         let mut sleep = std::pin::pin!(timeout.map(tokio::time::sleep));
         let timer = timeout.zip(sleep.as_mut().as_pin_mut());
         let mut attempt = HyperAttempt {
@@ -217,7 +237,7 @@ impl HttpProxy {
     fn fail(
         &self,
         mut tracker: Option<Box<Tracker>>,
-        started: std::time::Instant,
+        mut stats: Option<StatsGuard>,
         failure: Failure,
         grpc: bool,
     ) -> Response<ResponseBody> {
@@ -229,7 +249,9 @@ impl HttpProxy {
                 e.on_response(response.status(), response.headers());
             }
         }
-        let stats = self.stats_guard(started, response.status().as_u16());
+        if let Some(stats) = &mut stats {
+            stats.status = response.status().as_u16();
+        }
         response.map(|()| ResponseBody::new(ResponseInner::Local(text), tracker, stats))
     }
 

@@ -2,6 +2,7 @@
 //! whole. It counts bytes, sees the trailers, and ends the exchange exactly once ([`Tracker`]):
 //! at end of stream, on error, or when dropped early (the caller went away).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +29,13 @@ pub(crate) struct ResponseBody {
     /// Present when observed.
     tracker: Option<Box<Tracker>>,
     /// Records the request's metrics when the body is dropped (ended or abandoned).
-    _stats: Option<StatsGuard>,
+    stats: Option<StatsGuard>,
+    /// Not polled yet: the server still holds the response head back. A body that fails on
+    /// its first poll takes the head with it; the caller got nothing.
+    unpolled: bool,
+    /// A gRPC call's deadline: there the upstream stream is reset and the caller gets
+    /// `grpc-status: 4` in the trailers.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The upstream connection, back to its pool once this body has been read to its end.
     lease: Option<Lease>,
 }
@@ -57,6 +64,9 @@ pub(crate) struct Tracker {
     known_request_bytes: u64,
     response_bytes: u64,
     trailers: Option<HeaderMap>,
+    /// A gRPC call's deadline, less the grace: a caller that resets from then on hit its
+    /// deadline, it did not cancel.
+    pub(crate) deadline_from: Option<std::time::Instant>,
 }
 
 impl Tracker {
@@ -69,6 +79,7 @@ impl Tracker {
             known_request_bytes: 0,
             response_bytes: 0,
             trailers: None,
+            deadline_from: None,
         }
     }
 
@@ -109,9 +120,17 @@ impl Tracker {
 
 impl Drop for Tracker {
     fn drop(&mut self) {
-        // Dropped before the end of the body: the caller went away.
+        // Dropped before the end of the body: the caller went away, or its deadline passed.
         if self.exchange.is_some() {
-            self.flags.insert(ResponseFlags::DC);
+            if self
+                .deadline_from
+                .is_some_and(|d| std::time::Instant::now() >= d)
+            {
+                self.flags.insert(ResponseFlags::UT);
+                self.trailers = Some(deadline_exceeded());
+            } else {
+                self.flags.insert(ResponseFlags::DC);
+            }
             self.finish(true);
         }
     }
@@ -126,7 +145,9 @@ impl ResponseBody {
         let mut body = ResponseBody {
             inner,
             tracker,
-            _stats: stats,
+            stats,
+            unpolled: true,
+            deadline: None,
             lease: None,
         };
         // A body that is empty from the start never gets polled to its end by some servers.
@@ -136,6 +157,16 @@ impl ResponseBody {
             t.finish(false);
         }
         body
+    }
+
+    /// Ends the body at `deadline`, if it is still streaming then.
+    pub(crate) fn with_deadline(mut self, deadline: Option<std::time::Instant>) -> Self {
+        if let Some(deadline) = deadline
+            && !self.is_end_stream()
+        {
+            self.deadline = Some(Box::pin(tokio::time::sleep_until(deadline.into())));
+        }
+        self
     }
 
     /// Returns `lease` to its pool when the body has been read to its end.
@@ -157,12 +188,37 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if let Some(deadline) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            // The deadline passed mid-stream: dropping the upstream body resets its stream,
+            // and the caller's stream ends with DEADLINE_EXCEEDED.
+            this.deadline = None;
+            this.inner = ResponseInner::Local(None);
+            let trailers = deadline_exceeded();
+            if let Some(tracker) = &mut this.tracker {
+                tracker.flags.insert(ResponseFlags::UT);
+                tracker.trailers = Some(trailers.clone());
+                tracker.finish(false);
+            }
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        let first = std::mem::replace(&mut this.unpolled, false);
         let frame = match &mut this.inner {
             ResponseInner::Local(text) => text.take().map(|t| Ok(Frame::data(t))),
             ResponseInner::Upstream(body) => {
                 ready!(Pin::new(body).poll_frame(cx)).map(|r| r.map_err(BodyError::from))
             }
         };
+        if first && matches!(frame, Some(Err(_))) {
+            // Recorded as what the caller got: no response (status 0).
+            if let Some(stats) = &mut this.stats {
+                stats.status = 0;
+            }
+            if let Some(tracker) = &mut this.tracker {
+                tracker.status = 0;
+            }
+        }
         if let Some(tracker) = &mut this.tracker {
             match &frame {
                 Some(Ok(f)) => {
@@ -208,4 +264,15 @@ impl Body for ResponseBody {
             ResponseInner::Upstream(body) => body.size_hint(),
         }
     }
+}
+
+/// The trailers of a call whose deadline passed here.
+fn deadline_exceeded() -> HeaderMap {
+    let mut trailers = HeaderMap::with_capacity(2);
+    trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
+    trailers.insert(
+        "grpc-message",
+        http::HeaderValue::from_static("upstream request timeout"),
+    );
+    trailers
 }

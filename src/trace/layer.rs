@@ -328,9 +328,10 @@ impl Exchange for Recording {
                 tags.push(("grpc.message", TagValue::Owned(lossy(message))));
             }
         }
-        // No response at all is an error, unless the caller is the one who left.
-        let no_response = end.status == 0 && !end.response_flags.contains(ResponseFlags::DC);
-        span.error = end.status >= 500 || no_response || grpc_error;
+        // A caller that left is an error, as in Envoy, but a cancelled gRPC call is not.
+        let left = end.response_flags.contains(ResponseFlags::DC);
+        let no_response = end.status == 0 && !left;
+        span.error = end.status >= 500 || no_response || grpc_error || (left && !grpc);
         if span.error {
             span.tags.push(("error", TagValue::Static("true")));
         }

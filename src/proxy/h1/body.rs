@@ -1,7 +1,7 @@
 //! Phase 6 of the fast path: the response body, passed through as the upstream frames it.
 
-use bytes::Buf;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::proxy::limits::{COALESCE, READ_SIZE};
 use crate::proxy::pool::RawConn;
@@ -17,6 +17,8 @@ pub(super) struct Streamed {
 }
 
 pub(super) enum BodyFailure {
+    /// The upstream's body was malformed before anything of the response went out.
+    Unsent,
     /// The upstream failed or closed mid-body; body bytes sent so far.
     Upstream(u64),
     /// The caller went away; body bytes sent so far.
@@ -25,8 +27,13 @@ pub(super) enum BodyFailure {
 
 /// Writes the response head in `head` and the body behind it to the caller, the body as the
 /// upstream frames it.
-pub(super) async fn stream_body<S: AsyncWrite + Unpin>(
+///
+/// While it waits for the upstream, it watches the caller ([`caller_gone`]): bytes it sends
+/// (pipelined requests) are kept in `caller_buf`, and its leaving ends the body at once.
+pub(super) async fn stream_body<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
+    caller_buf: &mut BytesMut,
+    caller_buf_limit: usize,
     upstream: &mut RawConn,
     head: &mut Vec<u8>,
     framing: Framing,
@@ -45,9 +52,11 @@ pub(super) async fn stream_body<S: AsyncWrite + Unpin>(
         let take = match framing {
             Framing::Empty => 0,
             Framing::Length(_) => available.len().min(remaining as usize),
-            Framing::Chunked => chunked
-                .feed(available)
-                .map_err(|_| BodyFailure::Upstream(body_bytes))?,
+            Framing::Chunked => match chunked.feed(available) {
+                Ok(n) => n,
+                Err(_) if !head_sent => return Err(BodyFailure::Unsent),
+                Err(_) => return Err(BodyFailure::Upstream(body_bytes)),
+            },
             Framing::Close => available.len(),
         };
         let piece = &upstream.buf[..take];
@@ -95,7 +104,14 @@ pub(super) async fn stream_body<S: AsyncWrite + Unpin>(
         if upstream.buf.capacity() < READ_SIZE * 4 {
             upstream.buf.reserve(READ_SIZE * 4);
         }
-        match upstream.stream.read_buf(&mut upstream.buf).await {
+        let read = tokio::select! {
+            biased;
+            read = upstream.stream.read_buf(&mut upstream.buf) => read,
+            () = caller_gone(io, caller_buf, caller_buf_limit) => {
+                return Err(BodyFailure::Downstream(body_bytes));
+            }
+        };
+        match read {
             Ok(0) if framing == Framing::Close => {
                 return Ok(Streamed {
                     body_bytes,
@@ -106,4 +122,22 @@ pub(super) async fn stream_body<S: AsyncWrite + Unpin>(
             Ok(_) => {}
         }
     }
+}
+
+/// Resolves when the caller closes or resets its connection while the exchange waits for
+/// the upstream. What it sends meanwhile (pipelined requests) is kept in `buf`, up to
+/// `limit`; past that it is no longer read.
+pub(super) async fn caller_gone<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    limit: usize,
+) {
+    let mut chunk = [0u8; 1024];
+    while buf.len() < limit {
+        match io.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    std::future::pending().await
 }

@@ -41,9 +41,9 @@ use super::http::HttpProxy;
 use super::limits::{Limits, READ_SIZE};
 use super::observe::ResponseFlags;
 use super::pool::{Pool, RawConn};
-use super::response_body::Tracker;
+use super::response_body::{StatsGuard, Tracker};
 use crate::drain;
-use body::{BodyFailure, stream_body};
+use body::{BodyFailure, caller_gone, stream_body};
 pub(crate) use handoff::Rewind;
 use request::{Parsed, RequestHead, encode_request, parse_request, request_parts};
 use response::{Framing, ResponseHead};
@@ -119,16 +119,24 @@ where
         let close = head.close || drain.is_draining();
         rewrite(proxy, &mut conn.request, parts, &message[head.len..]);
 
-        // Phase 4: forward.
-        let forwarded = upstream::forward(
-            proxy,
-            &conn.request,
-            &head.method,
-            head.content_length == 0,
-            &mut conn.response,
-            upstream_timer.as_mut(),
-        )
-        .await;
+        // Phase 4: forward, while watching the caller: if it leaves, the upstream side (its
+        // connection inside the dropped future) is closed, never pooled, and the tracker,
+        // dropped unfinished, records status 0 and `DC`.
+        let forwarded = tokio::select! {
+            biased;
+            forwarded = upstream::forward(
+                proxy,
+                &conn.request,
+                &head.method,
+                head.content_length == 0,
+                &mut conn.response,
+                upstream_timer.as_mut(),
+            ) => forwarded,
+            () = caller_gone(io, &mut conn.buf, limits.max_header_bytes) => {
+                let _stats = proxy.stats_guard(started, 0);
+                return Exit::Closed;
+            }
+        };
         let (pool, connection, response) = match forwarded {
             Ok(sent) => sent,
             Err(failure) => {
@@ -145,16 +153,18 @@ where
         // connection after this response, so the caller must be told not to send another.
         let close = close || drain.is_draining();
         let close = respond(&mut conn.response, &response, close, tracker.as_mut());
-        let _stats = proxy.stats_guard(started, response.status.as_u16());
+        let mut stats = proxy.stats_guard(started, response.status.as_u16());
 
         // Phase 6: stream.
         let streamed = stream(
             io,
             pool,
             connection,
-            &mut conn.response,
+            &mut conn,
+            limits,
             &response,
             tracker.as_mut(),
+            stats.as_mut(),
         )
         .await;
         if !streamed || !end_response(io, close).await {
@@ -241,15 +251,27 @@ fn respond(
 
 /// Phase 6: the head and the body to the caller; the upstream connection back to its pool
 /// when the exchange ended cleanly. False: the caller's connection is done.
-async fn stream<S: AsyncWrite + Unpin>(
+#[allow(clippy::too_many_arguments)]
+async fn stream<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     pool: &Pool,
     mut connection: RawConn,
-    out: &mut Vec<u8>,
+    conn: &mut Conn,
+    limits: &Limits,
     response: &ResponseHead,
     tracker: Option<&mut Tracker>,
+    stats: Option<&mut StatsGuard>,
 ) -> bool {
-    match stream_body(io, &mut connection, out, response.framing).await {
+    let streamed = stream_body(
+        io,
+        &mut conn.buf,
+        limits.max_header_bytes,
+        &mut connection,
+        &mut conn.response,
+        response.framing,
+    )
+    .await;
+    match streamed {
         Ok(streamed) => {
             if let Some(t) = tracker {
                 t.count_response_bytes(streamed.body_bytes);
@@ -259,6 +281,19 @@ async fn stream<S: AsyncWrite + Unpin>(
                 pool.put_raw(connection);
             }
             true
+        }
+        Err(BodyFailure::Unsent) => {
+            // Nothing of the response went out and the connection closes, as on the general
+            // path: what the caller got is no response (status 0).
+            if let Some(t) = tracker {
+                t.status = 0;
+                t.flags.insert(ResponseFlags::UC);
+                t.finish(true);
+            }
+            if let Some(stats) = stats {
+                stats.status = 0;
+            }
+            false
         }
         Err(BodyFailure::Upstream(sent)) => {
             // The head is out: all that is left is to cut the caller short, so the
