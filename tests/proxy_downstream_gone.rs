@@ -19,11 +19,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use harness::raw::Raw;
-use harness::{Collected, inbound_yaml, metric, proxy_with};
+use harness::{Collected, inbound_yaml, metric, proxy_with, tracer_into};
 use tracecar::metrics::Metrics;
 use tracecar::proxy::ProxyConfig;
 use tracecar::proxy::limits::Limits;
-use tracecar::trace::{Span, TraceConfig, TracedBackend, Tracer};
+use tracecar::trace::Span;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -84,18 +84,7 @@ struct Traced {
 
 async fn traced_proxy(app: SocketAddr, fast_path: bool) -> Traced {
     let sink = Arc::new(Collected::default());
-    let tracer = Arc::new(Tracer::new(
-        "default.web-1",
-        TraceConfig {
-            backend: Some(TracedBackend {
-                name: Arc::from("test"),
-                basis_points: 10_000,
-                shared_span_context: true,
-                trace_id_128bit: false,
-                sink: sink.clone(),
-            }),
-        },
-    ));
+    let tracer = tracer_into("default.web-1", &sink);
     let metrics = Metrics::new();
     let config = ProxyConfig {
         metrics: Some(metrics.clone()),

@@ -18,7 +18,7 @@ use harness::raw::{Raw, chunked_end};
 use harness::{Collected, Ended, Observed, Upstream, free_port, inbound_yaml, pattern, proxy_with};
 use tracecar::proxy::ProxyConfig;
 use tracecar::proxy::observe::{End, Exchange, ListenerInfo, Observer};
-use tracecar::trace::{Span, TraceConfig, TracedBackend, Tracer};
+use tracecar::trace::{Span, Tracer};
 
 /// How long any one read, answer or poll may take before the test fails.
 const WAIT: Duration = Duration::from_secs(5);
@@ -270,18 +270,7 @@ impl Exchange for BothExchanges {
 }
 
 fn tracer(sink: &Arc<Collected>) -> Arc<Tracer> {
-    Arc::new(Tracer::new(
-        "default.web-1",
-        TraceConfig {
-            backend: Some(TracedBackend {
-                name: Arc::from("test"),
-                basis_points: 10_000,
-                shared_span_context: true,
-                trace_id_128bit: false,
-                sink: sink.clone(),
-            }),
-        },
-    ))
+    harness::tracer_into("default.web-1", sink)
 }
 
 // ---------------------------------------------------------------------------------------------

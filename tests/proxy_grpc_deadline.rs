@@ -11,30 +11,15 @@ use std::time::Duration;
 use tonic::Code;
 
 use harness::grpc::{EchoClient, EchoRequest, method, start_echo_server};
-use harness::{Collected, free_port, proxy_with};
+use harness::{Collected, free_port, proxy_with, tracer_into};
 use tracecar::proxy::ProxyConfig;
-use tracecar::trace::{Span, SpanKind, TraceConfig, TracedBackend, Tracer};
+use tracecar::trace::{Span, SpanKind};
 
 struct Chain {
     outbound: std::net::SocketAddr,
     sink: Arc<Collected>,
     _proxies: (harness::Proxy, harness::Proxy),
     _app: harness::grpc::EchoServer,
-}
-
-fn tracer(node: &str, sink: &Arc<Collected>) -> Arc<Tracer> {
-    Arc::new(Tracer::new(
-        node,
-        TraceConfig {
-            backend: Some(TracedBackend {
-                name: Arc::from("test"),
-                basis_points: 10_000,
-                shared_span_context: true,
-                trace_id_128bit: false,
-                sink: sink.clone(),
-            }),
-        },
-    ))
 }
 
 /// caller → web's outbound sidecar → backend's inbound sidecar → the echo app; both sidecars
@@ -48,7 +33,7 @@ async fn chain() -> Chain {
             "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {backend_inbound}\n      servicePort: {}\n      tags: {{kuma.io/service: backend, kuma.io/protocol: grpc}}\n",
             app.address.port()
         ),
-        tracer("default.backend-1", &sink),
+        tracer_into("default.backend-1", &sink),
         &ProxyConfig::default(),
     )
     .await;
@@ -59,7 +44,7 @@ async fn chain() -> Chain {
             free_port(),
             free_port()
         ),
-        tracer("default.web-1", &sink),
+        tracer_into("default.web-1", &sink),
         &ProxyConfig::default(),
     )
     .await;

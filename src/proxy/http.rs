@@ -115,6 +115,8 @@ impl HttpProxy {
         }
         if let Some(t) = &mut tracker {
             t.status = parts.status.as_u16();
+            // A trailers-only answer carries its gRPC status in the head.
+            t.note_deadline_answer(&parts.headers);
             if let Some(e) = t.exchange_mut() {
                 e.on_response(parts.status, &parts.headers);
             }

@@ -90,6 +90,18 @@ impl Tracker {
         tracker
     }
 
+    /// An upstream's DEADLINE_EXCEEDED that arrives at the call's deadline is the deadline,
+    /// whichever came first, the upstream's timer or ours (`UT`).
+    pub(crate) fn note_deadline_answer(&mut self, headers: &HeaderMap) {
+        if self
+            .deadline_from
+            .is_some_and(|d| std::time::Instant::now() >= d)
+            && headers.get("grpc-status").is_some_and(|v| v == "4")
+        {
+            self.flags.insert(ResponseFlags::UT);
+        }
+    }
+
     pub(crate) fn count_response_bytes(&mut self, bytes: u64) {
         self.response_bytes += bytes;
     }
@@ -225,6 +237,7 @@ impl Body for ResponseBody {
                     if let Some(data) = f.data_ref() {
                         tracker.response_bytes += data.len() as u64;
                     } else if let Some(trailers) = f.trailers_ref() {
+                        tracker.note_deadline_answer(trailers);
                         tracker.trailers = Some(trailers.clone());
                     }
                 }
