@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+pub use super::limits::UpstreamSettings;
+
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -17,30 +19,6 @@ pub(crate) enum Wire {
     Http1,
     /// HTTP/2 with prior knowledge (h2c), or h2 over TLS.
     Http2,
-}
-
-/// Upstream connection settings.
-#[derive(Debug, Clone)]
-pub struct UpstreamSettings {
-    pub connect_timeout: Duration,
-    /// How long an endpoint that refused a connection is skipped.
-    pub retry_after: Duration,
-    pub pool_idle_timeout: Duration,
-    pub pool_max_idle_per_endpoint: usize,
-}
-
-impl Default for UpstreamSettings {
-    fn default() -> Self {
-        UpstreamSettings {
-            // Envoy's (and Kuma's) default connect timeout.
-            connect_timeout: Duration::from_secs(5),
-            retry_after: Duration::from_secs(1),
-            pool_idle_timeout: Duration::from_secs(60),
-            // Enough for steady keep-alive traffic; a burst of thousands of connections does
-            // not leave thousands of idle upstream connections (and their buffers) behind.
-            pool_max_idle_per_endpoint: 256,
-        }
-    }
 }
 
 /// TLS origination towards the endpoints.

@@ -72,3 +72,43 @@ pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 pub(crate) const READ_SIZE: usize = 4096;
 /// Body bytes that go out in the same write as the response head, copied behind it.
 pub(crate) const COALESCE: usize = 16 * 1024;
+
+// Upstreams.
+
+/// Upstream connection settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    /// How long an endpoint that refused a connection is skipped.
+    pub retry_after: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_endpoint: usize,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            // Envoy's (and Kuma's) default connect timeout.
+            connect_timeout: Duration::from_secs(5),
+            retry_after: Duration::from_secs(1),
+            pool_idle_timeout: Duration::from_secs(60),
+            // Enough for steady keep-alive traffic; a burst of thousands of connections does
+            // not leave thousands of idle upstream connections (and their buffers) behind.
+            pool_max_idle_per_endpoint: 256,
+        }
+    }
+}
+
+/// Time allowed for an upstream's response head on non-streaming requests (Envoy's route
+/// timeout).
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// PING interval on upstream h2 connections, and how long an answer may take.
+pub(crate) const UPSTREAM_H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const UPSTREAM_H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+// Chunked bodies (`super::h1::chunked`).
+
+/// Longest chunk-size line (size, extensions) and trailer line accepted.
+pub(crate) const CHUNK_LINE_MAX: u32 = 4096;
+/// Most trailer bytes accepted, in all.
+pub(crate) const CHUNK_TRAILERS_MAX: u32 = 16 * 1024;

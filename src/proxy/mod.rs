@@ -46,7 +46,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             limits: Limits::default(),
             upstream: UpstreamSettings::default(),
-            request_timeout: Some(Duration::from_secs(15)),
+            request_timeout: Some(limits::REQUEST_TIMEOUT),
             metrics: None,
         }
     }

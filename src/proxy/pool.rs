@@ -319,8 +319,8 @@ impl Pool {
             .initial_stream_window_size(super::limits::H2_STREAM_WINDOW)
             .initial_connection_window_size(super::limits::H2_CONNECTION_WINDOW)
             .max_frame_size(super::limits::H2_MAX_FRAME)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_interval(super::limits::UPSTREAM_H2_KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(super::limits::UPSTREAM_H2_KEEP_ALIVE_TIMEOUT)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| connect(io::Error::other(e)))?;

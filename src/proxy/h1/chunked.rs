@@ -5,10 +5,7 @@
 //! Strict on purpose: a framing error ends the exchange rather than guessing, so a response can
 //! never run into the next one on a reused connection.
 
-/// Longest chunk-size line (size, extensions) and trailer line accepted.
-const MAX_LINE: u32 = 4096;
-/// Most trailer bytes accepted, in all.
-const MAX_TRAILERS: u32 = 16 * 1024;
+use crate::proxy::limits::{CHUNK_LINE_MAX as MAX_LINE, CHUNK_TRAILERS_MAX as MAX_TRAILERS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
