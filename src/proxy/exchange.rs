@@ -30,32 +30,32 @@ pub(crate) struct Failure {
 
 impl Failure {
     /// The endpoints list is empty (`UH`).
-    pub const NO_UPSTREAM: Failure = Failure {
+    pub(crate) const NO_UPSTREAM: Failure = Failure {
         status: StatusCode::SERVICE_UNAVAILABLE,
         flags: ResponseFlags::UH,
         reason: "no healthy upstream",
     };
     /// No endpoint accepted a connection (`UF`).
-    pub const CONNECT_FAILED: Failure = Failure {
+    pub(crate) const CONNECT_FAILED: Failure = Failure {
         status: StatusCode::SERVICE_UNAVAILABLE,
         flags: ResponseFlags::UF,
         reason: "upstream connect error",
     };
     /// The upstream closed, reset, or answered nonsense before a response head (`UC`).
-    pub const RESET: Failure = Failure {
+    pub(crate) const RESET: Failure = Failure {
         status: StatusCode::SERVICE_UNAVAILABLE,
         flags: ResponseFlags::UC,
         reason: "upstream connect error or disconnect/reset before headers",
     };
     /// No response head within the request timeout (`UT`).
-    pub const TIMEOUT: Failure = Failure {
+    pub(crate) const TIMEOUT: Failure = Failure {
         status: StatusCode::GATEWAY_TIMEOUT,
         flags: ResponseFlags::UT,
         reason: "upstream request timeout",
     };
 
     /// A request that cannot be forwarded (400, no flag).
-    pub const fn bad_request(reason: &'static str) -> Failure {
+    pub(crate) const fn bad_request(reason: &'static str) -> Failure {
         Failure {
             status: StatusCode::BAD_REQUEST,
             flags: ResponseFlags::NONE,
@@ -66,7 +66,7 @@ impl Failure {
     /// The gRPC status a gRPC caller gets instead of the HTTP one (as Envoy maps them):
     /// DEADLINE_EXCEEDED (4) for a timeout, INTERNAL (13) for a bad request, UNAVAILABLE (14)
     /// for the rest.
-    pub fn grpc_status(&self) -> &'static str {
+    pub(crate) fn grpc_status(&self) -> &'static str {
         match self.status {
             StatusCode::GATEWAY_TIMEOUT => "4",
             StatusCode::BAD_REQUEST => "13",
@@ -77,7 +77,7 @@ impl Failure {
     /// The local reply as the general path sends it: head, and body text. gRPC callers get
     /// what gRPC expects: HTTP 200, trailers-only, [`Self::grpc_status`] and the reason as
     /// `grpc-message`.
-    pub fn local_reply(&self, grpc: bool) -> (Response<()>, Option<Bytes>) {
+    pub(crate) fn local_reply(&self, grpc: bool) -> (Response<()>, Option<Bytes>) {
         let mut response = Response::new(());
         let headers = response.headers_mut();
         if grpc {
@@ -96,7 +96,7 @@ impl Failure {
 
     /// The same local reply as the fast path writes it (never gRPC: gRPC never takes that
     /// path), into `out`, whole.
-    pub fn encode_local_reply(&self, out: &mut Vec<u8>, close: bool) {
+    pub(crate) fn encode_local_reply(&self, out: &mut Vec<u8>, close: bool) {
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(self.status.as_str().as_bytes());
@@ -204,7 +204,7 @@ pub(crate) enum Again {
 
 impl Replay {
     /// `replayable`: idempotent and nothing to send but the head.
-    pub fn new(method: &Method, bodyless: bool) -> Replay {
+    pub(crate) fn new(method: &Method, bodyless: bool) -> Replay {
         Replay {
             replayable: bodyless && idempotent(method),
             fresh_only: false,
@@ -212,19 +212,24 @@ impl Replay {
     }
 
     /// Whether the request may go once more on a fresh connection (its head is worth keeping).
-    pub fn may_replay(&self) -> bool {
+    pub(crate) fn may_replay(&self) -> bool {
         self.replayable
     }
 
     /// Whether a pooled connection may be used for the next attempt.
-    pub fn pooled(&self) -> bool {
+    pub(crate) fn pooled(&self) -> bool {
         !self.fresh_only
     }
 
     /// After a failed attempt: `reused`, the connection came from the pool; `untouched`,
     /// nothing of the request was taken; `unanswered`, the connection ended with no byte
     /// of a response. `None`: the request fails.
-    pub fn again(&mut self, reused: bool, untouched: bool, unanswered: bool) -> Option<Again> {
+    pub(crate) fn again(
+        &mut self,
+        reused: bool,
+        untouched: bool,
+        unanswered: bool,
+    ) -> Option<Again> {
         if reused && untouched {
             return Some(Again::Any);
         }

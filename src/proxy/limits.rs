@@ -53,9 +53,9 @@ impl Default for Limits {
 /// Fixed and larger than h2's 64 KiB: on loopback the adaptive window never grows (the
 /// bandwidth-delay product is tiny), and a stream would stall for WINDOW_UPDATEs every
 /// 64 KiB. A stream may have at most this much in flight, so it bounds buffering too.
-pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
-pub const H2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
-pub const H2_MAX_FRAME: u32 = 64 * 1024;
+pub(crate) const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+pub(crate) const H2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+pub(crate) const H2_MAX_FRAME: u32 = 64 * 1024;
 
 // The HTTP/1.1 fast path (`super::h1`).
 

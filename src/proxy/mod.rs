@@ -2,7 +2,7 @@
 //! pools. It knows nothing of Zipkin or Datadog: whatever watches requests plugs in as an
 //! [`observe::Observer`].
 
-pub mod connect;
+pub(crate) mod connect;
 mod exchange;
 pub mod h1;
 pub(crate) mod http;
@@ -24,8 +24,8 @@ use std::time::Duration;
 use crate::drain;
 use crate::policy::effective::{Direction, Effective, Listener};
 use crate::policy::resource::{Dataplane, Protocol};
-use connect::{UpstreamSettings, UpstreamTls, Wire};
-use limits::Limits;
+use connect::{UpstreamTls, Wire};
+use limits::{Limits, UpstreamSettings};
 use listener::Handler;
 use observe::{ListenerInfo, Observer};
 use upstream::Upstream;

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use tokio::time::Sleep;
 
-use super::connect::{EndpointConnector, UpstreamSettings, UpstreamTls, Wire, connectors};
+use super::connect::{EndpointConnector, UpstreamTls, Wire, connectors};
 use super::exchange::{Failure, SendError};
+use super::limits::UpstreamSettings;
 use super::pool::Pool;
 
 /// The pooled connections of one endpoint.
