@@ -11,13 +11,16 @@ use std::time::Duration;
 use tonic::Code;
 
 use harness::grpc::{EchoClient, EchoRequest, method, start_echo_server};
-use harness::{Collected, free_port, proxy_with, tracer_into};
+use harness::{Collected, free_port, metric, proxy_with, tracer_into};
+use tracecar::metrics::Metrics;
 use tracecar::proxy::ProxyConfig;
 use tracecar::trace::{Span, SpanKind};
 
 struct Chain {
     outbound: std::net::SocketAddr,
     sink: Arc<Collected>,
+    /// Both sidecars' request metrics.
+    metrics: Arc<Metrics>,
     _proxies: (harness::Proxy, harness::Proxy),
     _app: harness::grpc::EchoServer,
 }
@@ -27,6 +30,11 @@ struct Chain {
 async fn chain() -> Chain {
     let app = start_echo_server().await;
     let sink = Arc::new(Collected::default());
+    let metrics = Metrics::new();
+    let config = ProxyConfig {
+        metrics: Some(metrics.clone()),
+        ..ProxyConfig::default()
+    };
     let backend_inbound = free_port();
     let server_side = proxy_with(
         &format!(
@@ -34,7 +42,7 @@ async fn chain() -> Chain {
             app.address.port()
         ),
         tracer_into("default.backend-1", &sink),
-        &ProxyConfig::default(),
+        &config,
     )
     .await;
     let client_side = proxy_with(
@@ -45,12 +53,13 @@ async fn chain() -> Chain {
             free_port()
         ),
         tracer_into("default.web-1", &sink),
-        &ProxyConfig::default(),
+        &config,
     )
     .await;
     Chain {
         outbound: client_side.address(0),
         sink,
+        metrics,
         _proxies: (client_side, server_side),
         _app: app,
     }
@@ -138,4 +147,11 @@ async fn a_caller_that_cancels_mid_stream_is_counted_as_a_cancel() {
         assert_eq!(span.tag("response_flags"), Some("DC"), "{span:?}");
         assert!(!span.error, "a cancelled gRPC call is no error: {span:?}");
     }
+    // Counted once by each sidecar, with the status that was sent.
+    let counted = metric(
+        &c.metrics.encode(),
+        "tracecar_requests_total",
+        &[("status_code", "200")],
+    );
+    assert_eq!(counted, Some(2.0));
 }
