@@ -1,4 +1,4 @@
-//! The admin server (contract A7), apart from the data path: loopback by default.
+//! The admin server (README, Operations), apart from the data path: loopback by default.
 //!
 //! - `GET /ready`: 200 once listeners are bound and a policy is loaded, 503 while draining.
 //! - `GET /metrics` (alias `/stats/prometheus`): Prometheus text.
@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 use crate::policy::Effective;
@@ -57,21 +57,21 @@ impl AdminState {
     }
 }
 
-/// Binds the admin address; serves until `stop`.
-pub async fn serve(
+/// Binds the admin address; serves until `drain` says to stop.
+pub(crate) async fn serve(
     address: &str,
     state: Arc<AdminState>,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    mut drain: crate::drain::Watcher,
+) -> anyhow::Result<std::net::SocketAddr> {
     let listener = TcpListener::bind(address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {address} (admin): {e}"))?;
     let bound = listener.local_addr()?;
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
-                _ = stop.wait_for(|s| *s) => return,
+                () = drain.draining() => return,
             };
             let Ok((stream, _)) = accepted else { continue };
             let state = state.clone();
@@ -83,7 +83,7 @@ pub async fn serve(
             });
         }
     });
-    Ok((bound, task))
+    Ok(bound)
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

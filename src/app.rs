@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::admin::{self, AdminState, LogControl};
-use crate::cli::RunArgs;
+use crate::drain;
 use crate::export::{ExportSettings, Exporters};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::policy::effective::{BackendConf, Effective};
@@ -47,8 +47,21 @@ pub fn trace_config(effective: &Effective, exporters: &Exporters) -> anyhow::Res
     })
 }
 
+/// What `run` needs from the command line; `cli` builds it.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Policy files or folders, followed for changes.
+    pub policy: Vec<PathBuf>,
+    /// Admin server address.
+    pub admin: String,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub drain_timeout: Duration,
+    /// Plain HTTP/1.1 requests to HTTP/1.1 upstreams take the fast path.
+    pub http1_fast_path: bool,
+}
+
 pub async fn run(
-    args: RunArgs,
+    args: RunConfig,
     checked: Checked,
     log: Option<Box<dyn LogControl>>,
 ) -> anyhow::Result<()> {
@@ -68,13 +81,13 @@ pub async fn run(
     log_effective(&effective);
 
     let state = Arc::new(AdminState::new(effective.clone(), metrics.clone(), log));
-    let (stop, stop_rx) = watch::channel(false);
-    let (admin_address, admin_task) = admin::serve(&args.admin, state.clone(), stop_rx).await?;
+    let (admin_drain, admin_watcher) = drain::channel();
+    let admin_address = admin::serve(&args.admin, state.clone(), admin_watcher).await?;
     tracing::info!(address = %admin_address, "admin listening");
 
     let config = ProxyConfig {
         metrics: Some(metrics.clone()),
-        limits: proxy::listener::Limits {
+        limits: proxy::limits::Limits {
             http1_fast_path: args.http1_fast_path,
             ..Default::default()
         },
@@ -102,7 +115,7 @@ pub async fn run(
     state.ready.store(true, Ordering::Relaxed);
 
     tokio::select! {
-        _ = crate::shutdown::signal() => tracing::info!("signal received"),
+        _ = crate::drain::signal() => tracing::info!("signal received"),
         _ = state.quit.notified() => tracing::info!("/quitquitquit received"),
     }
     state.draining.store(true, Ordering::Relaxed);
@@ -114,8 +127,7 @@ pub async fn run(
     // No new spans can start; dropping the tracer's handles lets the exporters finish.
     tracer.set_config(TraceConfig::default());
     exporters.shutdown(FLUSH_TIMEOUT).await;
-    let _ = stop.send(true);
-    let _ = admin_task.await;
+    admin_drain.drain(FLUSH_TIMEOUT).await;
     tracing::info!("stopped");
     Ok(())
 }

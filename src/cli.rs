@@ -1,4 +1,4 @@
-//! The command line (contract A1). Problems go to stderr, one line each; a one-line summary
+//! The command line (README, Commands). Problems go to stderr, one line each; a one-line summary
 //! goes to stdout. Exit codes: 0 ok, 1 invalid input, 2 usage, other = runtime failure.
 
 use std::path::{Path, PathBuf};
@@ -289,7 +289,13 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    match runtime.block_on(crate::app::run(args, checked, Some(Box::new(log)))) {
+    let config = crate::app::RunConfig {
+        policy: args.policy,
+        admin: args.admin,
+        drain_timeout: args.drain_timeout,
+        http1_fast_path: args.http1_fast_path,
+    };
+    match runtime.block_on(crate::app::run(config, checked, Some(Box::new(log)))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tracecar: {e:#}");

@@ -1,15 +1,25 @@
-//! tracecar: a tracing sidecar proxy. See DESIGN and the README for the contract.
+//! tracecar: a tracing sidecar proxy. The README says what it does; ARCHITECTURE.md says
+//! where each rule lives.
 //!
-//! Layers, top to bottom (data flows down): `cli` → `policy` (what users write) → `trace`
-//! (per-request decisions, no I/O) → `proxy` (the data path) → `export` (getting spans out).
+//! Layers, as the imports run (an arrow is "imports"):
+//!
+//! - `cli` → `app`, `demo`: the command line builds an [`app::RunConfig`]; `app` wires the
+//!   rest together for `tracecar run`.
+//! - `app` → `admin`, `export`, `trace`, `proxy`, `policy`, `drain`, `metrics`.
+//! - `export` (getting spans out) → `trace` (per-request decisions, no I/O) →
+//!   `proxy::observe` (the data path's observer seam; nothing else of `proxy`).
+//! - `proxy` (the data path; knows no exporter) → `policy` (what users write), `metrics`,
+//!   `drain`.
+//! - `policy`, `metrics` and `drain` import none of the others.
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod demo;
+pub(crate) mod drain;
 pub mod export;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
-pub mod shutdown;
 pub mod trace;

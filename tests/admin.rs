@@ -1,4 +1,4 @@
-//! The admin server (contract A7) of the real binary: readiness, Prometheus metrics with the
+//! The admin server (README, Operations) of the real binary: readiness, Prometheus metrics with the
 //! contract's names, `/config_dump` as `tracecar explain` prints it, the log filter, and 404
 //! for anything else.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use harness::{Answer, Client, Collector, Sidecar, SidecarFiles, Upstream};
 
-/// The metric names A7 promises.
+/// The metric names the README promises (Operations, Metrics).
 const A7_METRICS: [&str; 9] = [
     "tracecar_requests_total",
     "tracecar_request_duration_seconds",
@@ -56,7 +56,7 @@ async fn traffic(running: &Running) {
     assert_eq!(arrived, 10, "spans exported");
 }
 
-/// The A7 names with no sample in `text` (a histogram's samples are its `_count`, `_sum`
+/// The promised names with no sample in `text` (a histogram's samples are its `_count`, `_sum`
 /// and `_bucket` series).
 fn missing(text: &str) -> Vec<&'static str> {
     A7_METRICS

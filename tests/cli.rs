@@ -1,4 +1,4 @@
-//! The command line as users run it (contract A1, A7, A9): exit codes, where problems are
+//! The command line as users run it (README, Commands and Operations): exit codes, where problems are
 //! printed, and the `explain` document.
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! Datadog export, end to end: real traffic through two tracecar sidecars (web's outbound →
 //! backend's inbound → app), spans sent by the real exporters to Datadog's own test agent
 //! (`ddapm-test-agent`, one per test so no test sees another's traces), read back from
-//! `/test/session/traces` and checked against the contract (DESIGN A5, A6, A9) and the
+//! `/test/session/traces` and checked against the README (Tracing, Export) and the
 //! agent's own checks.
 
 mod harness;

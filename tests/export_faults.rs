@@ -1,4 +1,4 @@
-//! The exporter under collector faults (contract A6): whatever the collector does — down, slow,
+//! The exporter under collector faults (README, Export): whatever the collector does — down, slow,
 //! failing — no proxied request fails, memory stays bounded, and every sampled span is
 //! accounted for as exported or dropped with a reason.
 //!
@@ -267,7 +267,7 @@ async fn fault_leaves_requests_and_accounts_intact(name: &str, url: &str) -> (Lo
     (faulty, accounts)
 }
 
-// Faults: the data path never waits for the exporter (A6).
+// Faults: the data path never waits for the exporter (README, Export).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_down_fails_no_request_and_accounts_for_every_span() {
@@ -379,7 +379,7 @@ async fn collector_400_is_not_retried() {
 async fn retries_stop_after_three_tries() {
     let collector = Collector::start(Answer::Status(503)).await;
     let accounts = export_one_span(&collector).await;
-    assert_eq!(collector.attempts(), 3, "the contract's 3 tries");
+    assert_eq!(collector.attempts(), 3, "the README's 3 tries");
     assert_eq!(accounts.export_failed, 1.0, "{accounts:?}");
     accounts.assert_balanced("503");
 }

@@ -1,6 +1,6 @@
 //! Zipkin export, end to end: real traffic through two tracecar sidecars (web's outbound →
 //! backend's inbound → app), spans POSTed by the real exporters to an in-test collector, and
-//! checked against the Zipkin v2 API (`ListOfSpans`) and the contract (DESIGN A5, A6, A9).
+//! checked against the Zipkin v2 API (`ListOfSpans`) and the README (Tracing, Export).
 
 mod harness;
 

@@ -170,7 +170,7 @@ fn dataplane_name_with_line_break_fuzz_target() {
 
 /// Found by `h1_heads` (within the first second, ~116,000 runs): the fast path parsed the
 /// target `/#1k` into a `Uri`, which drops the fragment, and sent the upstream `GET /`. A
-/// target the `Uri` does not keep whole now goes to the general path (`h1::request_parts`).
+/// target the `Uri` does not keep whole now goes to the general path (`h1::request::request_parts`).
 #[test]
 fn h1_target_with_fragment_fuzz_target() {
     harness::h1_heads(b"GET /#1k HTTP/1.1\r\nHost: a\r\n\r\n");

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 
 use harness::{Upstream, inbound_proxy, latencies, p50};
 use tracecar::proxy::ProxyConfig;
-use tracecar::proxy::listener::Limits;
+use tracecar::proxy::limits::Limits;
 
 /// The tests of this file run one at a time: some measure latency or memory, and on a small
 /// machine tests running side by side would measure each other.
@@ -29,22 +29,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 // ---------------------------------------------------------------------------------------------
 
 /// Writes `request` on a fresh connection and reads until the proxy closes it (at most 3 s).
-/// Returns what came back and whether the connection was closed. A failed write is no failure:
-/// a proxy may answer and close before it has read everything.
 async fn raw_h1(address: SocketAddr, request: &[u8]) -> (String, bool) {
-    let mut stream = TcpStream::connect(address).await.expect("connect");
-    let _ = stream.write_all(request).await;
-    let mut received = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    let mut buf = [0u8; 4096];
-    let closed = loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => break false,
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
-        }
-    };
-    (String::from_utf8_lossy(&received).into_owned(), closed)
+    harness::raw::until_close(address, request, Duration::from_secs(3)).await
 }
 
 /// The request following an ambiguously framed body, if a parser took the short reading.

@@ -1,4 +1,4 @@
-//! Which TrafficTrace applies to a proxy, and what follows from it (contract A3, A7): Kuma's
+//! Which TrafficTrace applies to a proxy, and what follows from it (README, "Which TrafficTrace applies"): Kuma's
 //! "Dataplane policy" rule, then the backend and the traced listeners.
 
 use std::path::{Path, PathBuf};
@@ -111,7 +111,7 @@ fn catch_all(extra: &str) -> String {
 }
 
 // =============================================================================================
-// A3.1: matching
+// Rule 1: matching
 
 #[test]
 fn exact_selector_matches_an_equal_tag() {
@@ -190,7 +190,7 @@ fn traffic_trace_without_mesh_belongs_to_default() {
 }
 
 // =============================================================================================
-// A3.2: rank
+// Rule 2: rank
 
 #[test]
 fn more_tags_beat_more_exact_values() {
@@ -298,7 +298,7 @@ fn chosen_trace_reports_its_selector_inbound_and_rank() {
 }
 
 // =============================================================================================
-// A3.3: ties
+// Rule 3: ties
 
 #[test]
 fn equal_rank_later_creation_time_wins() {
@@ -431,7 +431,7 @@ fn selection_does_not_depend_on_input_order() {
 }
 
 // =============================================================================================
-// A3.4: the backend
+// Rule 4: the backend
 
 #[test]
 fn empty_conf_backend_uses_the_mesh_default_backend() {
@@ -558,7 +558,7 @@ fn zipkin_http_json_v1_is_read_as_http_json() {
 }
 
 // =============================================================================================
-// A3.5: traced listeners; the proxy's service
+// Rule 5: traced listeners; the proxy's service
 
 fn listener_traced(protocol_tag: &str) -> (String, bool) {
     let tags = format!("{{kuma.io/service: web{protocol_tag}}}");

@@ -1,5 +1,5 @@
 //! Validation, as users see it: every problem is one line `FILE: Kind/name: field.path: message`
-//! with Kuma's field paths and messages (contract A2, A9; notes/kuma-validation.md).
+//! with Kuma's field paths and messages (README, Validation).
 //!
 //! Most tests are cases of one table (`cases!`): inline YAML → the exact lines `validate` prints,
 //! parsed with `parse_str` and run through the same steps as `policy::check`; each case is a test
@@ -245,7 +245,7 @@ cases! {
 
     mesh_without_tracing_is_valid: "mesh.yaml", "type: Mesh\nname: default\n" => [];
 
-    // A9: mtls, logging, metrics, … are accepted and ignored.
+    // mtls, logging, metrics, … are accepted and ignored.
     mesh_with_other_sections_is_valid: "mesh.yaml", dedent(
         "
         type: Mesh

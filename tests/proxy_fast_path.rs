@@ -14,198 +14,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use harness::raw::{Raw, chunked_end};
 use harness::{Collected, Ended, Observed, Upstream, free_port, inbound_yaml, pattern, proxy_with};
 use tracecar::proxy::ProxyConfig;
 use tracecar::proxy::observe::{End, Exchange, ListenerInfo, Observer};
-use tracecar::trace::{Span, TraceConfig, TracedBackend, Tracer};
+use tracecar::trace::{Span, Tracer};
 
 /// How long any one read, answer or poll may take before the test fails.
 const WAIT: Duration = Duration::from_secs(5);
-
-// ---------------------------------------------------------------------------------------------
-// A raw HTTP/1.1 client
-// ---------------------------------------------------------------------------------------------
-
-/// One response as the client received it.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    /// Status line and fields, as received (field-name case included).
-    head: String,
-    headers: Vec<(String, String)>,
-    /// The body as framed on the wire (chunk sizes, extensions and trailers included).
-    wire_body: Vec<u8>,
-    /// The body's data.
-    data: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn says_close(&self) -> bool {
-        self.header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
-    }
-}
-
-/// A client connection that writes bytes as given and reads responses by their framing.
-struct Raw {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Raw {
-    async fn connect(address: SocketAddr) -> Raw {
-        let stream = tokio::time::timeout(WAIT, TcpStream::connect(address))
-            .await
-            .expect("connect in time")
-            .expect("connect");
-        let _ = stream.set_nodelay(true);
-        Raw {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        tokio::time::timeout(WAIT, self.stream.write_all(bytes))
-            .await
-            .expect("write in time")
-            .expect("write");
-    }
-
-    /// Reads more; 0 when the peer closed. Panics after `WAIT`.
-    async fn fill(&mut self) -> usize {
-        let mut chunk = [0u8; 16 * 1024];
-        let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
-            .await
-            .expect("the proxy answers in time")
-            .unwrap_or(0);
-        self.buf.extend_from_slice(&chunk[..n]);
-        n
-    }
-
-    /// The next response; `head_request` when it answers a HEAD (no body follows).
-    async fn answer(&mut self, head_request: bool) -> Answer {
-        let (len, status, headers) = loop {
-            let mut fields = [httparse::EMPTY_HEADER; 64];
-            let mut response = httparse::Response::new(&mut fields);
-            match response
-                .parse(&self.buf)
-                .expect("a well-formed response head")
-            {
-                httparse::Status::Complete(len) => {
-                    let headers = response
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            let value = String::from_utf8_lossy(h.value).into_owned();
-                            (h.name.to_string(), value)
-                        })
-                        .collect::<Vec<_>>();
-                    break (len, response.code.expect("status"), headers);
-                }
-                httparse::Status::Partial => {
-                    assert!(self.fill().await > 0, "closed inside a response head");
-                }
-            }
-        };
-        let head = String::from_utf8_lossy(&self.buf[..len - 2]).into_owned();
-        self.buf.drain(..len);
-        let mut answer = Answer {
-            status,
-            head,
-            headers,
-            wire_body: Vec::new(),
-            data: Vec::new(),
-        };
-        let no_body = head_request || status < 200 || status == 204 || status == 304;
-        if no_body {
-            return answer;
-        }
-        if answer
-            .header("transfer-encoding")
-            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-        {
-            let (len, data) = loop {
-                if let Some(end) = chunked_end(&self.buf) {
-                    break end;
-                }
-                assert!(self.fill().await > 0, "closed inside a chunked body");
-            };
-            answer.wire_body = self.buf.drain(..len).collect();
-            answer.data = data;
-        } else if let Some(length) = answer.header("content-length") {
-            let length: usize = length.trim().parse().expect("content-length");
-            while self.buf.len() < length {
-                assert!(self.fill().await > 0, "closed inside a body");
-            }
-            answer.wire_body = self.buf.drain(..length).collect();
-            answer.data = answer.wire_body.clone();
-        } else {
-            // Close-delimited.
-            while self.fill().await > 0 {}
-            answer.wire_body = std::mem::take(&mut self.buf);
-            answer.data = answer.wire_body.clone();
-        }
-        answer
-    }
-
-    /// One request, its answer.
-    async fn exchange(&mut self, request: &[u8]) -> Answer {
-        self.send(request).await;
-        self.answer(request.starts_with(b"HEAD ")).await
-    }
-
-    /// Whether the proxy closes the connection (within `WAIT`) without sending anything more.
-    async fn closes(&mut self) -> bool {
-        let mut chunk = [0u8; 1024];
-        matches!(
-            tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        )
-    }
-}
-
-/// Where a chunked body that starts `buf` ends, and its data; `None` while incomplete.
-fn chunked_end(buf: &[u8]) -> Option<(usize, Vec<u8>)> {
-    let line = |from: usize| -> Option<usize> {
-        buf[from..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map(|p| from + p)
-    };
-    let mut i = 0;
-    let mut data = Vec::new();
-    loop {
-        let end = line(i)?;
-        let text = std::str::from_utf8(&buf[i..end]).expect("chunk size line");
-        let size_text = text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).expect("chunk size");
-        i = end + 2;
-        if size == 0 {
-            // Trailer fields, then the empty line.
-            loop {
-                let end = line(i)?;
-                let empty = end == i;
-                i = end + 2;
-                if empty {
-                    return Some((i, data));
-                }
-            }
-        }
-        if buf.len() < i + size + 2 {
-            return None;
-        }
-        data.extend_from_slice(&buf[i..i + size]);
-        i += size + 2;
-    }
-}
 
 fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: web.local\r\n\r\n").into_bytes()
@@ -454,18 +270,7 @@ impl Exchange for BothExchanges {
 }
 
 fn tracer(sink: &Arc<Collected>) -> Arc<Tracer> {
-    Arc::new(Tracer::new(
-        "default.web-1",
-        TraceConfig {
-            backend: Some(TracedBackend {
-                name: Arc::from("test"),
-                basis_points: 10_000,
-                shared_span_context: true,
-                trace_id_128bit: false,
-                sink: sink.clone(),
-            }),
-        },
-    ))
+    harness::tracer_into("default.web-1", sink)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -941,7 +746,7 @@ async fn bodies_at_and_past_the_fast_path_limit_reach_the_upstream_byte_exact() 
     // read whole by the fast path, one byte more streams through the general path. Neither
     // side of the boundary may lose, add or reorder a byte. (Which path answered shows in the
     // field-name case: only the fast path keeps the upstream's.)
-    let limit = tracecar::proxy::h1::MAX_BODY as usize;
+    let limit = tracecar::proxy::limits::MAX_BODY as usize;
     let upstream = Scripted::start(|r| {
         Reply::Send(
             format!(

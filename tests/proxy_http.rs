@@ -15,7 +15,7 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use harness::{Observed, Upstream, free_port, inbound_proxy, outbound_proxy, pattern};
+use harness::{Observed, Upstream, free_port, inbound_proxy, outbound_proxy, pattern, raw};
 
 async fn h1_connection(
     addr: std::net::SocketAddr,
@@ -525,14 +525,12 @@ async fn slow_upstream_answers_504_with_ut_after_the_request_timeout() {
 async fn malformed_http1_request_gets_400() {
     let app = Upstream::start().await;
     let proxy = inbound_proxy(&app, "http").await;
-    let mut stream = TcpStream::connect(proxy.address(0)).await.expect("connect");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nbad header line\r\n\r\n")
-        .await
-        .expect("write");
-    let mut response = String::new();
-    let _ =
-        tokio::time::timeout(Duration::from_secs(2), stream.read_to_string(&mut response)).await;
+    let (response, _) = raw::until_close(
+        proxy.address(0),
+        b"GET / HTTP/1.1\r\nHost: a\r\nbad header line\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(response.starts_with("HTTP/1.1 400"), "{response:?}");
 }
 
@@ -540,16 +538,12 @@ async fn malformed_http1_request_gets_400() {
 async fn conflicting_content_length_and_transfer_encoding_is_rejected() {
     let app = Upstream::start().await;
     let proxy = inbound_proxy(&app, "http").await;
-    let mut stream = TcpStream::connect(proxy.address(0)).await.expect("connect");
-    stream
-        .write_all(
-            b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
-        )
-        .await
-        .expect("write");
-    let mut response = String::new();
-    let _ =
-        tokio::time::timeout(Duration::from_secs(2), stream.read_to_string(&mut response)).await;
+    let (response, _) = raw::until_close(
+        proxy.address(0),
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(response.starts_with("HTTP/1.1 400"), "{response:?}");
     assert_eq!(
         app.requests.load(Ordering::SeqCst),
@@ -565,16 +559,12 @@ async fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
     // smuggled request) are never read.
     let app = Upstream::start().await;
     let proxy = inbound_proxy(&app, "http").await;
-    let mut stream = TcpStream::connect(proxy.address(0)).await.expect("connect");
-    stream
-        .write_all(
-            b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
-        )
-        .await
-        .expect("write");
-    let mut response = String::new();
-    let _ =
-        tokio::time::timeout(Duration::from_secs(2), stream.read_to_string(&mut response)).await;
+    let (response, _) = raw::until_close(
+        proxy.address(0),
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
     assert!(
         response.contains("hello"),

@@ -1,4 +1,4 @@
-//! TLS on the data path (contract A4 extension): an inbound with `tls: {certFile, keyFile}`
+//! TLS on the data path (README, Dataplane): an inbound with `tls: {certFile, keyFile}`
 //! terminates TLS and lets ALPN pick h2 or http/1.1; an outbound with `tls: {caFile,
 //! serverName}` originates TLS to its endpoints. Certificates come from a test CA (rcgen), and
 //! every rustls config here uses the ring provider.

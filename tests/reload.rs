@@ -1,4 +1,4 @@
-//! Policy hot reload (contract A8) with the real binary: a valid change applies within 2 s
+//! Policy hot reload (README, Hot reload) with the real binary: a valid change applies within 2 s
 //! without dropping a request, spans follow it to the new backend, an invalid change keeps the
 //! last good policy, and a Kubernetes ConfigMap `..data` swap applies once.
 

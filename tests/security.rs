@@ -203,18 +203,9 @@ const COLLECTOR_PASSWORD: &str = "collector-password-3b8d5f17";
 
 /// Sends raw HTTP/1.1 request bytes and returns the status line of the answer.
 async fn raw_request(address: SocketAddr, request: &str) -> String {
-    let mut stream = TcpStream::connect(address).await.expect("connect");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("send request");
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
-    String::from_utf8_lossy(&answer)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string()
+    let (answer, _) =
+        harness::raw::until_close(address, request.as_bytes(), Duration::from_secs(5)).await;
+    answer.lines().next().unwrap_or("").to_string()
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Graceful shutdown (contract A6, A7) with the real binary: on SIGTERM or `POST /quitquitquit`
+//! Graceful shutdown (README, Export and Operations) with the real binary: on SIGTERM or `POST /quitquitquit`
 //! tracecar stops accepting, lets in-flight requests finish, reports 503 on `/ready`, flushes
 //! the queued spans to the collector, and exits 0.
 

@@ -1,7 +1,7 @@
-//! B3 propagation and the sampler, as DESIGN A5/A9 settle them.
+//! B3 propagation and the sampler, as the README's Tracing section settles them.
 //!
 //! Each test states one behaviour. The examples come from the B3 specification
-//! (openzipkin/b3-propagation, README), the malformed cases from A9.
+//! (openzipkin/b3-propagation, README), the malformed cases the README names.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tracecar::trace::b3::{Extracted, SamplingState, SpanContext, extract, inject};
@@ -72,7 +72,7 @@ fn parsed(
     }
 }
 
-/// What A9 asks of malformed context: nothing of it is used, and it is counted.
+/// What the README asks of a malformed context: nothing of it is used, and it is counted.
 fn assert_ignored(map: &HeaderMap, case: &str) {
     let got = extract(map);
     assert!(got.invalid, "{case}: not flagged invalid: {got:?}");
@@ -163,7 +163,7 @@ fn spec_single_header_without_sampling_state_defers() {
 
 #[test]
 fn spec_lone_b3_0_is_an_honoured_deny() {
-    // README: "A deny decision may omit identifiers and look like this: b3: 0". A5: honoured.
+    // README: "A deny decision may omit identifiers and look like this: b3: 0". The README: honoured.
     let map = headers(&[("b3", "0")]);
     assert_eq!(extract(&map), parsed(None, Some(SamplingState::Deny), true));
 }
@@ -285,7 +285,7 @@ fn every_encoding_width_parent_and_sampling_state_is_extracted() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Malformed input (A9): ignored as a whole, or read as the contract says
+// Malformed input: ignored as a whole, or read as the README says
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -432,7 +432,7 @@ fn a_128_bit_trace_id_with_one_zero_half_is_valid_and_stays_128_bits() {
 
 #[test]
 fn parent_span_id_dash_is_ignored_as_a_whole() {
-    // Some clients send `-` for "no parent"; A9 names it malformed.
+    // Some clients send `-` for "no parent"; the README names it malformed.
     let map = headers(&[
         ("x-b3-traceid", TRACE_128),
         ("x-b3-spanid", SPAN),
@@ -543,7 +543,7 @@ fn malformed_single_header_shapes_are_ignored() {
 
 #[test]
 fn bad_single_header_falls_back_to_valid_multi_headers() {
-    // A9: an invalid `b3` is ignored and the multi headers are used; the bad header is counted,
+    // README: an invalid `b3` is ignored and the multi headers are used; the bad header is counted,
     // and the caller is not answered in the single form.
     let map = headers(&[
         ("b3", "not-a-b3-value"),
@@ -575,7 +575,7 @@ fn bad_single_header_and_bad_multi_headers_are_both_ignored() {
 
 #[test]
 fn valid_single_header_wins_over_conflicting_multi_headers() {
-    // The specification and A5: `b3` takes precedence, ids and sampling alike.
+    // The specification and the README: `b3` takes precedence, ids and sampling alike.
     let map = headers(&[
         ("x-b3-traceid", TRACE_64),
         ("x-b3-spanid", OTHER_SPAN),
@@ -594,7 +594,7 @@ fn valid_single_header_wins_over_conflicting_multi_headers() {
 
 #[test]
 fn uppercase_hex_is_accepted_in_multi_headers() {
-    // A9: uppercase accepted (and re-emitted lower-case, see the injection tests).
+    // README: upper case accepted (and re-emitted lower-case, see the injection tests).
     let map = headers(&[
         ("x-b3-traceid", &TRACE_128.to_uppercase()),
         ("x-b3-spanid", &SPAN.to_uppercase()),
@@ -643,7 +643,7 @@ fn uppercase_hex_is_re_emitted_lower_case() {
 
 #[test]
 fn lenient_true_and_false_are_accept_and_deny() {
-    // README: "a lenient implementation may accept them"; A5 says tracecar does.
+    // README: "a lenient implementation may accept them"; the README says tracecar does.
     for (v, want) in [
         ("true", SamplingState::Accept),
         ("false", SamplingState::Deny),
@@ -659,7 +659,7 @@ fn lenient_true_and_false_are_accept_and_deny() {
 
 #[test]
 fn unknown_sampled_value_defers_and_keeps_the_context() {
-    // A9: an unknown x-b3-sampled value means "no decision"; the ids are still good.
+    // An unknown x-b3-sampled value means "no decision"; the ids are still good.
     for v in ["2", "yes", "no", "", "01", "-1", "sampled"] {
         let map = headers(&[
             ("x-b3-traceid", TRACE_128),
@@ -676,7 +676,7 @@ fn unknown_sampled_value_defers_and_keeps_the_context() {
 
 #[test]
 fn flags_1_means_debug_even_next_to_sampled_0() {
-    // A9: debug is an emphasised accept and overrides a deny beside it.
+    // Debug is an emphasised accept and overrides a deny beside it.
     let map = headers(&[
         ("x-b3-traceid", TRACE_128),
         ("x-b3-spanid", SPAN),
@@ -697,7 +697,7 @@ fn flags_1_alone_is_an_honoured_debug() {
 
 #[test]
 fn other_flag_values_are_ignored() {
-    // A9: only `1` means anything; the sampled header then decides as usual.
+    // Only `1` means anything; the sampled header then decides as usual.
     for flags in ["0", "2", "3", "true", "d", ""] {
         for (sampled, want) in [
             (None, None),
@@ -724,7 +724,7 @@ fn other_flag_values_are_ignored() {
 
 #[test]
 fn repeated_id_headers_first_value_wins() {
-    // README and A9: "the first value wins", whether the later value is valid or not.
+    // "The first value wins", whether the later value is valid or not.
     let map = headers(&[
         ("x-b3-traceid", TRACE_128),
         ("x-b3-traceid", TRACE_64),
@@ -778,7 +778,7 @@ fn repeated_single_header_first_value_wins() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Injection (A5 "Inject upstream")
+// Injection (README, Tracing: context out)
 // ---------------------------------------------------------------------------------------------
 
 fn injected(context: &SpanContext, sampled: bool, debug: bool, single: bool) -> HeaderMap {
@@ -806,7 +806,7 @@ fn inject_always_writes_the_multi_header_form() {
 
 #[test]
 fn inject_keeps_the_trace_id_width() {
-    // A5: an incoming 64-bit id stays 64 bits (16 chars), a 128-bit one 32.
+    // README: an incoming 64-bit id stays 64 bits (16 chars), a 128-bit one 32.
     for trace in [TRACE_64, TRACE_128] {
         let map = injected(&ctx(trace, SPAN, None), true, false, false);
         assert_eq!(value(&map, "x-b3-traceid").as_deref(), Some(trace));
@@ -848,7 +848,7 @@ fn inject_debug_sends_flags_1_and_no_sampled() {
 
 #[test]
 fn inject_does_not_forward_other_flag_values() {
-    // A9: flag values other than 1 are ignored and not forwarded.
+    // Flag values other than 1 are ignored and not forwarded.
     for flags in ["0", "2", "3"] {
         let mut map = headers(&[
             ("x-b3-traceid", TRACE_128),
@@ -950,7 +950,7 @@ fn only_b3_headers_are_written() {
 
 #[test]
 fn lone_b3_0_starts_a_new_unsampled_context_answered_in_both_forms() {
-    // A9: a lone `b3: 0` makes a new context; fresh ids go out with x-b3-sampled: 0 and
+    // README: a lone `b3: 0` makes a new context; fresh ids go out with x-b3-sampled: 0 and
     // `b3: <trace>-<span>-0`. This is the layer's path through extract/decide/inject.
     let incoming = extract(&headers(&[("b3", "0")]));
     assert_eq!(incoming.context, None);
@@ -972,7 +972,7 @@ fn lone_b3_0_starts_a_new_unsampled_context_answered_in_both_forms() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Sampler (A5 "Decide")
+// Sampler (README, Tracing: decision)
 // ---------------------------------------------------------------------------------------------
 
 /// `n` UUIDv4-shaped keys from a fixed seed, so a failure can be reproduced.
@@ -1155,7 +1155,7 @@ fn one_percent_samples_one_percent_of_random_keys() {
 
 #[test]
 fn fifty_percent_samples_half_of_sequential_keys() {
-    // A5: the key is hashed "whatever its format"; sequential request ids must spread too.
+    // The key is hashed "whatever its format"; sequential request ids must spread too.
     let keys: Vec<String> = (0..10_000).map(|i| format!("req-{i}")).collect();
     let share = share_sampled(&keys, basis_points(50.0));
     assert!((0.48..=0.52).contains(&share), "share {share}");

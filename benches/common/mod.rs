@@ -1,4 +1,4 @@
-//! Shared by the export benches: realistic spans as the data path records them (contract A5),
+//! Shared by the export benches: realistic spans as the data path records them (README, Tracing),
 //! and a loopback collector that reads and discards each body, answering 202 like Zipkin.
 
 // Each bench uses its own part of this module.

@@ -184,11 +184,11 @@ pub fn dataplane_load(data: &[u8]) {
 }
 
 /// Target `h1_heads`: the HTTP/1.1 fast path's parsers and encoders, without I/O (the checks
-/// live beside them in `tracecar::proxy::h1::fuzz_heads`). The input is read as a request
-/// head with its body (when plain: offsets inside the head, and the request the upstream gets
+/// live beside them in `tracecar::proxy::h1::fuzz::heads`, built with the `fuzzing` feature).
+/// The input is read as a request head with its body (when plain: offsets inside the head, and the request the upstream gets
 /// parses back with the same method, target and fields), as upstream response heads (1xx
 /// skipped; the caller's head parses back with the same status and no hop-by-hop field), and
 /// as a chunked body (the same outcome whole, byte by byte and split in two).
 pub fn h1_heads(data: &[u8]) {
-    tracecar::proxy::h1::fuzz_heads(data);
+    tracecar::proxy::h1::fuzz::heads(data);
 }

@@ -347,7 +347,7 @@ impl Protocol {
         }
     }
 
-    /// Tracing happens only on http, http2 and grpc listeners (contract A3.5).
+    /// Tracing happens only on http, http2 and grpc listeners (README, "Which TrafficTrace applies", rule 5).
     pub fn is_traced(self) -> bool {
         matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
     }

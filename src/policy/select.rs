@@ -1,5 +1,5 @@
 //! Which TrafficTrace, and so which tracing backend, applies to this proxy: Kuma's rule for
-//! "Dataplane policies" (contract A3).
+//! "Dataplane policies" (README, "Which TrafficTrace applies").
 //!
 //! 1. A selector matches when ONE inbound's tags hold every selector key with an equal value,
 //!    or `*` (which still needs the key). Tags are never merged across inbounds.

@@ -18,31 +18,33 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-use super::body::{RequestBody, ResponseBody, ResponseInner, StatsGuard, Tracker};
-use super::observe::{ListenerInfo, Observer, ResponseFlags};
-use super::pool::{Lease, SendError};
-use super::upstream::{Upstream, Wire};
+use super::connect::Wire;
+use super::exchange::{self, Failure, SendError, connection_tokens, remove_hop_by_hop};
+use super::observe::{ListenerInfo, Observer, is_grpc};
+use super::pool::Lease;
+use super::request_body::RequestBody;
+use super::response_body::{ResponseBody, ResponseInner, StatsGuard, Tracker};
+use super::upstream::{self, Attempt, Endpoint, HttpClient, Upstream};
 
 /// Per-listener state of the HTTP path.
-pub struct HttpProxy {
-    pub info: Arc<ListenerInfo>,
-    pub upstream: Upstream,
-    pub observer: Arc<dyn Observer>,
+pub(crate) struct HttpProxy {
+    pub(crate) info: Arc<ListenerInfo>,
+    pub(crate) upstream: Upstream,
+    pub(crate) observer: Arc<dyn Observer>,
     /// Time allowed for the upstream's response head on non-streaming requests (gRPC and
     /// upgrades are streams: no limit).
-    pub request_timeout: Option<Duration>,
+    pub(crate) request_timeout: Option<Duration>,
     /// Request metrics of this listener.
-    pub stats: Option<Arc<crate::metrics::ListenerStats>>,
+    pub(crate) stats: Option<Arc<crate::metrics::ListenerStats>>,
 }
 
 impl HttpProxy {
     /// Serves one request. Never fails: every failure is a response.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         peer: SocketAddr,
@@ -53,13 +55,17 @@ impl HttpProxy {
         if let Err(reason) = check(&req) {
             return Ok(self.fail(
                 None,
-                started,
-                StatusCode::BAD_REQUEST,
-                ResponseFlags::NONE,
-                reason,
+                self.stats_guard(started, 0),
+                Failure::bad_request(reason),
                 grpc,
             ));
         }
+        // A gRPC caller's deadline, enforced here as Envoy does.
+        let deadline = if grpc {
+            exchange::grpc_timeout(req.headers())
+        } else {
+            None
+        };
         let downstream_version = req.version();
         let upgrade = wants_upgrade(&req);
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -69,36 +75,34 @@ impl HttpProxy {
         let exchange = self.observer.on_request(&self.info, peer, &mut head);
         let request_bytes = exchange.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
         let mut tracker = exchange.map(|e| Box::new(Tracker::new(e, request_bytes.clone())));
+        // Counted from here on, whatever happens: a caller that leaves before the response
+        // drops this future, and the guard with it, and is counted with status 0.
+        let mut stats = self.stats_guard(started, 0);
+        if let (Some(t), Some(timeout)) = (&mut tracker, deadline) {
+            t.deadline_from = started
+                .checked_add(timeout)
+                .and_then(|d| d.checked_sub(exchange::deadline_grace(timeout)));
+        }
 
         // Phase 3: rewrite.
         let unframed_body = !http_body::Body::is_end_stream(&body)
             && !head.headers.contains_key(header::CONTENT_LENGTH);
         if let Err(reason) = self.rewrite(&mut head, upgrade, unframed_body) {
-            return Ok(self.fail(
-                tracker,
-                started,
-                StatusCode::BAD_REQUEST,
-                ResponseFlags::NONE,
-                reason,
-                grpc,
-            ));
+            return Ok(self.fail(tracker, stats, Failure::bad_request(reason), grpc));
         }
 
-        // Phase 4: forward.
-        let result = self
-            .forward(head, body, request_bytes, grpc || upgrade)
-            .await;
+        // Phase 4: forward. gRPC and upgrades are streams: no timeout but the caller's deadline.
+        let timeout = if grpc || upgrade {
+            deadline
+        } else {
+            self.request_timeout
+        };
+        let result = self.forward(head, body, request_bytes, timeout).await;
 
         // Phase 5: respond.
         let (response, lease) = match result {
             Ok(sent) => sent,
-            Err(Failure {
-                status,
-                flags,
-                reason,
-            }) => {
-                return Ok(self.fail(tracker, started, status, flags, reason, grpc));
-            }
+            Err(failure) => return Ok(self.fail(tracker, stats, failure, grpc)),
         };
         let mut response = response;
         let upstream_upgrade = (response.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade)
@@ -111,6 +115,8 @@ impl HttpProxy {
         }
         if let Some(t) = &mut tracker {
             t.status = parts.status.as_u16();
+            // A trailers-only answer carries its gRPC status in the head.
+            t.note_deadline_answer(&parts.headers);
             if let Some(e) = t.exchange_mut() {
                 e.on_response(parts.status, &parts.headers);
             }
@@ -119,13 +125,16 @@ impl HttpProxy {
             tokio::spawn(tunnel(down, up));
         }
         // Phase 6: stream.
-        let stats = self.stats_guard(started, parts.status.as_u16());
+        if let Some(stats) = &mut stats {
+            stats.status = parts.status.as_u16();
+        }
         // An upgraded connection belongs to the tunnel now, not to the pool.
         let lease = lease.filter(|_| parts.status != StatusCode::SWITCHING_PROTOCOLS);
         Ok(Response::from_parts(
             parts,
             ResponseBody::new(ResponseInner::Upstream(upstream_body), tracker, stats)
-                .with_lease(lease),
+                .with_lease(lease)
+                .with_deadline(deadline.and_then(|d| started.checked_add(d))),
         ))
     }
 
@@ -213,109 +222,38 @@ impl HttpProxy {
         head: http::request::Parts,
         body: Incoming,
         request_bytes: Option<Arc<AtomicU64>>,
-        streaming: bool,
+        timeout: Option<Duration>,
     ) -> Result<(Response<Incoming>, Option<Lease>), Failure> {
-        if self.upstream.is_empty() {
-            return Err(Failure::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ResponseFlags::UH,
-                "no healthy upstream",
-            ));
-        }
-        let timeout = if streaming {
-            None
-        } else {
-            self.request_timeout
+        let mut sleep = std::pin::pin!(timeout.map(tokio::time::sleep));
+        let timer = timeout.zip(sleep.as_mut().as_pin_mut());
+        let mut attempt = HyperAttempt {
+            pending: Some((head, body)),
+            request_bytes,
+            single: self.upstream.len() == 1,
         };
-        let single = self.upstream.len() == 1;
-        let mut pending = Some((head, body));
-        let mut last = Failure::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ResponseFlags::UF,
-            "upstream connect error",
-        );
-        for endpoint in self.upstream.plan() {
-            let Some((head, body)) = pending.take() else {
-                break;
-            };
-            // With one endpoint there is nowhere else to go: skip the bookkeeping for a retry.
-            let (request, reclaim) = if single {
-                (
-                    Request::from_parts(head, RequestBody::direct(body, request_bytes.clone())),
-                    None,
-                )
-            } else {
-                let (body, reclaim) = RequestBody::reclaimable(body, request_bytes.clone());
-                let copy =
-                    super::pool::copy_head(&head.method, &head.uri, head.version, &head.headers);
-                (Request::from_parts(head, body), Some((copy, reclaim)))
-            };
-            let sent = endpoint.client.send(request);
-            let result = match timeout {
-                Some(limit) => match tokio::time::timeout(limit, sent).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        return Err(Failure::new(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            ResponseFlags::UT,
-                            "upstream request timeout",
-                        ));
-                    }
-                },
-                None => sent.await,
-            };
-            match result {
-                Ok(response) => {
-                    self.upstream.mark_up(endpoint);
-                    return Ok(response);
-                }
-                Err(SendError::Connect(e)) => {
-                    tracing::debug!(endpoint = %endpoint.address, error = %e, "upstream connect failed");
-                    self.upstream.mark_down(endpoint);
-                    last = Failure::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        ResponseFlags::UF,
-                        "upstream connect error",
-                    );
-                    // The next endpoint gets the request only if its body was never read.
-                    if let Some((copy, reclaim)) = reclaim
-                        && let Some(body) = reclaim.take()
-                    {
-                        pending = Some((copy, body));
-                    }
-                }
-                Err(SendError::Request(e)) => {
-                    tracing::debug!(endpoint = %endpoint.address, error = %e, "upstream request failed");
-                    return Err(Failure::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        ResponseFlags::UC,
-                        "upstream connect error or disconnect/reset before headers",
-                    ));
-                }
-            }
-        }
-        Err(last)
+        let sent = upstream::forward(&self.upstream, timer, &mut attempt).await;
+        sent.map(|(_, sent)| sent)
     }
 
     /// A local reply, observed like any response.
     fn fail(
         &self,
         mut tracker: Option<Box<Tracker>>,
-        started: std::time::Instant,
-        status: StatusCode,
-        flags: ResponseFlags,
-        reason: &'static str,
+        mut stats: Option<StatsGuard>,
+        failure: Failure,
         grpc: bool,
     ) -> Response<ResponseBody> {
-        let (response, text) = local_head(status, reason, grpc);
+        let (response, text) = failure.local_reply(grpc);
         if let Some(t) = &mut tracker {
             t.status = response.status().as_u16();
-            t.flags.insert(flags);
+            t.flags.insert(failure.flags);
             if let Some(e) = t.exchange_mut() {
                 e.on_response(response.status(), response.headers());
             }
         }
-        let stats = self.stats_guard(started, response.status().as_u16());
+        if let Some(stats) = &mut stats {
+            stats.status = response.status().as_u16();
+        }
         response.map(|()| ResponseBody::new(ResponseInner::Local(text), tracker, stats))
     }
 
@@ -332,52 +270,47 @@ impl HttpProxy {
     }
 }
 
-struct Failure {
-    status: StatusCode,
-    flags: ResponseFlags,
-    reason: &'static str,
+/// The general path's request, and what it takes to send it to the next endpoint.
+struct HyperAttempt {
+    /// The request while it is still whole.
+    pending: Option<(http::request::Parts, Incoming)>,
+    request_bytes: Option<Arc<AtomicU64>>,
+    /// One endpoint: nowhere else to go, so no bookkeeping for a retry.
+    single: bool,
 }
 
-impl Failure {
-    fn new(status: StatusCode, flags: ResponseFlags, reason: &'static str) -> Self {
-        Failure {
-            status,
-            flags,
-            reason,
+impl Attempt for HyperAttempt {
+    type Sent = (Response<Incoming>, Option<Lease>);
+
+    async fn send(&mut self, endpoint: &Endpoint<HttpClient>) -> Result<Self::Sent, SendError> {
+        let Some((head, body)) = self.pending.take() else {
+            return Err(SendError::Connect {
+                error: std::io::Error::other("request body already read"),
+                again: false,
+            });
+        };
+        let counter = self.request_bytes.clone();
+        let (request, reclaim) = if self.single {
+            let body = RequestBody::direct(body, counter);
+            (Request::from_parts(head, body), None)
+        } else {
+            let (body, reclaim) = RequestBody::reclaimable(body, counter);
+            let copy = super::pool::copy_head(&head.method, &head.uri, head.version, &head.headers);
+            (Request::from_parts(head, body), Some((copy, reclaim)))
+        };
+        match endpoint.client.send(request).await {
+            Err(SendError::Connect { error, .. }) => {
+                // The next endpoint gets the request only if its body was never read.
+                self.pending = reclaim.and_then(|(copy, reclaim)| Some((copy, reclaim.take()?)));
+                let again = self.pending.is_some();
+                Err(SendError::Connect { error, again })
+            }
+            other => other,
         }
     }
 }
 
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// The head and body text of a local reply. gRPC callers get what gRPC expects (as Envoy
-/// does): HTTP 200, trailers-only, `grpc-status` UNAVAILABLE (14), DEADLINE_EXCEEDED (4) or
-/// INTERNAL (13), and the reason as `grpc-message`.
-fn local_head(
-    status: StatusCode,
-    reason: &'static str,
-    grpc: bool,
-) -> (Response<()>, Option<Bytes>) {
-    let mut response = Response::new(());
-    let headers = response.headers_mut();
-    if grpc {
-        let code = match status {
-            StatusCode::GATEWAY_TIMEOUT => "4",
-            StatusCode::BAD_REQUEST => "13",
-            _ => "14",
-        };
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert("grpc-status", HeaderValue::from_static(code));
-        headers.insert("grpc-message", HeaderValue::from_static(reason));
-        return (response, None);
-    }
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    *response.status_mut() = status;
-    (response, Some(Bytes::from_static(reason.as_bytes())))
-}
 
 fn check<B>(req: &Request<B>) -> Result<(), &'static str> {
     // RFC 9110 §4.2.4: userinfo in an http(s) authority is an error, never forwarded.
@@ -401,12 +334,6 @@ fn check<B>(req: &Request<B>) -> Result<(), &'static str> {
     Ok(())
 }
 
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
@@ -415,70 +342,6 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .any(|v| connection_tokens(v).any(|t| t.eq_ignore_ascii_case("upgrade")))
-}
-
-fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
-    value
-        .to_str()
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-/// Removes the hop-by-hop fields of RFC 9110 §7.6.1 and those the Connection header names.
-/// `te: trailers` survives: gRPC needs it end to end, and it is the one TE value h2 allows.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one pass over the names instead of six removals.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    // `Connection: keep-alive` / `close` name no other field: the common case costs nothing.
-    let names_fields = |v: &HeaderValue| {
-        let v = v.as_bytes();
-        !v.eq_ignore_ascii_case(b"keep-alive") && !v.eq_ignore_ascii_case(b"close")
-    };
-    if headers.get_all(header::CONNECTION).iter().any(names_fields) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(connection_tokens)
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in named {
-            if name != header::TE {
-                headers.remove(&name);
-            }
-        }
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .any(|v| connection_tokens(v).any(|t| t.eq_ignore_ascii_case("trailers")));
-    if headers.contains_key(header::TE) {
-        headers.remove(header::TE);
-        if te_trailers {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-    }
-}
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::TE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
 }
 
 /// Copies bytes both ways between the two upgraded connections until either side closes.

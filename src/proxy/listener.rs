@@ -9,70 +9,18 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::connect::{EndpointConnector, Wire};
 use super::h1;
 use super::http::HttpProxy;
+use super::limits::{H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW, Limits};
 use super::tcp;
-use super::upstream::{EndpointConnector, Upstream, Wire};
-
-/// Limits of the downstream side. Defaults follow Envoy's where it has one.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest HTTP/1.1 request head (request line + headers), bytes. Envoy: 60 KiB.
-    pub max_header_bytes: usize,
-    /// Most header fields in one HTTP/1.1 request. Envoy: 100.
-    pub max_headers: usize,
-    /// Largest HTTP/2 header list, bytes.
-    pub h2_max_header_list_bytes: u32,
-    /// Concurrent streams per HTTP/2 connection.
-    pub h2_max_concurrent_streams: u32,
-    /// Streams a client may reset before the server accepted them (rapid reset, CVE-2023-44487).
-    pub h2_max_pending_accept_reset_streams: usize,
-    /// Streams the server may reset for protocol errors before closing the connection.
-    pub h2_max_local_error_reset_streams: usize,
-    /// Time to receive a request head (slowloris). For HTTP/1.1 it is also how long a
-    /// keep-alive connection may sit idle between requests. nginx: 60 s.
-    pub header_read_timeout: Duration,
-    /// HTTP/2 PING interval; a connection that does not answer within `h2_keep_alive_timeout`
-    /// is closed.
-    pub h2_keep_alive_interval: Duration,
-    pub h2_keep_alive_timeout: Duration,
-    /// TLS handshake deadline.
-    pub tls_handshake_timeout: Duration,
-    /// Plain HTTP/1.1 requests to an HTTP/1.1 upstream take the fast path ([`super::h1`]).
-    pub http1_fast_path: bool,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_header_bytes: 60 * 1024,
-            max_headers: 100,
-            h2_max_header_list_bytes: 60 * 1024,
-            h2_max_concurrent_streams: 1024,
-            h2_max_pending_accept_reset_streams: 20,
-            h2_max_local_error_reset_streams: 1024,
-            header_read_timeout: Duration::from_secs(60),
-            h2_keep_alive_interval: Duration::from_secs(60),
-            h2_keep_alive_timeout: Duration::from_secs(20),
-            tls_handshake_timeout: Duration::from_secs(10),
-            http1_fast_path: true,
-        }
-    }
-}
-
-/// HTTP/2 flow control windows and the largest frame a peer may send, both directions.
-/// Fixed and larger than h2's 64 KiB: on loopback the adaptive window never grows (the
-/// bandwidth-delay product is tiny), and a stream would stall for WINDOW_UPDATEs every
-/// 64 KiB. A stream may have at most this much in flight, so it bounds buffering too.
-pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
-pub const H2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
-pub const H2_MAX_FRAME: u32 = 64 * 1024;
+use super::upstream::Upstream;
+use crate::drain;
 
 /// The HTTP server settings for downstream connections: HTTP/1.1 and h2c on one port.
-pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+pub(crate) fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -101,27 +49,26 @@ pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// What a listener does with its connections.
-pub enum Handler {
+pub(crate) enum Handler {
     Http(Arc<HttpProxy>, Arc<auto::Builder<TokioExecutor>>),
     Tcp(Arc<Upstream<EndpointConnector>>),
 }
 
-/// Accepts until `stop` turns true, then waits (no longer than the caller allows) for the
-/// connections it accepted: HTTP connections are told to finish (h2 GOAWAY, h1 close after
-/// the current response), TCP ones run to their end.
-pub async fn serve(
+/// Accepts until a drain begins. Every connection holds a clone of `drain`, so the drain
+/// waits for it: HTTP connections are told to finish (h2 GOAWAY, h1 close after the current
+/// response), TCP ones run to their end.
+pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     handler: Handler,
     limits: Arc<Limits>,
-    mut stop: watch::Receiver<bool>,
+    mut drain: drain::Watcher,
 ) {
     let graceful = GracefulShutdown::new();
-    let tasks = counter::TaskCounter::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = stop.wait_for(|s| *s) => break,
+            () = drain.draining() => break,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -140,18 +87,15 @@ pub async fn serve(
                 let tls = tls.clone();
                 let limits = limits.clone();
                 let watcher = graceful.watcher();
-                let stop = stop.clone();
-                // Fast-path connections are not hyper's to drain: counted like TCP ones.
-                let guard = tasks.enter();
+                let drain = drain.clone();
                 tokio::spawn(async move {
-                    let _guard = guard;
                     let connection = Connection {
                         peer,
                         proxy,
                         builder,
                         watcher,
                         limits,
-                        stop,
+                        drain,
                     };
                     match tls {
                         None => connection.serve(stream).await,
@@ -175,9 +119,9 @@ pub async fn serve(
                 let upstream = upstream.clone();
                 let tls = tls.clone();
                 let limits = limits.clone();
-                let guard = tasks.enter();
+                let drain = drain.clone();
                 tokio::spawn(async move {
-                    let _guard = guard;
+                    let _drain = drain;
                     match tls {
                         None => tcp::pass_through(stream, upstream).await,
                         Some(acceptor) => {
@@ -196,8 +140,8 @@ pub async fn serve(
         }
     }
     drop(listener);
+    // Tells hyper's connections to finish; the drain waits for each by its watcher.
     graceful.shutdown().await;
-    tasks.wait_idle().await;
 }
 
 /// One accepted HTTP connection and what serving it needs.
@@ -207,7 +151,8 @@ struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
     limits: Arc<Limits>,
-    stop: watch::Receiver<bool>,
+    /// Held for as long as the connection lives: the drain waits for it.
+    drain: drain::Watcher,
 }
 
 impl Connection {
@@ -234,7 +179,7 @@ impl Connection {
             self.peer,
             &self.proxy,
             &self.limits,
-            &mut self.stop,
+            &mut self.drain,
         )
         .await;
         if let h1::Exit::Handoff { read, remaining } = exit {
@@ -289,47 +234,8 @@ async fn serve_http<S>(
 }
 
 /// Binds a listener, with a clear error naming the address.
-pub async fn bind(address: &str) -> anyhow::Result<TcpListener> {
+pub(crate) async fn bind(address: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))
-}
-
-/// Counts live TCP passthrough tasks, so shutdown can wait for them.
-mod counter {
-    use std::sync::Arc;
-    use tokio::sync::watch;
-
-    #[derive(Clone)]
-    pub struct TaskCounter {
-        tx: Arc<watch::Sender<usize>>,
-    }
-
-    impl Default for TaskCounter {
-        fn default() -> Self {
-            TaskCounter {
-                tx: Arc::new(watch::channel(0).0),
-            }
-        }
-    }
-
-    pub struct Guard(Arc<watch::Sender<usize>>);
-
-    impl TaskCounter {
-        pub fn enter(&self) -> Guard {
-            self.tx.send_modify(|n| *n += 1);
-            Guard(self.tx.clone())
-        }
-
-        pub async fn wait_idle(&self) {
-            let mut rx = self.tx.subscribe();
-            let _ = rx.wait_for(|n| *n == 0).await;
-        }
-    }
-
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0.send_modify(|n| *n -= 1);
-        }
-    }
 }

@@ -2,29 +2,33 @@
 //! pools. It knows nothing of Zipkin or Datadog: whatever watches requests plugs in as an
 //! [`observe::Observer`].
 
-pub mod body;
+pub(crate) mod connect;
+mod exchange;
 pub mod h1;
-pub mod http;
-pub mod listener;
+pub(crate) mod http;
+pub mod limits;
+pub(crate) mod listener;
 pub mod observe;
-pub mod pool;
-pub mod tcp;
+pub(crate) mod pool;
+pub(crate) mod request_body;
+pub(crate) mod response_body;
+pub(crate) mod tcp;
 pub mod tls;
-pub mod upstream;
+pub(crate) mod upstream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-
+use crate::drain;
 use crate::policy::effective::{Direction, Effective, Listener};
 use crate::policy::resource::{Dataplane, Protocol};
-use listener::{Handler, Limits};
+use connect::{UpstreamTls, Wire};
+use limits::{Limits, UpstreamSettings};
+use listener::Handler;
 use observe::{ListenerInfo, Observer};
-use upstream::{Upstream, UpstreamSettings, UpstreamTls, Wire};
+use upstream::Upstream;
 
 /// Settings of the data path.
 #[derive(Clone)]
@@ -42,7 +46,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             limits: Limits::default(),
             upstream: UpstreamSettings::default(),
-            request_timeout: Some(Duration::from_secs(15)),
+            request_timeout: Some(limits::REQUEST_TIMEOUT),
             metrics: None,
         }
     }
@@ -52,23 +56,15 @@ impl Default for ProxyConfig {
 pub struct Running {
     /// Bound addresses, in the order of the effective config's listeners.
     pub addresses: Vec<SocketAddr>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Every listener and every connection holds one of its watchers.
+    drain: drain::Trigger,
 }
 
 impl Running {
     /// Stops accepting and waits up to `deadline` for in-flight requests and streams. Returns
     /// whether everything finished in time.
     pub async fn drain(self, deadline: Duration) -> bool {
-        let _ = self.stop.send(true);
-        let all = wait_all(self.tasks);
-        tokio::time::timeout(deadline, all).await.is_ok()
-    }
-}
-
-async fn wait_all(tasks: Vec<JoinHandle<()>>) {
-    for task in tasks {
-        let _ = task.await;
+        self.drain.drain(deadline).await
     }
 }
 
@@ -89,9 +85,8 @@ pub async fn start(
     let networking = dataplane.spec.networking();
     let limits = Arc::new(config.limits.clone());
     let builder = Arc::new(listener::server_builder(&config.limits));
-    let (stop, stop_rx) = watch::channel(false);
+    let (trigger, watcher) = drain::channel();
     let mut addresses = Vec::new();
-    let mut tasks = Vec::new();
     let mut inbounds = networking.inbound.iter();
     let mut outbounds = networking.outbound.iter();
     for l in &effective.listeners {
@@ -185,13 +180,13 @@ pub async fn start(
         let socket = listener::bind(&l.address).await?;
         addresses.push(socket.local_addr()?);
         let acceptor = server_tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
-        tasks.push(tokio::spawn(listener::serve(
+        tokio::spawn(listener::serve(
             socket,
             acceptor,
             handler,
             limits.clone(),
-            stop_rx.clone(),
-        )));
+            watcher.clone(),
+        ));
         tracing::info!(
             direction = ?l.direction,
             address = %l.address,
@@ -203,8 +198,7 @@ pub async fn start(
     }
     Ok(Running {
         addresses,
-        stop,
-        tasks,
+        drain: trigger,
     })
 }
 

@@ -122,6 +122,14 @@ impl fmt::Display for ResponseFlags {
     }
 }
 
+/// Whether a request or response is gRPC (`content-type: application/grpc[+proto…]`): the
+/// data path and observers tell gRPC apart the same way.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// Observes nothing: the data path alone.
 pub struct NoObserver;
 

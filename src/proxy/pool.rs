@@ -17,26 +17,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::body::RequestBody;
-use super::upstream::{EndpointConnector, Stream, Wire};
-
-/// Why a request got no response.
-#[derive(Debug)]
-pub enum SendError {
-    /// No connection could be made: nothing was sent.
-    Connect(io::Error),
-    /// The connection failed or was reset before a response head arrived.
-    Request(hyper::Error),
-}
-
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SendError::Connect(e) => write!(f, "connect: {e}"),
-            SendError::Request(e) => write!(f, "request: {e}"),
-        }
-    }
-}
+use super::connect::{EndpointConnector, Stream, Wire};
+use super::exchange::{Replay, SendError};
+use super::request_body::RequestBody;
 
 /// The connection ended before any answer: closed, reset, or a broken pipe.
 fn unanswered(error: &hyper::Error) -> bool {
@@ -46,34 +29,23 @@ fn unanswered(error: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<io::Error>() {
-            return matches!(
-                io.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::ConnectionAborted
-            );
+            return super::exchange::unanswered(io.kind());
         }
         source = cause.source();
     }
     false
 }
 
-/// Idempotent, and nothing to send but the head.
-fn replayable(request: &Request<RequestBody>) -> bool {
-    idempotent(request.method()) && http_body::Body::is_end_stream(request.body())
+fn reset(error: hyper::Error) -> SendError {
+    SendError::Reset(Box::new(error))
 }
 
-/// RFC 9110 §9.2.2: safe to send again when nothing was answered.
-pub(super) fn idempotent(method: &http::Method) -> bool {
-    use http::Method;
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE | Method::PUT
-    )
+fn connect(error: io::Error) -> SendError {
+    SendError::Connect { error, again: true }
 }
 
 /// A copy of a request's head (extensions are not carried).
-pub fn copy_head(
+pub(crate) fn copy_head(
     method: &http::Method,
     uri: &http::Uri,
     version: http::Version,
@@ -94,9 +66,9 @@ struct Idle {
 
 /// An HTTP/1.1 connection that the fast path ([`super::h1`]) speaks itself, in the caller's
 /// task: no connection task, no channels. `buf` holds what was read from it.
-pub struct RawConn {
-    pub stream: Stream,
-    pub buf: bytes::BytesMut,
+pub(crate) struct RawConn {
+    pub(crate) stream: Stream,
+    pub(crate) buf: bytes::BytesMut,
     since: Instant,
 }
 
@@ -117,7 +89,7 @@ impl RawConn {
     }
 }
 
-pub struct Pool {
+pub(crate) struct Pool {
     connector: EndpointConnector,
     wire: Wire,
     idle: Mutex<Vec<Idle>>,
@@ -131,19 +103,19 @@ pub struct Pool {
 
 /// An HTTP/1.1 connection lent to one exchange; it returns to the pool when the response
 /// body has been read to its end, and is closed if the exchange ends any other way.
-pub struct Lease {
+pub(crate) struct Lease {
     pool: Arc<Pool>,
     sender: http1::SendRequest<RequestBody>,
 }
 
 impl Lease {
-    pub fn release(self) {
+    pub(crate) fn release(self) {
         self.pool.put(self.sender);
     }
 }
 
 impl Pool {
-    pub fn new(
+    pub(crate) fn new(
         connector: EndpointConnector,
         wire: Wire,
         max_idle: usize,
@@ -162,7 +134,7 @@ impl Pool {
     }
 
     /// Sends one request; an HTTP/1.1 response comes with the lease of its connection.
-    pub async fn send(
+    pub(crate) async fn send(
         self: &Arc<Self>,
         request: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
@@ -172,14 +144,17 @@ impl Pool {
         }
     }
 
+    /// Sends on a pooled connection or a new one, sending again as [`Replay`] says.
     async fn send_h1(
         self: &Arc<Self>,
         mut request: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
-        // A pooled connection the server closed just as the request went out fails with
-        // nothing answered. An idempotent request without a body is safe to send again
-        // (RFC 9110 §9.2.2), once, on a fresh connection: keep its head for that.
-        let mut replay = replayable(&request).then(|| {
+        let mut replay = Replay::new(
+            request.method(),
+            http_body::Body::is_end_stream(request.body()),
+        );
+        // A replay sends the head alone again: keep a copy of it for that.
+        let mut head = replay.may_replay().then(|| {
             copy_head(
                 request.method(),
                 request.uri(),
@@ -187,19 +162,21 @@ impl Pool {
                 request.headers(),
             )
         });
-        let mut fresh_only = false;
         loop {
-            let pooled = if fresh_only { None } else { self.checkout() };
+            let pooled = if replay.pooled() {
+                self.checkout()
+            } else {
+                None
+            };
             let (mut sender, reused) = match pooled {
                 Some(sender) => (sender, true),
                 None => (self.connect_h1().await?, false),
             };
             if let Err(e) = sender.ready().await {
-                if reused {
-                    // Closed while idle; the request is still ours.
-                    continue;
+                match replay.again(reused, true, false) {
+                    Some(_) => continue,
+                    None => return Err(reset(e)),
                 }
-                return Err(SendError::Request(e));
             }
             match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -211,19 +188,18 @@ impl Pool {
                         },
                     ));
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => request = unsent,
-                    // Once, on a fresh connection: also covers a connection the kernel
-                    // accepted for a server that then went away before answering.
-                    None if unanswered(e.error()) => match replay.take() {
-                        Some(head) => {
-                            request = Request::from_parts(head, RequestBody::empty());
-                            fresh_only = true;
-                        }
-                        None => return Err(SendError::Request(e.into_error())),
-                    },
-                    _ => return Err(SendError::Request(e.into_error())),
-                },
+                Err(mut e) => {
+                    let unsent = e.take_message();
+                    let again = replay.again(reused, unsent.is_some(), unanswered(e.error()));
+                    request = match (again, unsent) {
+                        (Some(_), Some(unsent)) => unsent,
+                        (Some(_), None) => match head.take() {
+                            Some(head) => Request::from_parts(head, RequestBody::empty()),
+                            None => return Err(reset(e.into_error())),
+                        },
+                        (None, _) => return Err(reset(e.into_error())),
+                    };
+                }
             }
         }
     }
@@ -248,10 +224,7 @@ impl Pool {
                 }
             }
         };
-        sender
-            .send_request(request)
-            .await
-            .map_err(SendError::Request)
+        sender.send_request(request).await.map_err(reset)
     }
 
     fn current_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
@@ -287,7 +260,7 @@ impl Pool {
     }
 
     /// The most recently used idle fast-path connection that still looks open and fresh.
-    pub fn checkout_raw(&self) -> Option<RawConn> {
+    pub(crate) fn checkout_raw(&self) -> Option<RawConn> {
         let mut idle = self.raw_idle.lock().ok()?;
         while let Some(conn) = idle.pop() {
             if conn.since.elapsed() < self.idle_timeout && conn.looks_open() {
@@ -298,7 +271,7 @@ impl Pool {
     }
 
     /// Returns a fast-path connection whose exchange ended cleanly.
-    pub fn put_raw(&self, mut conn: RawConn) {
+    pub(crate) fn put_raw(&self, mut conn: RawConn) {
         if let Ok(mut idle) = self.raw_idle.lock() {
             let now = Instant::now();
             // The oldest sit at the bottom: drop the stale ones while here.
@@ -316,7 +289,7 @@ impl Pool {
     }
 
     /// A new fast-path connection.
-    pub async fn connect_raw(&self) -> io::Result<RawConn> {
+    pub(crate) async fn connect_raw(&self) -> io::Result<RawConn> {
         let stream = self.connector.connect().await?;
         Ok(RawConn {
             stream,
@@ -326,11 +299,11 @@ impl Pool {
     }
 
     async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, SendError> {
-        let stream = self.connector.connect().await.map_err(SendError::Connect)?;
+        let stream = self.connector.connect().await.map_err(connect)?;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| SendError::Connect(io::Error::other(e)))?;
+            .map_err(|e| connect(io::Error::other(e)))?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
@@ -340,17 +313,17 @@ impl Pool {
     }
 
     async fn connect_h2(&self) -> Result<http2::SendRequest<RequestBody>, SendError> {
-        let stream = self.connector.connect().await.map_err(SendError::Connect)?;
+        let stream = self.connector.connect().await.map_err(connect)?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .initial_stream_window_size(super::listener::H2_STREAM_WINDOW)
-            .initial_connection_window_size(super::listener::H2_CONNECTION_WINDOW)
-            .max_frame_size(super::listener::H2_MAX_FRAME)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
+            .initial_stream_window_size(super::limits::H2_STREAM_WINDOW)
+            .initial_connection_window_size(super::limits::H2_CONNECTION_WINDOW)
+            .max_frame_size(super::limits::H2_MAX_FRAME)
+            .keep_alive_interval(super::limits::UPSTREAM_H2_KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(super::limits::UPSTREAM_H2_KEEP_ALIVE_TIMEOUT)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| SendError::Connect(io::Error::other(e)))?;
+            .map_err(|e| connect(io::Error::other(e)))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "upstream h2 connection ended with an error");

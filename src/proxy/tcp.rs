@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::upstream::{EndpointConnector, Upstream};
+use super::connect::EndpointConnector;
+use super::upstream::Upstream;
 
 /// Connects to the next endpoint that accepts and copies bytes until either side closes.
-pub async fn pass_through<S>(mut downstream: S, upstream: Arc<Upstream<EndpointConnector>>)
+pub(crate) async fn pass_through<S>(mut downstream: S, upstream: Arc<Upstream<EndpointConnector>>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

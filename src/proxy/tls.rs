@@ -1,4 +1,4 @@
-//! TLS from files (contract A4 extension): inbound termination with ALPN `h2`/`http/1.1`,
+//! TLS from files (README, Dataplane): inbound termination with ALPN `h2`/`http/1.1`,
 //! outbound origination with a CA file and SNI. rustls with the ring provider only.
 
 use std::path::Path;
@@ -13,12 +13,12 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// ALPN protocol ids.
-pub const ALPN_H2: &[u8] = b"h2";
-pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+pub(crate) const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_HTTP11: &[u8] = b"http/1.1";
 
 /// A server config for an inbound: certificate chain and key from PEM files; offers h2 and
 /// http/1.1 for HTTP listeners.
-pub fn server_config(
+pub(crate) fn server_config(
     cert_file: &Path,
     key_file: &Path,
     http: bool,

@@ -6,112 +6,41 @@
 //! connection) that always dials that endpoint: the request keeps the caller's authority, so
 //! `Host`/`:authority` arrive unchanged.
 
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
-/// How an upstream is spoken to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wire {
-    Http1,
-    /// HTTP/2 with prior knowledge (h2c), or h2 over TLS.
-    Http2,
-}
-
-/// Upstream connection settings.
-#[derive(Debug, Clone)]
-pub struct UpstreamSettings {
-    pub connect_timeout: Duration,
-    /// How long an endpoint that refused a connection is skipped.
-    pub retry_after: Duration,
-    pub pool_idle_timeout: Duration,
-    pub pool_max_idle_per_endpoint: usize,
-}
-
-impl Default for UpstreamSettings {
-    fn default() -> Self {
-        UpstreamSettings {
-            // Envoy's (and Kuma's) default connect timeout.
-            connect_timeout: Duration::from_secs(5),
-            retry_after: Duration::from_secs(1),
-            pool_idle_timeout: Duration::from_secs(60),
-            // Enough for steady keep-alive traffic; a burst of thousands of connections does
-            // not leave thousands of idle upstream connections (and their buffers) behind.
-            pool_max_idle_per_endpoint: 256,
-        }
-    }
-}
-
-/// TLS origination towards the endpoints.
-#[derive(Clone)]
-pub struct UpstreamTls {
-    pub connector: tokio_rustls::TlsConnector,
-    /// SNI and the name the certificate must carry; `None` means the endpoint's host.
-    pub server_name: Option<ServerName<'static>>,
-}
+use super::connect::{EndpointConnector, UpstreamTls, Wire, connectors};
+use super::exchange::{Failure, SendError};
+use super::limits::UpstreamSettings;
+use super::pool::Pool;
 
 /// The pooled connections of one endpoint.
-pub type HttpClient = Arc<super::pool::Pool>;
+pub(crate) type HttpClient = Arc<Pool>;
 
 /// One endpoint and how to reach it: a pooled HTTP client, or a bare connector for TCP.
-pub struct Endpoint<C> {
-    pub address: String,
-    pub client: C,
+pub(crate) struct Endpoint<C> {
+    pub(crate) address: String,
+    pub(crate) client: C,
     /// Milliseconds since `Upstream::epoch` before which the endpoint is skipped.
     down_until_ms: AtomicU64,
 }
 
 /// A set of endpoints used round robin.
-pub struct Upstream<C = HttpClient> {
-    pub wire: Wire,
-    pub tls: bool,
+pub(crate) struct Upstream<C = HttpClient> {
+    pub(crate) wire: Wire,
+    pub(crate) tls: bool,
     endpoints: Vec<Endpoint<C>>,
     next: AtomicUsize,
     epoch: Instant,
     retry_after: Duration,
 }
 
-/// A connector per endpoint address.
-pub fn connectors(
-    addresses: &[String],
-    tls: Option<&UpstreamTls>,
-    settings: &UpstreamSettings,
-) -> anyhow::Result<Vec<(String, EndpointConnector)>> {
-    addresses
-        .iter()
-        .map(|address| {
-            let tls = match tls {
-                None => None,
-                Some(t) => {
-                    let name =
-                        match &t.server_name {
-                            Some(name) => name.clone(),
-                            None => ServerName::try_from(host_of(address).to_string()).map_err(
-                                |_| anyhow::anyhow!("{address}: not a valid TLS server name"),
-                            )?,
-                        };
-                    Some((t.connector.clone(), name))
-                }
-            };
-            let connector = EndpointConnector {
-                address: Arc::from(address.as_str()),
-                tls,
-                connect_timeout: settings.connect_timeout,
-            };
-            Ok((address.clone(), connector))
-        })
-        .collect()
-}
-
 impl Upstream<HttpClient> {
-    pub fn http(
+    pub(crate) fn http(
         addresses: &[String],
         wire: Wire,
         tls: Option<&UpstreamTls>,
@@ -120,7 +49,7 @@ impl Upstream<HttpClient> {
         let clients = connectors(addresses, tls, settings)?
             .into_iter()
             .map(|(address, c)| {
-                let pool = super::pool::Pool::new(
+                let pool = Pool::new(
                     c,
                     wire,
                     settings.pool_max_idle_per_endpoint,
@@ -134,7 +63,7 @@ impl Upstream<HttpClient> {
 }
 
 impl Upstream<EndpointConnector> {
-    pub fn tcp(
+    pub(crate) fn tcp(
         addresses: &[String],
         tls: Option<&UpstreamTls>,
         settings: &UpstreamSettings,
@@ -150,7 +79,7 @@ impl Upstream<EndpointConnector> {
 }
 
 impl<C> Upstream<C> {
-    pub fn new(
+    pub(crate) fn new(
         clients: Vec<(String, C)>,
         wire: Wire,
         tls: bool,
@@ -173,11 +102,11 @@ impl<C> Upstream<C> {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.endpoints.len()
     }
 
@@ -188,7 +117,7 @@ impl<C> Upstream<C> {
     /// The endpoints to try for one request, in order: round robin from the next one,
     /// skipping those recently refused; if all were refused, all of them anyway (one may be
     /// back) so the request still gets its chance.
-    pub fn plan(&self) -> impl Iterator<Item = &Endpoint<C>> {
+    pub(crate) fn plan(&self) -> impl Iterator<Item = &Endpoint<C>> {
         let n = self.endpoints.len();
         let start = if n > 1 {
             self.next.fetch_add(1, Ordering::Relaxed) % n
@@ -204,114 +133,70 @@ impl<C> Upstream<C> {
     }
 
     /// Records that `endpoint` refused a connection.
-    pub fn mark_down(&self, endpoint: &Endpoint<C>) {
+    pub(crate) fn mark_down(&self, endpoint: &Endpoint<C>) {
         let until = self.now_ms() + self.retry_after.as_millis() as u64;
         endpoint.down_until_ms.store(until, Ordering::Relaxed);
     }
 
-    pub fn mark_up(&self, endpoint: &Endpoint<C>) {
+    pub(crate) fn mark_up(&self, endpoint: &Endpoint<C>) {
         if endpoint.down_until_ms.load(Ordering::Relaxed) != 0 {
             endpoint.down_until_ms.store(0, Ordering::Relaxed);
         }
     }
 }
 
-impl EndpointConnector {
-    /// Opens a connection to the endpoint (TLS when configured).
-    pub async fn connect(&self) -> io::Result<Stream> {
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.address))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timeout"))??;
-        tcp.set_nodelay(true)?;
-        match &self.tls {
-            None => Ok(Stream::Plain(tcp)),
-            Some((connector, name)) => {
-                let tls = tokio::time::timeout(
-                    self.connect_timeout,
-                    connector.connect(name.clone(), tcp),
-                )
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
-                Ok(Stream::Tls(Box::new(tls)))
+// ---------------------------------------------------------------------------------------------
+// Trying the endpoints (both HTTP paths)
+// ---------------------------------------------------------------------------------------------
+
+/// One way of sending a request to one endpoint: each path speaks its own wire.
+pub(crate) trait Attempt {
+    type Sent;
+    /// Sends to `endpoint` and waits for the response head.
+    async fn send(&mut self, endpoint: &Endpoint<HttpClient>) -> Result<Self::Sent, SendError>;
+}
+
+/// Round robin over the endpoints: an endpoint that refuses the connection is marked down
+/// and the request goes to the next one while it is still whole; any other failure ends the
+/// exchange. `timer`, when given, limits each attempt to its duration (it is reset per
+/// attempt, not allocated). Both HTTP paths forward through this.
+pub(crate) async fn forward<'u, A: Attempt>(
+    upstream: &'u Upstream,
+    mut timer: Option<(Duration, Pin<&mut Sleep>)>,
+    attempt: &mut A,
+) -> Result<(&'u Endpoint<HttpClient>, A::Sent), Failure> {
+    if upstream.is_empty() {
+        return Err(Failure::NO_UPSTREAM);
+    }
+    for endpoint in upstream.plan() {
+        let result = match &mut timer {
+            Some((limit, sleep)) => {
+                sleep.as_mut().reset(tokio::time::Instant::now() + *limit);
+                tokio::select! {
+                    biased;
+                    r = attempt.send(endpoint) => r,
+                    () = sleep.as_mut() => return Err(Failure::TIMEOUT),
+                }
+            }
+            None => attempt.send(endpoint).await,
+        };
+        match result {
+            Ok(sent) => {
+                upstream.mark_up(endpoint);
+                return Ok((endpoint, sent));
+            }
+            Err(SendError::Connect { error, again }) => {
+                tracing::debug!(endpoint = %endpoint.address, %error, "upstream connect failed");
+                upstream.mark_down(endpoint);
+                if !again {
+                    break;
+                }
+            }
+            Err(SendError::Reset(error)) => {
+                tracing::debug!(endpoint = %endpoint.address, %error, "upstream request failed");
+                return Err(Failure::RESET);
             }
         }
     }
-}
-
-/// `host` of `host:port` / `[v6]:port`.
-fn host_of(address: &str) -> &str {
-    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
-    host.trim_start_matches('[').trim_end_matches(']')
-}
-
-/// Dials one fixed endpoint.
-#[derive(Clone)]
-pub struct EndpointConnector {
-    address: Arc<str>,
-    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
-    connect_timeout: Duration,
-}
-
-/// A connection to an upstream, plain or TLS.
-pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
+    Err(Failure::CONNECT_FAILED)
 }

@@ -211,7 +211,7 @@ impl Recording {
             .or_else(|| head.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
             .unwrap_or("");
         let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
-        let grpc = crate::proxy::http::is_grpc(&head.headers);
+        let grpc = crate::proxy::observe::is_grpc(&head.headers);
 
         let mut tags: Vec<(&'static str, TagValue)> = Vec::with_capacity(17);
         tags.push(("node_id", TagValue::Shared(tracer.node_id.clone())));
@@ -328,9 +328,10 @@ impl Exchange for Recording {
                 tags.push(("grpc.message", TagValue::Owned(lossy(message))));
             }
         }
-        // No response at all is an error, unless the caller is the one who left.
-        let no_response = end.status == 0 && !end.response_flags.contains(ResponseFlags::DC);
-        span.error = end.status >= 500 || no_response || grpc_error;
+        // A caller that left is an error, as in Envoy, but a cancelled gRPC call is not.
+        let left = end.response_flags.contains(ResponseFlags::DC);
+        let no_response = end.status == 0 && !left;
+        span.error = end.status >= 500 || no_response || grpc_error || (left && !grpc);
         if span.error {
             span.tags.push(("error", TagValue::Static("true")));
         }

@@ -21,6 +21,7 @@ use tracecar::proxy::{ProxyConfig, Running};
 
 pub mod export;
 pub mod grpc;
+pub mod raw;
 
 /// A free loopback port (bound, read, released).
 /// A port that was free a moment ago. The Dataplane validator wants real ports (1–65535), so
@@ -882,6 +883,22 @@ impl Drop for Sidecar {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A tracer as `node_id` that samples every request into `sink`.
+pub fn tracer_into(node_id: &str, sink: &Arc<Collected>) -> Arc<tracecar::trace::Tracer> {
+    Arc::new(tracecar::trace::Tracer::new(
+        node_id,
+        tracecar::trace::TraceConfig {
+            backend: Some(tracecar::trace::TracedBackend {
+                name: Arc::from("test"),
+                basis_points: 10_000,
+                shared_span_context: true,
+                trace_id_128bit: false,
+                sink: sink.clone(),
+            }),
+        },
+    ))
 }
 
 /// A span sink that keeps what it gets, for tests of the tracing layer.

@@ -5,10 +5,7 @@
 //! Strict on purpose: a framing error ends the exchange rather than guessing, so a response can
 //! never run into the next one on a reused connection.
 
-/// Longest chunk-size line (size, extensions) and trailer line accepted.
-const MAX_LINE: u32 = 4096;
-/// Most trailer bytes accepted, in all.
-const MAX_TRAILERS: u32 = 16 * 1024;
+use crate::proxy::limits::{CHUNK_LINE_MAX as MAX_LINE, CHUNK_TRAILERS_MAX as MAX_TRAILERS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -35,10 +32,10 @@ enum State {
 
 /// A framing error in a chunked body.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Malformed;
+pub(crate) struct Malformed;
 
 #[derive(Debug)]
-pub struct Chunked {
+pub(crate) struct Chunked {
     state: State,
     /// Chunk size being read, then data bytes left in the chunk.
     remaining: u64,
@@ -63,17 +60,17 @@ impl Default for Chunked {
 
 impl Chunked {
     /// Data bytes seen so far (the body's decoded size: Envoy's `response_size`).
-    pub fn data_bytes(&self) -> u64 {
+    pub(crate) fn data_bytes(&self) -> u64 {
         self.data_bytes
     }
 
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.state == State::Done
     }
 
     /// Follows the framing over `bytes`, the next bytes of the body. Returns how many of them
     /// belong to the body: all of them while it goes on, fewer when it ended inside `bytes`.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<usize, Malformed> {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<usize, Malformed> {
         let mut i = 0;
         while i < bytes.len() {
             if self.state == State::Data {

@@ -1,15 +1,11 @@
-//! Bodies streamed through the proxy, frame by frame, never buffered whole.
-//!
-//! - [`RequestBody`]: the caller's body on its way upstream. It counts bytes when observed, and
-//!   can be taken back if the upstream connection failed before the first frame was read, so
-//!   the request can go to the next endpoint.
-//! - [`ResponseBody`]: the upstream's body (or a local reply) on its way back. It counts bytes,
-//!   sees the trailers, and ends the exchange exactly once: at end of stream, on error, or when
-//!   dropped early (the caller went away).
+//! The upstream's body (or a local reply) on its way back, frame by frame, never buffered
+//! whole. It counts bytes, sees the trailers, and ends the exchange exactly once ([`Tracker`]):
+//! at end of stream, on error, or when dropped early (the caller went away).
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -18,151 +14,37 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::observe::{End, Exchange, ResponseFlags};
-
-/// Errors surfaced by proxied bodies.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
-
-type Slot = Arc<Mutex<Option<Incoming>>>;
-
-pub struct RequestBody {
-    inner: RequestInner,
-    counter: Option<Arc<AtomicU64>>,
-}
-
-enum RequestInner {
-    Empty,
-    Direct(Incoming),
-    /// Still in the slot until the first poll, so a failed connect can hand it back.
-    Reclaimable {
-        slot: Slot,
-        taken: Option<Incoming>,
-    },
-}
-
-impl RequestBody {
-    pub fn empty() -> Self {
-        RequestBody {
-            inner: RequestInner::Empty,
-            counter: None,
-        }
-    }
-
-    pub fn direct(body: Incoming, counter: Option<Arc<AtomicU64>>) -> Self {
-        RequestBody {
-            inner: RequestInner::Direct(body),
-            counter,
-        }
-    }
-
-    /// A body that [`reclaim`] can take back while it has not been read.
-    pub fn reclaimable(body: Incoming, counter: Option<Arc<AtomicU64>>) -> (Self, Reclaim) {
-        let slot = Arc::new(Mutex::new(Some(body)));
-        (
-            RequestBody {
-                inner: RequestInner::Reclaimable {
-                    slot: slot.clone(),
-                    taken: None,
-                },
-                counter,
-            },
-            Reclaim(slot),
-        )
-    }
-}
-
-/// The other half of a reclaimable body.
-pub struct Reclaim(Slot);
-
-impl Reclaim {
-    /// The body, if nobody started reading it.
-    pub fn take(&self) -> Option<Incoming> {
-        self.0.lock().ok()?.take()
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.get_mut();
-        let body = match &mut this.inner {
-            RequestInner::Empty => return Poll::Ready(None),
-            RequestInner::Direct(b) => b,
-            RequestInner::Reclaimable { slot, taken } => {
-                if taken.is_none() {
-                    *taken = slot.lock().ok().and_then(|mut s| s.take());
-                }
-                match taken {
-                    Some(b) => b,
-                    None => return Poll::Ready(None),
-                }
-            }
-        };
-        let frame = ready!(Pin::new(body).poll_frame(cx));
-        if let (Some(Ok(frame)), Some(counter)) = (&frame, &this.counter)
-            && let Some(data) = frame.data_ref()
-        {
-            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            RequestInner::Empty => true,
-            RequestInner::Direct(b) => b.is_end_stream(),
-            RequestInner::Reclaimable { slot, taken } => match taken {
-                Some(b) => b.is_end_stream(),
-                None => slot
-                    .lock()
-                    .map(|s| s.as_ref().is_none_or(Body::is_end_stream))
-                    .unwrap_or(true),
-            },
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            RequestInner::Empty => SizeHint::with_exact(0),
-            RequestInner::Direct(b) => b.size_hint(),
-            RequestInner::Reclaimable { slot, taken } => match taken {
-                Some(b) => b.size_hint(),
-                None => slot
-                    .lock()
-                    .ok()
-                    .and_then(|s| s.as_ref().map(Body::size_hint))
-                    .unwrap_or_else(|| SizeHint::with_exact(0)),
-            },
-        }
-    }
-}
+use super::pool::Lease;
+use super::request_body::BodyError;
 
 /// What the response body carries.
-pub enum ResponseInner {
+pub(crate) enum ResponseInner {
     Upstream(Incoming),
     /// A local reply (errors): a short text, or nothing.
     Local(Option<Bytes>),
 }
 
-pub struct ResponseBody {
+pub(crate) struct ResponseBody {
     inner: ResponseInner,
     /// Present when observed.
     tracker: Option<Box<Tracker>>,
     /// Records the request's metrics when the body is dropped (ended or abandoned).
-    _stats: Option<StatsGuard>,
+    stats: Option<StatsGuard>,
+    /// Not polled yet: the server still holds the response head back. A body that fails on
+    /// its first poll takes the head with it; the caller got nothing.
+    unpolled: bool,
+    /// A gRPC call's deadline: there the upstream stream is reset and the caller gets
+    /// `grpc-status: 4` in the trailers.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The upstream connection, back to its pool once this body has been read to its end.
-    lease: Option<super::pool::Lease>,
+    lease: Option<Lease>,
 }
 
 /// Counts a finished request in its listener's metrics, once, when dropped.
-pub struct StatsGuard {
-    pub stats: Arc<crate::metrics::ListenerStats>,
-    pub started: std::time::Instant,
-    pub status: u16,
+pub(crate) struct StatsGuard {
+    pub(crate) stats: Arc<crate::metrics::ListenerStats>,
+    pub(crate) started: std::time::Instant,
+    pub(crate) status: u16,
 }
 
 impl Drop for StatsGuard {
@@ -173,19 +55,22 @@ impl Drop for StatsGuard {
 }
 
 /// Ends an exchange exactly once.
-pub struct Tracker {
+pub(crate) struct Tracker {
     exchange: Option<Box<dyn Exchange>>,
-    pub status: u16,
-    pub flags: ResponseFlags,
-    pub request_bytes: Option<Arc<AtomicU64>>,
+    pub(crate) status: u16,
+    pub(crate) flags: ResponseFlags,
+    pub(crate) request_bytes: Option<Arc<AtomicU64>>,
     /// Request bytes known up front (the fast path reads bodies whole).
     known_request_bytes: u64,
     response_bytes: u64,
     trailers: Option<HeaderMap>,
+    /// A gRPC call's deadline, less the grace: a caller that resets from then on hit its
+    /// deadline, it did not cancel.
+    pub(crate) deadline_from: Option<std::time::Instant>,
 }
 
 impl Tracker {
-    pub fn new(exchange: Box<dyn Exchange>, request_bytes: Option<Arc<AtomicU64>>) -> Self {
+    pub(crate) fn new(exchange: Box<dyn Exchange>, request_bytes: Option<Arc<AtomicU64>>) -> Self {
         Tracker {
             exchange: Some(exchange),
             status: 0,
@@ -194,26 +79,39 @@ impl Tracker {
             known_request_bytes: 0,
             response_bytes: 0,
             trailers: None,
+            deadline_from: None,
         }
     }
 
     /// For a request whose body size is known before it is forwarded.
-    pub fn with_request_size(exchange: Box<dyn Exchange>, bytes: u64) -> Self {
+    pub(crate) fn with_request_size(exchange: Box<dyn Exchange>, bytes: u64) -> Self {
         let mut tracker = Tracker::new(exchange, None);
         tracker.known_request_bytes = bytes;
         tracker
     }
 
-    pub fn count_response_bytes(&mut self, bytes: u64) {
+    /// An upstream's DEADLINE_EXCEEDED that arrives at the call's deadline is the deadline,
+    /// whichever came first, the upstream's timer or ours (`UT`).
+    pub(crate) fn note_deadline_answer(&mut self, headers: &HeaderMap) {
+        if self
+            .deadline_from
+            .is_some_and(|d| std::time::Instant::now() >= d)
+            && headers.get("grpc-status").is_some_and(|v| v == "4")
+        {
+            self.flags.insert(ResponseFlags::UT);
+        }
+    }
+
+    pub(crate) fn count_response_bytes(&mut self, bytes: u64) {
         self.response_bytes += bytes;
     }
 
-    pub fn exchange_mut(&mut self) -> Option<&mut Box<dyn Exchange>> {
+    pub(crate) fn exchange_mut(&mut self) -> Option<&mut Box<dyn Exchange>> {
         self.exchange.as_mut()
     }
 
     /// Ends the exchange; later calls do nothing.
-    pub fn finish(&mut self, aborted: bool) {
+    pub(crate) fn finish(&mut self, aborted: bool) {
         if let Some(exchange) = self.exchange.take() {
             let end = End {
                 status: self.status,
@@ -234,16 +132,24 @@ impl Tracker {
 
 impl Drop for Tracker {
     fn drop(&mut self) {
-        // Dropped before the end of the body: the caller went away.
+        // Dropped before the end of the body: the caller went away, or its deadline passed.
         if self.exchange.is_some() {
-            self.flags.insert(ResponseFlags::DC);
+            if self
+                .deadline_from
+                .is_some_and(|d| std::time::Instant::now() >= d)
+            {
+                self.flags.insert(ResponseFlags::UT);
+                self.trailers = Some(deadline_exceeded());
+            } else {
+                self.flags.insert(ResponseFlags::DC);
+            }
             self.finish(true);
         }
     }
 }
 
 impl ResponseBody {
-    pub fn new(
+    pub(crate) fn new(
         inner: ResponseInner,
         tracker: Option<Box<Tracker>>,
         stats: Option<StatsGuard>,
@@ -251,7 +157,9 @@ impl ResponseBody {
         let mut body = ResponseBody {
             inner,
             tracker,
-            _stats: stats,
+            stats,
+            unpolled: true,
+            deadline: None,
             lease: None,
         };
         // A body that is empty from the start never gets polled to its end by some servers.
@@ -263,8 +171,18 @@ impl ResponseBody {
         body
     }
 
+    /// Ends the body at `deadline`, if it is still streaming then.
+    pub(crate) fn with_deadline(mut self, deadline: Option<std::time::Instant>) -> Self {
+        if let Some(deadline) = deadline
+            && !self.is_end_stream()
+        {
+            self.deadline = Some(Box::pin(tokio::time::sleep_until(deadline.into())));
+        }
+        self
+    }
+
     /// Returns `lease` to its pool when the body has been read to its end.
-    pub fn with_lease(mut self, lease: Option<super::pool::Lease>) -> Self {
+    pub(crate) fn with_lease(mut self, lease: Option<Lease>) -> Self {
         match lease {
             Some(lease) if self.is_end_stream() => lease.release(),
             lease => self.lease = lease,
@@ -282,18 +200,44 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if let Some(deadline) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            // The deadline passed mid-stream: dropping the upstream body resets its stream,
+            // and the caller's stream ends with DEADLINE_EXCEEDED.
+            this.deadline = None;
+            this.inner = ResponseInner::Local(None);
+            let trailers = deadline_exceeded();
+            if let Some(tracker) = &mut this.tracker {
+                tracker.flags.insert(ResponseFlags::UT);
+                tracker.trailers = Some(trailers.clone());
+                tracker.finish(false);
+            }
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        let first = std::mem::replace(&mut this.unpolled, false);
         let frame = match &mut this.inner {
             ResponseInner::Local(text) => text.take().map(|t| Ok(Frame::data(t))),
             ResponseInner::Upstream(body) => {
                 ready!(Pin::new(body).poll_frame(cx)).map(|r| r.map_err(BodyError::from))
             }
         };
+        if first && matches!(frame, Some(Err(_))) {
+            // Recorded as what the caller got: no response (status 0).
+            if let Some(stats) = &mut this.stats {
+                stats.status = 0;
+            }
+            if let Some(tracker) = &mut this.tracker {
+                tracker.status = 0;
+            }
+        }
         if let Some(tracker) = &mut this.tracker {
             match &frame {
                 Some(Ok(f)) => {
                     if let Some(data) = f.data_ref() {
                         tracker.response_bytes += data.len() as u64;
                     } else if let Some(trailers) = f.trailers_ref() {
+                        tracker.note_deadline_answer(trailers);
                         tracker.trailers = Some(trailers.clone());
                     }
                 }
@@ -333,4 +277,15 @@ impl Body for ResponseBody {
             ResponseInner::Upstream(body) => body.size_hint(),
         }
     }
+}
+
+/// The trailers of a call whose deadline passed here.
+fn deadline_exceeded() -> HeaderMap {
+    let mut trailers = HeaderMap::with_capacity(2);
+    trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
+    trailers.insert(
+        "grpc-message",
+        http::HeaderValue::from_static("upstream request timeout"),
+    );
+    trailers
 }
