@@ -462,6 +462,7 @@ fn tracer(sink: &Arc<Collected>) -> Arc<Tracer> {
                 basis_points: 10_000,
                 shared_span_context: true,
                 trace_id_128bit: false,
+                propagation: tracecar::trace::Format::B3,
                 sink: sink.clone(),
             }),
         },
