@@ -88,7 +88,11 @@ fn priorities_map_to_deny_accept_and_debug() {
 fn a_user_priority_travels_on_when_the_decision_agrees() {
     assert_eq!(priority(false, false, Some(-1)), -1);
     assert_eq!(priority(true, true, Some(2)), 2);
-    assert_eq!(priority(true, false, Some(-1)), 1, "a different decision wins");
+    assert_eq!(
+        priority(true, false, Some(-1)),
+        1,
+        "a different decision wins"
+    );
     assert_eq!(priority(false, false, None), 0);
     assert_eq!(priority(true, false, None), 1);
     assert_eq!(priority(true, true, None), 2);
@@ -204,8 +208,14 @@ fn inject_writes_the_low_half_in_decimal_and_the_high_half_as_dd_p_tid() {
     assert_eq!(out["x-datadog-trace-id"], "5208512171318403364");
     assert_eq!(out["x-datadog-parent-id"], "42");
     assert_eq!(out["x-datadog-sampling-priority"], "1");
-    assert_eq!(out["x-datadog-tags"], "_dd.p.dm=-4,_dd.p.tid=463ac35c9f6413ad");
-    assert!(!out.contains_key("x-datadog-origin"), "stale origin removed");
+    assert_eq!(
+        out["x-datadog-tags"],
+        "_dd.p.dm=-4,_dd.p.tid=463ac35c9f6413ad"
+    );
+    assert!(
+        !out.contains_key("x-datadog-origin"),
+        "stale origin removed"
+    );
 }
 
 #[test]

@@ -164,7 +164,11 @@ fn forwarded(map: &HeaderMap, native: Format, sampled: bool) -> (HeaderMap, Span
 
 #[test]
 fn the_native_format_is_always_written_and_others_only_when_they_came_in() {
-    let (out, _) = forwarded(&headers(&[("traceparent", &traceparent())]), Format::B3, true);
+    let (out, _) = forwarded(
+        &headers(&[("traceparent", &traceparent())]),
+        Format::B3,
+        true,
+    );
     assert!(out.contains_key("x-b3-traceid"));
     assert!(out.contains_key("traceparent"));
     assert!(!out.contains_key("x-datadog-trace-id"));
@@ -265,7 +269,11 @@ fn tracestate_rides_with_the_same_trace_read_from_the_native_format() {
 fn new_root_traces_set_the_random_flag_and_kept_ones_keep_theirs() {
     let (out, _) = forwarded(&headers(&[("traceparent", "bad")]), Format::W3c, true);
     assert!(out["traceparent"].to_str().unwrap().ends_with("-03"));
-    let (out, _) = forwarded(&headers(&[("traceparent", &traceparent())]), Format::W3c, true);
+    let (out, _) = forwarded(
+        &headers(&[("traceparent", &traceparent())]),
+        Format::W3c,
+        true,
+    );
     assert!(out["traceparent"].to_str().unwrap().ends_with("-01"));
 }
 

@@ -34,7 +34,10 @@ fn valid(value: &str) -> TraceContext {
 }
 
 fn state(values: &[&str]) -> TraceState {
-    let mut pairs = vec![("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")];
+    let mut pairs = vec![(
+        "traceparent",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    )];
     pairs.extend(values.iter().map(|v| ("tracestate", *v)));
     w3c::read_tracestate(&headers(&pairs))
 }
@@ -195,7 +198,12 @@ fn an_empty_tracestate_is_never_forwarded() {
 
 #[test]
 fn thirty_two_members_are_valid_thirty_three_are_not() {
-    let list = |n: usize| (0..n).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join(",");
+    let list = |n: usize| {
+        (0..n)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     assert!(matches!(state(&[&list(32)]), TraceState::Valid(_)));
     assert_eq!(state(&[&list(33)]), TraceState::Invalid);
     // Across headers the limit is the same.
