@@ -12,6 +12,9 @@ use tracecar::trace::id::{SpanId, TraceId};
 use tracecar::trace::propagation::{Outgoing, extract, inject};
 use tracecar::trace::sampler::{basis_points, decide};
 
+/// Headers a caller sends.
+type Headers = &'static [(&'static str, &'static str)];
+
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A browser-ish request as it reaches a sidecar, plus the given propagation headers.
@@ -73,20 +76,20 @@ fn trace_path(mut headers: HeaderMap, bp: u32, native: Format) -> HeaderMap {
 
 fn bench(c: &mut Criterion) {
     let bp = basis_points(50.0);
-    let b3_multi: &[(&'static str, &'static str)] = &[
+    let b3_multi: Headers = &[
         ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
         ("x-b3-spanid", "e457b5a2e4d86bd1"),
         ("x-b3-parentspanid", "05e3ac9a4f6e3b90"),
         ("x-b3-sampled", "1"),
     ];
-    let w3c: &[(&'static str, &'static str)] = &[
+    let w3c: Headers = &[
         (
             "traceparent",
             "00-80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-01",
         ),
         ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
     ];
-    let datadog: &[(&'static str, &'static str)] = &[
+    let datadog: Headers = &[
         ("x-datadog-trace-id", "7277407061855694839"),
         ("x-datadog-parent-id", "16453819474850114513"),
         ("x-datadog-sampling-priority", "1"),
@@ -94,7 +97,7 @@ fn bench(c: &mut Criterion) {
         ("x-datadog-tags", "_dd.p.dm=-4,_dd.p.tid=80f198ee56343ba8"),
     ];
     // Names keep the B3 cases' old ids (Zipkin backend, native B3) so earlier runs compare.
-    let cases: [(&str, Format, &[(&'static str, &'static str)]); 9] = [
+    let cases: [(&str, Format, Headers); 9] = [
         (
             "unsampled_multi",
             Format::B3,

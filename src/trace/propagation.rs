@@ -153,7 +153,7 @@ pub fn inject(headers: &mut HeaderMap, native: Format, incoming: &Incoming, out:
     }
     if native == Format::W3c || incoming.w3c {
         // Newly created trace ids are random; a kept one is as random as its creator said.
-        let random = carried.map_or(true, |c| c.random);
+        let random = carried.is_none_or(|c| c.random);
         w3c::inject(
             headers,
             out.hop,

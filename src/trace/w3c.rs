@@ -271,7 +271,7 @@ pub fn traceparent(context: &SpanContext, sampled: bool, random: bool) -> Header
     buf[35] = b'-';
     buf[36..52].copy_from_slice(context.span_id.to_hex().as_bytes());
     buf[52] = b'-';
-    let flags = u8::from(sampled) * FLAG_SAMPLED | u8::from(random) * FLAG_RANDOM;
+    let flags = (u8::from(sampled) * FLAG_SAMPLED) | (u8::from(random) * FLAG_RANDOM);
     buf[53] = b'0';
     buf[54] = b"0123456789abcdef"[usize::from(flags)];
     // Hex digits and dashes are always valid header bytes.
