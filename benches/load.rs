@@ -38,7 +38,8 @@ usage: cargo bench --bench load -- [options]
   --quick               smoke test: 2 s runs, 1 round, 2 s fixed-rate run
   --only NAME[,NAME]    only these configurations and/or loads (repeatable):
                         direct, nginx, tracecar, tracecar-s0, tracecar-s100, tracecar-s0-w1,
-                        tracecar-s100-w2, tracecar-down, …; http1, h2c, grpc (grpc-unary, grpc-stream),
+                        tracecar-s100-w2, tracecar-down, …; http1, http1-b3, http1-w3c, h2c, grpc
+                        (grpc-unary, grpc-stream),
                         conns, fixed-rate
   --out FILE            where to write the results (default benches/results/load-<date>.md)
   --baseline BINARY     also run every tracecar configuration from BINARY (an earlier build),
@@ -50,17 +51,31 @@ usage: cargo bench --bench load -- [options]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Load {
     Http1,
+    /// HTTP/1.1 whose caller sends a sampled B3 context (multi headers).
+    Http1B3,
+    /// HTTP/1.1 whose caller sends a sampled W3C `traceparent` (the same ids): against
+    /// `Http1B3`, the cost of the W3C format on the data path.
+    Http1W3c,
     H2c,
     GrpcUnary,
     GrpcStream,
 }
 
 impl Load {
-    pub const ALL: [Load; 4] = [Load::Http1, Load::H2c, Load::GrpcUnary, Load::GrpcStream];
+    pub const ALL: [Load; 6] = [
+        Load::Http1,
+        Load::Http1B3,
+        Load::Http1W3c,
+        Load::H2c,
+        Load::GrpcUnary,
+        Load::GrpcStream,
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
             Load::Http1 => "http1",
+            Load::Http1B3 => "http1-b3",
+            Load::Http1W3c => "http1-w3c",
             Load::H2c => "h2c",
             Load::GrpcUnary => "grpc-unary",
             Load::GrpcStream => "grpc-stream",
@@ -369,7 +384,7 @@ async fn measure(
 
     for &load in &options.loads {
         let address = match load {
-            Load::Http1 => target.h1,
+            Load::Http1 | Load::Http1B3 | Load::Http1W3c => target.h1,
             Load::H2c => target.h2c,
             Load::GrpcUnary | Load::GrpcStream => match target.grpc {
                 Some(address) => address,
@@ -380,11 +395,10 @@ async fn measure(
         let url = format!("http://{address}{}", nginx::PATH);
         let meter = CpuMeter::start(pid);
         let sample = match load {
-            Load::Http1 | Load::H2c => {
-                let run = if load == Load::Http1 {
-                    tools::wrk(&url, options.duration).await?
-                } else {
-                    tools::h2load(&url, options.duration).await?
+            Load::Http1 | Load::Http1B3 | Load::Http1W3c | Load::H2c => {
+                let run = match load {
+                    Load::H2c => tools::h2load(&url, options.duration).await?,
+                    _ => tools::wrk(&url, tools::caller_headers(load), options.duration).await?,
                 };
                 let cpu = meter.micros();
                 Sample {

@@ -1,18 +1,24 @@
-//! The per-request tracing work on the data path: extract the caller's B3 context, decide,
-//! inject the context for the next hop. Header construction is outside the measurement.
+//! The per-request tracing work on the data path: extract the caller's context (every format,
+//! native first), decide, inject the context for the next hop in the native format and every
+//! format that came in. Header construction is outside the measurement.
 
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use tracecar::trace::b3::{SpanContext, extract, inject};
+use tracecar::trace::Format;
+use tracecar::trace::context::SpanContext;
 use tracecar::trace::id::{SpanId, TraceId};
+use tracecar::trace::propagation::{Outgoing, extract, inject};
 use tracecar::trace::sampler::{basis_points, decide};
+
+/// Headers a caller sends.
+type Headers = &'static [(&'static str, &'static str)];
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// A browser-ish request as it reaches a sidecar, plus the given B3 headers.
-fn request(b3: &[(&'static str, &'static str)]) -> HeaderMap {
+/// A browser-ish request as it reaches a sidecar, plus the given propagation headers.
+fn request(incoming: &[(&'static str, &'static str)]) -> HeaderMap {
     let mut map = HeaderMap::new();
     map.insert("host", HeaderValue::from_static("backend.mesh:8080"));
     map.insert(
@@ -29,45 +35,72 @@ fn request(b3: &[(&'static str, &'static str)]) -> HeaderMap {
         X_REQUEST_ID,
         HeaderValue::from_static("3f1c7a52-9b1e-4d8a-a6f0-2c8e5b7d9e41"),
     );
-    for (name, value) in b3 {
+    for (name, value) in incoming {
         map.insert(*name, HeaderValue::from_static(value));
     }
     map
 }
 
 /// What the layer does per request (inbound, shared span context), minus the span record.
-fn trace_path(mut headers: HeaderMap, bp: u32) -> HeaderMap {
-    let incoming = extract(&headers);
-    let decision = match &incoming.context {
-        Some(c) => decide(incoming.sampling, c.trace_id.to_hex().as_bytes(), bp),
+fn trace_path(mut headers: HeaderMap, bp: u32, native: Format) -> HeaderMap {
+    let incoming = extract(&headers, native);
+    let sampling = incoming.context.sampling;
+    let decision = match &incoming.context.ids {
+        Some(c) => decide(sampling, c.trace_id.to_hex().as_bytes(), bp),
         None => decide(
-            incoming.sampling,
+            sampling,
             headers
                 .get(&X_REQUEST_ID)
                 .map_or(&[][..], HeaderValue::as_bytes),
             bp,
         ),
     };
-    let context = incoming.context.unwrap_or_else(|| SpanContext {
+    let context = incoming.context.ids.unwrap_or_else(|| SpanContext {
         trace_id: TraceId::random(false),
         span_id: SpanId::random(),
         parent_id: None,
     });
     inject(
         &mut headers,
-        &context,
-        decision.sampled,
-        decision.debug,
-        incoming.single,
+        native,
+        &incoming,
+        Outgoing {
+            hop: &context,
+            sampled: decision.sampled,
+            debug: decision.debug,
+            continued: incoming.context.ids.is_some(),
+        },
     );
     headers
 }
 
 fn bench(c: &mut Criterion) {
     let bp = basis_points(50.0);
-    let cases: [(&str, &[(&'static str, &'static str)]); 4] = [
+    let b3_multi: Headers = &[
+        ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+        ("x-b3-spanid", "e457b5a2e4d86bd1"),
+        ("x-b3-parentspanid", "05e3ac9a4f6e3b90"),
+        ("x-b3-sampled", "1"),
+    ];
+    let w3c: Headers = &[
+        (
+            "traceparent",
+            "00-80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-01",
+        ),
+        ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
+    ];
+    let datadog: Headers = &[
+        ("x-datadog-trace-id", "7277407061855694839"),
+        ("x-datadog-parent-id", "16453819474850114513"),
+        ("x-datadog-sampling-priority", "1"),
+        ("x-datadog-origin", "rum"),
+        ("x-datadog-tags", "_dd.p.dm=-4,_dd.p.tid=80f198ee56343ba8"),
+    ];
+    // Names keep the B3 cases' old ids (Zipkin backend, native B3) so earlier runs compare.
+    let cases: [(&str, Format, Headers); 9] = [
         (
             "unsampled_multi",
+            Format::B3,
             &[
                 ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
                 ("x-b3-spanid", "e457b5a2e4d86bd1"),
@@ -75,30 +108,45 @@ fn bench(c: &mut Criterion) {
                 ("x-b3-sampled", "0"),
             ],
         ),
-        (
-            "sampled_multi",
-            &[
-                ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
-                ("x-b3-spanid", "e457b5a2e4d86bd1"),
-                ("x-b3-parentspanid", "05e3ac9a4f6e3b90"),
-                ("x-b3-sampled", "1"),
-            ],
-        ),
-        ("root_no_context", &[]),
+        ("sampled_multi", Format::B3, b3_multi),
+        ("root_no_context", Format::B3, &[]),
         (
             "single_b3",
+            Format::B3,
             &[(
                 "b3",
                 "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
             )],
         ),
+        // One format per backend, native.
+        ("w3c_native", Format::W3c, w3c),
+        ("datadog_native", Format::Datadog, datadog),
+        // A W3C caller (an OpenTelemetry SDK) in front of a Zipkin backend: B3 + W3C out.
+        ("w3c_caller_zipkin", Format::B3, w3c),
+        // A ddtrace caller (Datadog + W3C) in front of a Zipkin backend: three formats out.
+        (
+            "ddtrace_caller_zipkin",
+            Format::B3,
+            &[
+                (
+                    "traceparent",
+                    "00-80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-01",
+                ),
+                ("tracestate", "dd=s:1;t.dm:-4"),
+                ("x-datadog-trace-id", "7277407061855694839"),
+                ("x-datadog-parent-id", "16453819474850114513"),
+                ("x-datadog-sampling-priority", "1"),
+                ("x-datadog-tags", "_dd.p.dm=-4,_dd.p.tid=80f198ee56343ba8"),
+            ],
+        ),
+        ("root_no_context_datadog", Format::Datadog, &[]),
     ];
     let mut group = c.benchmark_group("trace_path");
-    for (name, b3) in cases {
+    for (name, native, incoming) in cases {
         group.bench_function(name, |b| {
             b.iter_batched(
-                || request(b3),
-                |headers| trace_path(black_box(headers), black_box(bp)),
+                || request(incoming),
+                |headers| trace_path(black_box(headers), black_box(bp), native),
                 BatchSize::SmallInput,
             )
         });

@@ -15,7 +15,7 @@ use crate::metrics::{Metrics, ResultLabels};
 use crate::policy::effective::{BackendConf, Effective};
 use crate::policy::{self, Checked, Dataplane};
 use crate::proxy::{self, ProxyConfig};
-use crate::trace::{TraceConfig, TracedBackend, Tracer, sampler};
+use crate::trace::{Format, TraceConfig, TracedBackend, Tracer, sampler};
 
 /// How long queued spans may take to reach their backends at shutdown, after the drain.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,10 +31,10 @@ pub fn trace_config(effective: &Effective, exporters: &Exporters) -> anyhow::Res
     let Some(sink) = exporters.use_backend(Some(backend))? else {
         return Ok(TraceConfig::default());
     };
-    let (shared, wide) = match &backend.conf {
-        BackendConf::Zipkin(z) => (z.shared_span_context, z.trace_id_128bit),
+    let (shared, wide, propagation) = match &backend.conf {
+        BackendConf::Zipkin(z) => (z.shared_span_context, z.trace_id_128bit, Format::B3),
         // sharedSpanContext is a Zipkin notion: Datadog spans are always new children.
-        BackendConf::Datadog(_) => (false, false),
+        BackendConf::Datadog(_) => (false, false, Format::Datadog),
     };
     Ok(TraceConfig {
         backend: Some(TracedBackend {
@@ -42,6 +42,7 @@ pub fn trace_config(effective: &Effective, exporters: &Exporters) -> anyhow::Res
             basis_points: sampler::basis_points(backend.sampling),
             shared_span_context: shared,
             trace_id_128bit: wide,
+            propagation,
             sink,
         }),
     })

@@ -41,6 +41,12 @@ pub struct ExportLabels {
     pub result: &'static str,
 }
 
+/// `format`: `b3`, `w3c` or `datadog`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FormatLabels {
+    pub format: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
@@ -83,7 +89,7 @@ pub struct Metrics {
     pub export_requests: Family<ExportLabels, Counter>,
     pub export_queue: Family<BackendLabels, Gauge>,
     pub policy_reloads: Family<ResultLabels, Counter>,
-    pub trace_context_invalid: Counter,
+    pub trace_context_invalid: Family<FormatLabels, Counter>,
 }
 
 impl Metrics {
@@ -139,12 +145,18 @@ impl Metrics {
         for result in ["success", "failure"] {
             let _ = policy_reloads.get_or_create(&ResultLabels { result });
         }
-        let trace_context_invalid = Counter::default();
+        let trace_context_invalid = Family::<FormatLabels, Counter>::default();
         registry.register(
             "trace_context_invalid",
-            "Requests whose B3 context was malformed and ignored",
+            "Requests whose trace context was malformed and ignored, by format",
             trace_context_invalid.clone(),
         );
+        // Shown from the start, at 0, one series per format.
+        for format in crate::trace::Format::ALL {
+            let _ = trace_context_invalid.get_or_create(&FormatLabels {
+                format: format.label(),
+            });
+        }
         Arc::new(Metrics {
             registry,
             requests,

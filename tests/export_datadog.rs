@@ -330,6 +330,7 @@ fn span(trace: u64, url_len: usize) -> Span {
         debug: false,
         error: false,
         tags: vec![("http.url", TagValue::Owned("u".repeat(url_len)))],
+        trace_state: None,
     }
 }
 

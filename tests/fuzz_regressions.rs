@@ -31,6 +31,16 @@ fn b3_extract_seeds() {
 }
 
 #[test]
+fn w3c_extract_seeds() {
+    replay_seeds("w3c_extract", harness::w3c_extract);
+}
+
+#[test]
+fn datadog_extract_seeds() {
+    replay_seeds("datadog_extract", harness::datadog_extract);
+}
+
+#[test]
 fn policy_load_seeds() {
     replay_seeds("policy_load", harness::policy_load);
 }

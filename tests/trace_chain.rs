@@ -23,6 +23,7 @@ fn tracer(node: &str, sink: &Arc<Collected>, percent: f64, shared: bool) -> Arc<
                 basis_points: tracecar::trace::sampler::basis_points(percent),
                 shared_span_context: shared,
                 trace_id_128bit: false,
+                propagation: tracecar::trace::Format::B3,
                 sink: sink.clone(),
             }),
         },

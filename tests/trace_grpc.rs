@@ -24,6 +24,7 @@ async fn traced_inbound() -> (EchoServer, harness::Proxy, EchoClient, Arc<Collec
                 basis_points: 10_000,
                 shared_span_context: true,
                 trace_id_128bit: false,
+                propagation: tracecar::trace::Format::B3,
                 sink: sink.clone(),
             }),
         },

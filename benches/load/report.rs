@@ -199,7 +199,7 @@ pub fn render(
          medians over rounds; CPU is the proxy process's utime+stime from /proc per request \
          (per message for gRPC).\n",
         crate::nginx::BODY_LEN,
-        tools::wrk_args("URL", options.duration).join(" "),
+        tools::wrk_args("URL", &[], options.duration).join(" "),
         tools::h2load_args("URL", options.duration).join(" "),
         grpc::CHANNELS,
         grpc::UNARY_PER_CHANNEL,
@@ -239,6 +239,37 @@ pub fn render(
         "\nh2load prints no latency percentiles, so h2c has none. `direct` has no proxy process, \
          hence no CPU figure; nginx does not carry the gRPC runs.\n"
     );
+
+    if options.loads.contains(&Load::Http1B3) || options.loads.contains(&Load::Http1W3c) {
+        let _ = writeln!(w, "## HTTP/1.1 by caller format\n");
+        let _ = writeln!(
+            w,
+            "The caller sends one sampled context, as B3 multi headers or as a W3C `traceparent` \
+             (same ids); the backend is Zipkin (native B3), so a W3C caller gets both formats \
+             written back.\n"
+        );
+        let _ = writeln!(
+            w,
+            "| configuration | B3 caller req/s | CPU µs/req | W3C caller req/s | CPU µs/req | W3C/B3 CPU |"
+        );
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|");
+        for &c in configs.iter().filter(|c| c.is_proxy()) {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} |",
+                c.name(),
+                rate(view.rate(c, Load::Http1B3)),
+                cpu(view.cpu(c, Load::Http1B3)),
+                rate(view.rate(c, Load::Http1W3c)),
+                cpu(view.cpu(c, Load::Http1W3c)),
+                fmt_ratio(ratio(
+                    view.cpu(c, Load::Http1W3c),
+                    view.cpu(c, Load::Http1B3)
+                )),
+            );
+        }
+        let _ = writeln!(w);
+    }
 
     let _ = writeln!(w, "## Memory\n");
     let _ = writeln!(

@@ -22,14 +22,35 @@ pub const WRK_CONNECTIONS: u32 = 64;
 pub const H2LOAD_CLIENTS: u32 = 16;
 pub const H2LOAD_STREAMS: u32 = 16;
 
-pub fn wrk_args(url: &str, duration: Duration) -> Vec<String> {
-    vec![
+pub fn wrk_args(url: &str, headers: &[&str], duration: Duration) -> Vec<String> {
+    let mut args = vec![
         format!("-t{WRK_THREADS}"),
         format!("-c{WRK_CONNECTIONS}"),
         format!("-d{}s", duration.as_secs().max(1)),
         "--latency".to_string(),
-        url.to_string(),
-    ]
+    ];
+    for header in headers {
+        args.push("-H".to_string());
+        args.push(header.to_string());
+    }
+    args.push(url.to_string());
+    args
+}
+
+/// What the caller of an HTTP/1.1 load sends as its trace context: nothing, B3, or W3C,
+/// the same sampled trace either way (so only the format differs).
+pub fn caller_headers(load: crate::Load) -> &'static [&'static str] {
+    match load {
+        crate::Load::Http1B3 => &[
+            "x-b3-traceid: 80f198ee56343ba864fe8b2a57d3eff7",
+            "x-b3-spanid: e457b5a2e4d86bd1",
+            "x-b3-sampled: 1",
+        ],
+        crate::Load::Http1W3c => {
+            &["traceparent: 00-80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-01"]
+        }
+        _ => &[],
+    }
 }
 
 pub fn h2load_args(url: &str, duration: Duration) -> Vec<String> {
@@ -41,8 +62,8 @@ pub fn h2load_args(url: &str, duration: Duration) -> Vec<String> {
     ]
 }
 
-pub async fn wrk(url: &str, duration: Duration) -> anyhow::Result<HttpRun> {
-    let out = run("wrk", &wrk_args(url, duration)).await?;
+pub async fn wrk(url: &str, headers: &[&str], duration: Duration) -> anyhow::Result<HttpRun> {
+    let out = run("wrk", &wrk_args(url, headers, duration)).await?;
     parse_wrk(&out).with_context(|| format!("unexpected wrk output:\n{out}"))
 }
 

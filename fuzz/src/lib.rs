@@ -12,6 +12,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tracecar::policy::resource::Kind;
 use tracecar::policy::{Dataplane, Diagnostic, PolicySet, Resource, load, validate};
 use tracecar::trace::b3::{self, SamplingState};
+use tracecar::trace::context::Read;
+use tracecar::trace::{datadog, w3c};
 
 /// The headers `b3_extract` fills, chosen by the first byte of each input line (`byte % 6`, so
 /// the ASCII digits `0`–`5` name them in readable seeds).
@@ -76,6 +78,152 @@ pub fn b3_extract(data: &[u8]) {
     b3::inject(&mut reused, &context, sampled, debug, extracted.single);
     assert_eq!(
         b3::extract(&reused),
+        back,
+        "stale headers survived: {reused:?}"
+    );
+}
+
+/// Headers from fuzz input as `b3_headers` makes them: one per `\n`-separated line, the first
+/// byte choosing among `names` (`byte % names.len()`), the rest the value.
+pub fn headers_from(data: &[u8], names: &[HeaderName]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for line in data.split(|b| *b == b'\n') {
+        let Some((&selector, value)) = line.split_first() else {
+            continue;
+        };
+        let Ok(value) = HeaderValue::from_bytes(value) else {
+            continue;
+        };
+        headers.append(names[usize::from(selector) % names.len()].clone(), value);
+    }
+    headers
+}
+
+/// The headers `w3c_extract` fills: `0` traceparent, `1` tracestate.
+pub const W3C_HEADERS: [HeaderName; 2] = [w3c::TRACEPARENT, w3c::TRACESTATE];
+
+/// Target `w3c_extract`: `extract` never panics; a context it reads survives `inject` then
+/// `extract` unchanged (ids, width, sampled and random flags, `tracestate` byte for byte); a
+/// `tracestate` it keeps is a valid list of 1 to 32 members; and `inject` over the caller's
+/// own headers leaves nothing stale.
+pub fn w3c_extract(data: &[u8]) {
+    let headers = headers_from(data, &W3C_HEADERS);
+    let extracted = w3c::extract(&headers);
+    let Read::Valid(context) = &extracted.context else {
+        assert!(
+            !extracted.state_invalid,
+            "tracestate judged without a traceparent"
+        );
+        return;
+    };
+    let ids = context.ids.expect("a valid traceparent has ids");
+    assert_ne!(
+        ids.trace_id.high | ids.trace_id.low,
+        0,
+        "all-zero trace id read"
+    );
+    assert_ne!(ids.span_id.0, 0, "all-zero span id read");
+    if let Some(state) = &context.trace_state {
+        let members = w3c::validate_tracestate(state.as_bytes());
+        assert!(
+            matches!(members, Some(1..=32)),
+            "kept an invalid or empty tracestate: {state:?}"
+        );
+    }
+    let sampled = context.sampling == Some(SamplingState::Accept);
+    let mut fresh = HeaderMap::new();
+    w3c::inject(
+        &mut fresh,
+        &ids,
+        sampled,
+        context.random,
+        context.trace_state.as_ref(),
+    );
+    let back = w3c::extract(&fresh);
+    assert_eq!(&back.context, &extracted.context, "context lost: {fresh:?}");
+    assert!(
+        !back.state_invalid,
+        "inject wrote an invalid tracestate: {fresh:?}"
+    );
+
+    let mut reused = headers.clone();
+    w3c::inject(
+        &mut reused,
+        &ids,
+        sampled,
+        context.random,
+        context.trace_state.as_ref(),
+    );
+    assert_eq!(
+        w3c::extract(&reused),
+        back,
+        "stale headers survived: {reused:?}"
+    );
+}
+
+/// The headers `datadog_extract` fills: `0` trace id, `1` parent id, `2` sampling priority,
+/// `3` origin, `4` tags.
+pub const DATADOG_HEADERS: [HeaderName; 5] = [
+    datadog::TRACE_ID,
+    datadog::PARENT_ID,
+    datadog::SAMPLING_PRIORITY,
+    datadog::ORIGIN,
+    datadog::TAGS,
+];
+
+/// Target `datadog_extract`: `extract` never panics; a context it reads survives `inject` then
+/// `extract` unchanged (ids with the `_dd.p.tid` high bits, priority, origin, `_dd.p.*` tags);
+/// and `inject` over the caller's own headers leaves nothing stale.
+pub fn datadog_extract(data: &[u8]) {
+    let headers = headers_from(data, &DATADOG_HEADERS);
+    let extracted = datadog::extract(&headers);
+    let Read::Valid(context) = &extracted.context else {
+        return;
+    };
+    let ids = context.ids.expect("a valid Datadog context has ids");
+    assert_ne!(ids.trace_id.low, 0, "zero trace id read");
+    assert_ne!(ids.span_id.0, 0, "zero parent id read");
+    let sampled = matches!(
+        context.sampling,
+        Some(SamplingState::Accept | SamplingState::Debug)
+    );
+    let debug = context.sampling == Some(SamplingState::Debug);
+    // A deferred decision is written as this hop's own; only a caller's decision travels as is.
+    let priority = datadog::priority(sampled, debug, context.dd_priority);
+    let mut fresh = HeaderMap::new();
+    datadog::inject(
+        &mut fresh,
+        &ids,
+        priority,
+        context.dd_origin.as_ref(),
+        context.dd_tags.as_ref(),
+    );
+    let back = datadog::extract(&fresh);
+    assert!(!back.tags_invalid, "inject wrote malformed tags: {fresh:?}");
+    let Read::Valid(again) = &back.context else {
+        panic!("inject wrote an unreadable context: {fresh:?}");
+    };
+    assert_eq!(again.ids, context.ids, "ids lost: {fresh:?}");
+    assert_eq!(again.dd_origin, context.dd_origin, "origin lost: {fresh:?}");
+    assert_eq!(again.dd_tags, context.dd_tags, "tags lost: {fresh:?}");
+    if context.sampling.is_some() {
+        assert_eq!(again.sampling, context.sampling, "decision lost: {fresh:?}");
+        assert_eq!(
+            again.dd_priority, context.dd_priority,
+            "priority changed: {fresh:?}"
+        );
+    }
+
+    let mut reused = headers.clone();
+    datadog::inject(
+        &mut reused,
+        &ids,
+        priority,
+        context.dd_origin.as_ref(),
+        context.dd_tags.as_ref(),
+    );
+    assert_eq!(
+        datadog::extract(&reused),
         back,
         "stale headers survived: {reused:?}"
     );

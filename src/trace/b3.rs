@@ -22,22 +22,7 @@ pub const PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspani
 pub const SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 pub const FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
-/// A caller's sampling decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SamplingState {
-    Accept,
-    Deny,
-    /// Debug: sample, and tell the backend to keep it.
-    Debug,
-}
-
-/// The ids of a span as they travel between hops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpanContext {
-    pub trace_id: TraceId,
-    pub span_id: SpanId,
-    pub parent_id: Option<SpanId>,
-}
+pub use super::context::{SamplingState, SpanContext};
 
 /// What a request carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,6 +34,13 @@ pub struct Extracted {
     pub single: bool,
     /// Some malformed context was ignored.
     pub invalid: bool,
+}
+
+/// Any B3 header came in (valid or not).
+pub fn present(headers: &HeaderMap) -> bool {
+    [&B3, &TRACE_ID, &SPAN_ID, &PARENT_SPAN_ID, &SAMPLED, &FLAGS]
+        .into_iter()
+        .any(|name| headers.contains_key(name))
 }
 
 /// Reads the caller's B3 context. Never fails: what cannot be read is ignored.

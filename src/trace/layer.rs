@@ -1,6 +1,8 @@
 //! The tracing layer of the data path: for each request on an http/http2/grpc listener it reads
-//! the caller's B3 context, decides once whether to sample, writes the context for the next hop,
-//! and — only when sampled — records a span that ends with the response body.
+//! the caller's context in every propagation format (B3, W3C Trace Context, Datadog; DESIGN
+//! A11), decides once whether to sample, writes the context for the next hop in the backend's
+//! native format and every format that came in, and — only when sampled — records a span that
+//! ends with the response body.
 //!
 //! Unsampled requests allocate no span and build no tags: they pay for the header lookups and
 //! the ids they forward, nothing more.
@@ -13,12 +15,15 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 use super::SpanSink;
-use super::b3::{self, SpanContext};
+use super::context::{Format, SpanContext};
 use super::id::{SpanId, TraceId};
+use super::propagation::{self, Outgoing};
 use super::sampler;
 use super::span::{Span, SpanKind, TagValue};
+use crate::metrics::FormatLabels;
 use crate::policy::effective::Direction;
 use crate::proxy::observe::{End, Exchange, ListenerInfo, Observer, ResponseFlags};
 
@@ -42,6 +47,9 @@ pub struct TracedBackend {
     pub shared_span_context: bool,
     /// New root traces get 128-bit ids.
     pub trace_id_128bit: bool,
+    /// The backend's own propagation format: read first, always written (zipkin: B3,
+    /// datadog: Datadog, openTelemetry: W3C).
+    pub propagation: Format,
     pub sink: Arc<dyn SpanSink>,
 }
 
@@ -56,24 +64,33 @@ pub struct Tracer {
     config: ArcSwap<TraceConfig>,
     /// Envoy's `node_id` tag: `<mesh>.<dataplane>`.
     node_id: Arc<str>,
-    invalid_contexts: Counter,
+    /// Malformed contexts, by format (`Format::ALL` order), resolved once.
+    invalid_contexts: [Counter; 3],
 }
 
 impl Tracer {
     pub fn new(node_id: &str, config: TraceConfig) -> Tracer {
-        Tracer::with_invalid_counter(node_id, config, Counter::default())
+        Tracer::with_invalid_counter(node_id, config, Family::default())
     }
 
-    /// Counts malformed contexts on `invalid_contexts` (a registered metric).
+    /// Counts malformed contexts on `invalid_contexts` (a registered metric with a `format`
+    /// label).
     pub fn with_invalid_counter(
         node_id: &str,
         config: TraceConfig,
-        invalid_contexts: Counter,
+        invalid_contexts: Family<FormatLabels, Counter>,
     ) -> Tracer {
+        let counter = |format: Format| {
+            invalid_contexts
+                .get_or_create(&FormatLabels {
+                    format: format.label(),
+                })
+                .clone()
+        };
         Tracer {
             config: ArcSwap::from_pointee(config),
             node_id: Arc::from(node_id),
-            invalid_contexts,
+            invalid_contexts: Format::ALL.map(counter),
         }
     }
 
@@ -82,9 +99,14 @@ impl Tracer {
         self.config.store(Arc::new(config));
     }
 
-    /// Requests whose B3 context was malformed and ignored.
+    /// Malformed contexts ignored, all formats together.
     pub fn invalid_contexts(&self) -> u64 {
-        self.invalid_contexts.get()
+        self.invalid_contexts.iter().map(Counter::get).sum()
+    }
+
+    /// Malformed contexts of one format ignored.
+    pub fn invalid_contexts_of(&self, format: Format) -> u64 {
+        self.invalid_contexts[format as usize].get()
     }
 }
 
@@ -105,18 +127,20 @@ impl Observer for Tracer {
         if !head.headers.contains_key(&X_REQUEST_ID) {
             head.headers.insert(X_REQUEST_ID, new_request_id());
         }
-        let incoming = b3::extract(&head.headers);
-        if incoming.invalid {
-            self.invalid_contexts.inc();
+        let native = backend.propagation;
+        let incoming = propagation::extract(&head.headers, native);
+        for format in incoming.invalid() {
+            self.invalid_contexts[format as usize].inc();
         }
-        let decision = match &incoming.context {
+        let sampling = incoming.context.sampling;
+        let decision = match &incoming.context.ids {
             Some(c) => sampler::decide(
-                incoming.sampling,
+                sampling,
                 c.trace_id.to_hex().as_bytes(),
                 backend.basis_points,
             ),
             None => sampler::decide(
-                incoming.sampling,
+                sampling,
                 head.headers
                     .get(&X_REQUEST_ID)
                     .map_or(&[][..], HeaderValue::as_bytes),
@@ -124,7 +148,7 @@ impl Observer for Tracer {
             ),
         };
         let inbound = listener.direction == Direction::Inbound;
-        let (context, shared) = match incoming.context {
+        let (context, shared) = match incoming.context.ids {
             Some(caller) if inbound && backend.shared_span_context => (caller, true),
             Some(caller) => (
                 SpanContext {
@@ -143,16 +167,26 @@ impl Observer for Tracer {
                 false,
             ),
         };
-        b3::inject(
+        propagation::inject(
             &mut head.headers,
-            &context,
-            decision.sampled,
-            decision.debug,
-            incoming.single,
+            native,
+            &incoming,
+            Outgoing {
+                hop: &context,
+                sampled: decision.sampled,
+                debug: decision.debug,
+                continued: incoming.context.ids.is_some(),
+            },
         );
         if !decision.sampled {
             return None;
         }
+        let trace_state = incoming
+            .context
+            .trace_state
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(Box::from);
         Some(Box::new(Recording::start(
             self,
             listener,
@@ -162,6 +196,7 @@ impl Observer for Tracer {
             context,
             shared,
             decision.debug,
+            trace_state,
         )))
     }
 }
@@ -200,6 +235,7 @@ impl Recording {
         context: SpanContext,
         shared: bool,
         debug: bool,
+        trace_state: Option<Box<str>>,
     ) -> Recording {
         let timestamp_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -263,6 +299,7 @@ impl Recording {
                 debug,
                 error: false,
                 tags,
+                trace_state,
             },
             started: Instant::now(),
             sink: backend.sink.clone(),

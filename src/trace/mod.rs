@@ -1,12 +1,17 @@
-//! Per-request tracing decisions, no I/O: B3 context, the sampler, the span record and its
+//! Per-request tracing decisions, no I/O: propagation (B3, W3C Trace Context, Datadog), the sampler, the span record and its
 //! tags, and the layer that puts them in the data path.
 
 pub mod b3;
+pub mod context;
+pub mod datadog;
 pub mod id;
 pub mod layer;
+pub mod propagation;
 pub mod sampler;
 pub mod span;
+pub mod w3c;
 
+pub use context::Format;
 pub use layer::{TraceConfig, TracedBackend, Tracer};
 pub use span::{Span, SpanKind, TagValue};
 

@@ -895,6 +895,7 @@ pub fn tracer_into(node_id: &str, sink: &Arc<Collected>) -> Arc<tracecar::trace:
                 basis_points: 10_000,
                 shared_span_context: true,
                 trace_id_128bit: false,
+                propagation: tracecar::trace::Format::B3,
                 sink: sink.clone(),
             }),
         },

@@ -1,0 +1,176 @@
+//! Every propagation format at once (DESIGN A11): which context a request carries, and what
+//! the next hop is told.
+//!
+//! - Extract: the first valid context in this order: the backend's native format, then W3C
+//!   `traceparent`, B3 single, B3 multi, Datadog. Invalid input in one format is ignored
+//!   (and counted) and the next is tried. A B3 sampling state without ids (`b3: 0`) is
+//!   honoured when no format carries ids.
+//! - Inject: the native format always, plus every format that came in (also one that came in
+//!   invalid, written fresh), all carrying the same trace id, this hop's span id and decision.
+//! - `tracestate` travels on when the incoming `traceparent` is valid and its trace goes on;
+//!   Datadog origin and `_dd.p.*` tags likewise with the Datadog context. A trace that
+//!   restarts takes none of them along.
+
+use http::header::HeaderMap;
+
+use super::b3;
+use super::context::{Format, SpanContext, TraceContext};
+use super::datadog;
+use super::w3c;
+
+/// What a request carried, all formats read into one context.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Incoming {
+    /// The context of the first valid format: the caller's span as `ids.span_id`.
+    pub context: TraceContext,
+    /// The format the ids came from; `None` when none carried ids.
+    pub source: Option<Format>,
+    /// Formats that came in, valid or not: each is written back.
+    pub b3: bool,
+    pub w3c: bool,
+    pub datadog: bool,
+    /// The single `b3` header came in valid: answered in kind.
+    pub b3_single: bool,
+    /// Formats whose input was malformed and ignored (each counted once per request).
+    pub invalid_b3: bool,
+    pub invalid_w3c: bool,
+    pub invalid_datadog: bool,
+}
+
+impl Incoming {
+    /// The formats whose input was malformed.
+    pub fn invalid(&self) -> impl Iterator<Item = Format> + use<> {
+        [
+            (self.invalid_b3, Format::B3),
+            (self.invalid_w3c, Format::W3c),
+            (self.invalid_datadog, Format::Datadog),
+        ]
+        .into_iter()
+        .filter_map(|(invalid, format)| invalid.then_some(format))
+    }
+}
+
+/// The order formats are tried in, native first.
+pub fn order(native: Format) -> [Format; 3] {
+    match native {
+        Format::B3 => [Format::B3, Format::W3c, Format::Datadog],
+        Format::W3c => [Format::W3c, Format::B3, Format::Datadog],
+        Format::Datadog => [Format::Datadog, Format::W3c, Format::B3],
+    }
+}
+
+/// Reads every format. Never fails: what cannot be read is ignored.
+pub fn extract(headers: &HeaderMap, native: Format) -> Incoming {
+    let b3 = b3::extract(headers);
+    let w3c = w3c::extract(headers);
+    let dd = datadog::extract(headers);
+    let b3_context = b3.context.map(|ids| TraceContext {
+        ids: Some(ids),
+        sampling: b3.sampling,
+        ..TraceContext::default()
+    });
+
+    let mut chosen: Option<(Format, &TraceContext)> = None;
+    for format in order(native) {
+        let context = match format {
+            Format::B3 => b3_context.as_ref(),
+            Format::W3c => w3c.context.valid(),
+            Format::Datadog => dd.context.valid(),
+        };
+        if let Some(context) = context {
+            chosen = Some((format, context));
+            break;
+        }
+    }
+    let (source, mut context) = match chosen {
+        Some((format, context)) => (Some(format), context.clone()),
+        // No ids anywhere: a lone B3 sampling state still counts.
+        None => (
+            None,
+            TraceContext {
+                sampling: b3.sampling,
+                ..TraceContext::default()
+            },
+        ),
+    };
+    if let Some(ids) = context.ids {
+        // What rides with another format's context travels on when it is the same trace.
+        if source != Some(Format::W3c)
+            && let Some(w) = w3c.context.valid()
+            && same_trace(w, &ids)
+        {
+            context.random = w.random;
+            context.trace_state = w.trace_state.clone();
+        }
+        if source != Some(Format::Datadog)
+            && let Some(d) = dd.context.valid()
+            && same_trace(d, &ids)
+        {
+            context.dd_origin = d.dd_origin.clone();
+            context.dd_tags = d.dd_tags.clone();
+            context.dd_priority = d.dd_priority;
+        }
+    }
+    Incoming {
+        context,
+        source,
+        b3: native == Format::B3 || b3.invalid || b3.single || b3::present(headers),
+        w3c: !w3c.context.is_absent(),
+        datadog: !dd.context.is_absent(),
+        b3_single: b3.single,
+        invalid_b3: b3.invalid,
+        invalid_w3c: w3c.context.is_invalid() || w3c.state_invalid,
+        invalid_datadog: dd.context.is_invalid() || dd.tags_invalid,
+    }
+}
+
+/// The low 64 bits agree, and the high ones too when both sides have them.
+fn same_trace(other: &TraceContext, ids: &SpanContext) -> bool {
+    other.ids.is_some_and(|o| {
+        o.trace_id.low == ids.trace_id.low
+            && (o.trace_id.high == 0
+                || ids.trace_id.high == 0
+                || o.trace_id.high == ids.trace_id.high)
+    })
+}
+
+/// What this hop tells the next.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// Trace id, this hop's span id, its parent.
+    pub hop: &'a SpanContext,
+    pub sampled: bool,
+    pub debug: bool,
+    /// The trace went on from the incoming context (else it restarted: nothing rides along).
+    pub continued: bool,
+}
+
+/// Writes the native format and every format that came in, all saying the same.
+pub fn inject(headers: &mut HeaderMap, native: Format, incoming: &Incoming, out: Outgoing<'_>) {
+    let carried = out.continued.then_some(&incoming.context);
+    if native == Format::B3 || incoming.b3 {
+        b3::inject(headers, out.hop, out.sampled, out.debug, incoming.b3_single);
+    }
+    if native == Format::W3c || incoming.w3c {
+        // Newly created trace ids are random; a kept one is as random as its creator said.
+        let random = carried.is_none_or(|c| c.random);
+        w3c::inject(
+            headers,
+            out.hop,
+            out.sampled,
+            random,
+            carried.and_then(|c| c.trace_state.as_ref()),
+        );
+    }
+    if native == Format::Datadog || incoming.datadog {
+        let priority =
+            datadog::priority(out.sampled, out.debug, carried.and_then(|c| c.dd_priority));
+        datadog::inject(
+            headers,
+            out.hop,
+            priority,
+            carried.and_then(|c| c.dd_origin.as_ref()),
+            carried.and_then(|c| c.dd_tags.as_ref()),
+        );
+    }
+}
