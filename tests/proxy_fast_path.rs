@@ -463,6 +463,7 @@ fn tracer(sink: &Arc<Collected>) -> Arc<Tracer> {
                 shared_span_context: true,
                 trace_id_128bit: false,
                 sink: sink.clone(),
+                meshtrace: None,
             }),
         },
     ))

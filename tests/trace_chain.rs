@@ -24,6 +24,7 @@ fn tracer(node: &str, sink: &Arc<Collected>, percent: f64, shared: bool) -> Arc<
                 shared_span_context: shared,
                 trace_id_128bit: false,
                 sink: sink.clone(),
+                meshtrace: None,
             }),
         },
     ))

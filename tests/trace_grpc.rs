@@ -25,6 +25,7 @@ async fn traced_inbound() -> (EchoServer, harness::Proxy, EchoClient, Arc<Collec
                 shared_span_context: true,
                 trace_id_128bit: false,
                 sink: sink.clone(),
+                meshtrace: None,
             }),
         },
     ));

@@ -17,7 +17,6 @@ use prometheus_client::metrics::counter::Counter;
 use super::SpanSink;
 use super::b3::{self, SpanContext};
 use super::id::{SpanId, TraceId};
-use super::sampler;
 use super::span::{Span, SpanKind, TagValue};
 use crate::policy::effective::Direction;
 use crate::proxy::observe::{End, Exchange, ListenerInfo, Observer, ResponseFlags};
@@ -43,6 +42,8 @@ pub struct TracedBackend {
     /// New root traces get 128-bit ids.
     pub trace_id_128bit: bool,
     pub sink: Arc<dyn SpanSink>,
+    /// MeshTrace's sampling knobs and tags; `None` under TrafficTrace.
+    pub meshtrace: Option<Arc<super::meshtrace::MeshTraceSettings>>,
 }
 
 /// What the tracing layer applies now; replaced whole on a policy change.
@@ -110,17 +111,17 @@ impl Observer for Tracer {
             self.invalid_contexts.inc();
         }
         let decision = match &incoming.context {
-            Some(c) => sampler::decide(
+            Some(c) => backend.decide(
                 incoming.sampling,
                 c.trace_id.to_hex().as_bytes(),
-                backend.basis_points,
+                &head.headers,
             ),
-            None => sampler::decide(
+            None => backend.decide(
                 incoming.sampling,
                 head.headers
                     .get(&X_REQUEST_ID)
                     .map_or(&[][..], HeaderValue::as_bytes),
-                backend.basis_points,
+                &head.headers,
             ),
         };
         let inbound = listener.direction == Direction::Inbound;
@@ -241,6 +242,9 @@ impl Recording {
         tags.push(("peer.address", ip_text(peer.ip())));
         if grpc {
             tags.push(("grpc.path", TagValue::Owned(head.uri.path().to_string())));
+        }
+        if let Some(meshtrace) = &backend.meshtrace {
+            meshtrace.push_tags(&head.headers, &mut tags);
         }
 
         let (kind, remote_service) = match listener.direction {

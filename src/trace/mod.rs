@@ -4,6 +4,7 @@
 pub mod b3;
 pub mod id;
 pub mod layer;
+pub mod meshtrace;
 pub mod sampler;
 pub mod span;
 
