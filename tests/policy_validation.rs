@@ -1875,10 +1875,10 @@ fn known_kuma_kind_is_skipped_with_a_warning() {
 
 #[test]
 fn known_kuma_kind_in_kubernetes_form_is_skipped_with_a_warning() {
-    let yaml = "apiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata: {name: mt}\nspec: {}\n";
+    let yaml = "apiVersion: kuma.io/v1alpha1\nkind: MeshMetric\nmetadata: {name: mt}\nspec: {}\n";
     assert_eq!(
         lines("policy.yaml", yaml),
-        ["warning: policy.yaml: MeshTrace/mt: not used by tracecar, skipped"]
+        ["warning: policy.yaml: MeshMetric/mt: not used by tracecar, skipped"]
     );
 }
 
@@ -1887,7 +1887,7 @@ fn unknown_kind_is_an_error() {
     assert_eq!(
         lines("policy.yaml", "type: TrafficTrac\nname: t\n"),
         [
-            r#"policy.yaml: document 1: unknown kind "TrafficTrac"; tracecar reads Mesh, TrafficTrace and Dataplane"#
+            r#"policy.yaml: document 1: unknown kind "TrafficTrac"; tracecar reads Mesh, TrafficTrace, MeshTrace, MeshOpenTelemetryBackend and Dataplane"#
         ]
     );
 }
@@ -1924,7 +1924,7 @@ fn problems_name_the_document_they_are_in() {
     assert_eq!(
         lines("policy.yaml", yaml),
         [
-            r#"policy.yaml: document 2: unknown kind "Nope"; tracecar reads Mesh, TrafficTrace and Dataplane"#
+            r#"policy.yaml: document 2: unknown kind "Nope"; tracecar reads Mesh, TrafficTrace, MeshTrace, MeshOpenTelemetryBackend and Dataplane"#
         ]
     );
 }
@@ -1935,7 +1935,7 @@ fn a_bad_document_does_not_hide_its_siblings_problems() {
     assert_eq!(
         lines("policy.yaml", yaml),
         [
-            r#"policy.yaml: document 1: unknown kind "Nope"; tracecar reads Mesh, TrafficTrace and Dataplane"#,
+            r#"policy.yaml: document 1: unknown kind "Nope"; tracecar reads Mesh, TrafficTrace, MeshTrace, MeshOpenTelemetryBackend and Dataplane"#,
             "policy.yaml: Mesh/Bad: name: invalid characters. A lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
         ]
     );
