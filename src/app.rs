@@ -53,7 +53,7 @@ pub fn trace_config(effective: &Effective, exporters: &Exporters) -> anyhow::Res
 }
 
 /// MeshTrace's knobs and tags as the data path applies them, built once per policy.
-fn meshtrace_settings(applied: &crate::policy::meshtrace::Applied) -> Arc<MeshTraceSettings> {
+pub fn meshtrace_settings(applied: &crate::policy::meshtrace::Applied) -> Arc<MeshTraceSettings> {
     let knobs = sampler::Knobs {
         overall: sampler::basis_points(applied.sampling.overall),
         client: sampler::basis_points(applied.sampling.client),
