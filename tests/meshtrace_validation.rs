@@ -771,3 +771,41 @@ fn mesh_open_telemetry_backend_checks_its_endpoint() {
         ]
     );
 }
+
+fn tracecar(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tracecar"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .expect("tracecar runs")
+}
+
+#[test]
+fn validate_warns_when_one_mesh_holds_both_traffic_trace_and_meshtrace() {
+    let out = tracecar(&[
+        "validate",
+        "config/mesh.yaml",
+        "config/trace-all-traffic.yaml",
+        "config/meshtrace.yaml",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: config/meshtrace.yaml: MeshTrace/trace-all-traffic: mesh \"default\" holds both MeshTrace and TrafficTrace"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_meshtrace_example_validates_without_problems() {
+    let out = tracecar(&["validate", "--strict", "config/meshtrace.yaml"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_demo_runs_on_the_meshtrace_example() {
+    let out = tracecar(&["demo", "--policy", "meshtrace"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("24 traces (24 complete)"), "{stdout}");
+}
