@@ -41,6 +41,9 @@ usage: cargo bench --bench load -- [options]
                         tracecar-s100-w2, …; http1, h2c, grpc (grpc-unary, grpc-stream),
                         conns, fixed-rate
   --out FILE            where to write the results (default benches/results/load-<date>.md)
+  --baseline BINARY     also run every tracecar configuration from BINARY (an earlier build),
+                        as baseline-s*-w*, right after its twin in each round; the report then
+                        compares the two (selecting tracecar-… with --only selects its twin too)
 ";
 
 /// What each round measures, in order.
@@ -67,18 +70,19 @@ impl Load {
 
 /// The configurations of the fixed-rate run.
 fn fixed_rate_configs() -> Vec<Config> {
-    vec![
-        Config::Direct,
-        Config::Nginx,
-        Config::Tracecar {
+    let mut configs = vec![Config::Direct, Config::Nginx];
+    for workers in [1, 2] {
+        configs.push(Config::Tracecar {
             sampling: 100,
-            workers: 1,
-        },
-        Config::Tracecar {
+            workers,
+        });
+        // Listed whether or not a baseline was given: `options.configs` decides.
+        configs.push(Config::Baseline {
             sampling: 100,
-            workers: 2,
-        },
-    ]
+            workers,
+        });
+    }
+    configs
 }
 
 pub struct Options {
@@ -121,6 +125,13 @@ fn parse_options(args: Vec<String>) -> anyhow::Result<Options> {
             "--quick" => quick = true,
             "--only" => only.extend(value("--only")?.split(',').map(|s| s.trim().to_string())),
             "--out" => out = Some(value("--out")?.into()),
+            "--baseline" => {
+                let binary = std::path::PathBuf::from(value("--baseline")?);
+                if !binary.is_file() {
+                    bail!("--baseline {}: no such file", binary.display());
+                }
+                target::set_baseline(binary);
+            }
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -137,8 +148,10 @@ fn parse_options(args: Vec<String>) -> anyhow::Result<Options> {
             .iter()
             .copied()
             .filter(|c| {
-                let name = c.name();
-                name == *item || name.starts_with(&format!("{item}-"))
+                // A baseline configuration is selected with its tracecar twin.
+                let name = c.name().replace("baseline-", "tracecar-");
+                let item = item.replace("baseline-", "tracecar-");
+                name == item || name.starts_with(&format!("{item}-"))
             })
             .collect();
         if !matching.is_empty() {
@@ -448,7 +461,7 @@ async fn measure(
         });
     }
     let stopped = target.stop().await;
-    if let Config::Tracecar { .. } = config {
+    if let Config::Tracecar { .. } | Config::Baseline { .. } = config {
         // tracecar flushes its queue on SIGTERM; the receiver counts before it answers.
         results.export.push(Export {
             round,

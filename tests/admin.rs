@@ -147,6 +147,40 @@ async fn config_dump_is_what_explain_prints_but_the_policy_version() {
 }
 
 #[tokio::test]
+async fn config_dump_and_explain_hide_a_collector_urls_userinfo() {
+    // Dumps get pasted into tickets: credentials in a collector url are shown as the logs
+    // show them.
+    let app = Upstream::start().await;
+    let collector = Collector::start(Answer::Accept).await;
+    let url = collector
+        .url()
+        .replacen("http://", "http://user:secret@", 1);
+    let files = SidecarFiles::new(app.address, &[("zipkin", &url)], "zipkin");
+    let sidecar = Sidecar::start(&files.dataplane, &files.policy, &[]).await;
+    let shown = collector.url().replacen("http://", "http://***@", 1);
+
+    let dump = sidecar.config_dump().await;
+    assert_eq!(dump["backend"]["conf"]["url"], shown.as_str());
+    let explained = std::process::Command::new(env!("CARGO_BIN_EXE_tracecar"))
+        .arg("explain")
+        .arg("--dataplane")
+        .arg(&files.dataplane)
+        .arg("--policy")
+        .arg(&files.policy)
+        .env_remove("TRACECAR_POLICY")
+        .env_remove("TRACECAR_DATAPLANE")
+        .output()
+        .expect("explain runs");
+    assert!(explained.status.success(), "{explained:?}");
+    let explained: serde_json::Value =
+        serde_json::from_slice(&explained.stdout).expect("explain prints JSON");
+    assert_eq!(explained["backend"]["conf"]["url"], shown.as_str());
+    for document in [&dump, &explained] {
+        assert!(!document.to_string().contains("secret"), "{document}");
+    }
+}
+
+#[tokio::test]
 async fn logging_shows_the_filter() {
     let running = running(&[("TRACECAR_LOG", "info,tracecar=info")]).await;
     let (status, body) = running

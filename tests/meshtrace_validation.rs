@@ -686,6 +686,54 @@ default:
     },
 ];
 
+/// A YAML null reads as the field's empty value, as for every kind (`policy::null_as_empty`):
+/// an unset field, an empty string, a default list item.
+const NULLS: &[Case] = &[
+    Case {
+        name: "null default is no default",
+        spec: "default: ~\n",
+        errors: &[("spec.default.backends", "must be defined")],
+    },
+    Case {
+        name: "null backends is unset backends",
+        spec: "default:\n  backends:\n",
+        errors: &[("spec.default.backends", "must be defined")],
+    },
+    Case {
+        name: "null zipkin url is empty",
+        spec: "default:\n  backends: [{type: Zipkin, zipkin: {url: ~}}]\n",
+        errors: &[("spec.default.backends[0].zipkin.url", "must not be empty")],
+    },
+    Case {
+        name: "null backend item is an empty backend",
+        spec: "default:\n  backends: [~]\n",
+        errors: &[("spec.default.backends[0].type", "must be defined")],
+    },
+    Case {
+        name: "null tag name and literal",
+        spec: "default:\n  backends: []\n  tags: [{name: ~, literal: ~}]\n",
+        errors: &[
+            ("spec.default.tags[0].name", "must not be empty"),
+            ("spec.default.tags[0]", "tag must have only one type defined: header, literal"),
+        ],
+    },
+    Case {
+        name: "null sampling knobs are unset",
+        spec: "default:\n  backends: []\n  sampling: {overall: ~, client: ~, random: ~}\n",
+        errors: &[],
+    },
+    Case {
+        name: "null targetRef is the whole mesh",
+        spec: "targetRef: ~\ndefault:\n  backends: []\n",
+        errors: &[],
+    },
+];
+
+#[test]
+fn yaml_nulls_read_as_empty_values_in_both_forms() {
+    run(NULLS);
+}
+
 #[test]
 fn every_valid_case_of_kumas_validator_test_passes_in_both_forms() {
     run(KUMA_VALID);

@@ -442,6 +442,21 @@ fn empty_conf_backend_uses_the_mesh_default_backend() {
 }
 
 #[test]
+fn null_conf_backend_uses_the_mesh_default_backend() {
+    // Kuma reads a YAML null as the field's empty value.
+    let dp = dataplane(&["{kuma.io/service: web, kuma.io/protocol: http}"]);
+    for extra in ["conf: {backend: }", "conf: {backend: ~}", "conf: null"] {
+        let e = effective(&dp, &[catch_all(extra)]);
+        assert_eq!(
+            e.backend.map(|b| b.name).as_deref(),
+            Some("zipkin"),
+            "{extra}"
+        );
+        assert_eq!(e.reason, None, "{extra}");
+    }
+}
+
+#[test]
 fn absent_conf_uses_the_mesh_default_backend() {
     let dp = dataplane(&["{kuma.io/service: web, kuma.io/protocol: http}"]);
     let e = effective(&dp, &[catch_all("")]);

@@ -1580,6 +1580,201 @@ fn dataplane_of_a_mesh_the_policy_lacks_is_a_warning() {
 }
 
 // =============================================================================================
+// Null values: Kuma reads YAML through JSON into protobuf, so `key:`, `key: ~` and `key: null`
+// are the field's empty value, and then Kuma's usual messages apply.
+
+#[test]
+fn null_backend_name_cannot_be_empty() {
+    let yaml = mesh_with_backends(
+        "
+        - name: ~
+          type: zipkin
+          conf: {url: 'http://zipkin:9411/api/v2/spans'}
+        ",
+    );
+    assert_eq!(
+        lines("mesh.yaml", &yaml),
+        ["mesh.yaml: Mesh/default: tracing.backends[0].name: cannot be empty"]
+    );
+}
+
+#[test]
+fn null_mesh_fields_are_empty_and_absent_sampling_is_valid() {
+    // `sampling:` is an unset wrapper in Kuma (100), `type:` an empty string (unknown type).
+    let yaml = mesh_with_backends(
+        "
+        - name: z
+          type:
+          sampling:
+          conf: {url: 'http://zipkin:9411/api/v2/spans', traceId128bit: ~, apiVersion: null, sharedSpanContext:}
+        ",
+    );
+    assert_eq!(
+        lines("mesh.yaml", &yaml),
+        [
+            r#"mesh.yaml: Mesh/default: tracing.backends[0].type: unknown backend type. Available backends: "zipkin", "datadog""#
+        ]
+    );
+}
+
+#[test]
+fn null_zipkin_url_cannot_be_empty() {
+    let yaml = mesh_with_backends("- {name: z, type: zipkin, conf: {url: ~}}");
+    assert_eq!(
+        lines("mesh.yaml", &yaml),
+        ["mesh.yaml: Mesh/default: tracing.backends[0].config.url: cannot be empty"]
+    );
+}
+
+#[test]
+fn null_datadog_conf_fields_are_empty() {
+    let yaml = mesh_with_backends(
+        "- {name: d, type: datadog, conf: {address: ~, port: , splitService: null}}",
+    );
+    assert_eq!(
+        lines("mesh.yaml", &yaml),
+        [
+            "mesh.yaml: Mesh/default: tracing.backends[0].config.address: cannot be empty",
+            "mesh.yaml: Mesh/default: tracing.backends[0].config.port: port must be in the range [1, 65535]",
+        ]
+    );
+}
+
+#[test]
+fn null_tracing_sections_are_empty() {
+    for yaml in [
+        "type: Mesh\nname: default\ntracing:\n",
+        "type: Mesh\nname: default\ntracing: {defaultBackend: ~, backends: ~}\n",
+        "apiVersion: kuma.io/v1alpha1\nkind: Mesh\nmetadata: {name: default}\nspec: {tracing: {backends: null}}\n",
+    ] {
+        assert_eq!(lines("mesh.yaml", yaml), Vec::<String>::new(), "{yaml}");
+    }
+}
+
+#[test]
+fn null_traffic_trace_backend_is_the_mesh_default_backend() {
+    let yaml = dedent(
+        "
+        type: Mesh
+        name: default
+        tracing:
+          defaultBackend: zipkin
+          backends: [{name: zipkin, type: zipkin, conf: {url: 'http://z:9411/'}}]
+        ---
+        type: TrafficTrace
+        name: t
+        selectors:
+          - match: {kuma.io/service: '*'}
+        conf: {backend: }
+        ",
+    );
+    assert_eq!(lines("policy.yaml", &yaml), Vec::<String>::new());
+}
+
+#[test]
+fn null_selector_tag_values_must_be_non_empty() {
+    let yaml = dedent(
+        "
+        type: TrafficTrace
+        name: t
+        selectors:
+          - match: {kuma.io/service: , region: ~}
+        ",
+    );
+    assert_eq!(
+        lines("trace.yaml", &yaml),
+        [
+            r#"trace.yaml: TrafficTrace/t: selectors[0].match["kuma.io/service"]: tag value must be non-empty"#,
+            r#"trace.yaml: TrafficTrace/t: selectors[0].match["region"]: tag value must be non-empty"#,
+        ]
+    );
+}
+
+#[test]
+fn null_selectors_and_match_are_empty() {
+    assert_eq!(
+        lines(
+            "trace.yaml",
+            "type: TrafficTrace\nname: t\nselectors: ~\nconf:\n"
+        ),
+        ["trace.yaml: TrafficTrace/t: selectors: must have at least one element"]
+    );
+    assert_eq!(
+        lines(
+            "trace.yaml",
+            "type: TrafficTrace\nname: t\nselectors:\n  - match:\n"
+        ),
+        ["trace.yaml: TrafficTrace/t: selectors[0].match: must have at least one tag"]
+    );
+}
+
+#[test]
+fn null_dataplane_address_and_tag_value_are_empty() {
+    let yaml = dedent(
+        "
+        type: Dataplane
+        mesh: default
+        name: dp-1
+        networking:
+          address: ~
+          advertisedAddress:
+          inbound:
+            - port: 15000
+              servicePort: ~
+              serviceAddress: null
+              address:
+              tags: {kuma.io/service: web, version: }
+          outbound: ~
+        ",
+    );
+    assert_eq!(
+        lines("dataplane.yaml", &yaml),
+        [
+            "dataplane.yaml: Dataplane/dp-1: networking.address: address can't be empty",
+            r#"dataplane.yaml: Dataplane/dp-1: networking.inbound[0].tags["version"]: tag value must be non-empty"#,
+        ]
+    );
+}
+
+#[test]
+fn null_dataplane_port_is_zero_and_out_of_range() {
+    let yaml = dataplane_with_inbound("port: ~\ntags: {kuma.io/service: web}");
+    assert_eq!(
+        lines("dataplane.yaml", &yaml),
+        [
+            "dataplane.yaml: Dataplane/dp-1: networking.inbound[0].port: port must be in the range [1, 65535]"
+        ]
+    );
+}
+
+#[test]
+fn null_outbound_fields_and_kubernetes_dataplane_are_empty() {
+    let yaml = dedent(
+        "
+        apiVersion: kuma.io/v1alpha1
+        kind: Dataplane
+        mesh: default
+        metadata: {name: dp-1, namespace: ~, creationTimestamp: ~}
+        spec:
+          networking:
+            address: 127.0.0.1
+            inbound:
+              - port: 15000
+                tags: {kuma.io/service: web}
+                tls: ~
+            outbound:
+              - port: 15001
+                address: ~
+                service: ~
+                tags: {kuma.io/service: backend}
+                endpoints: ['10.0.0.7:15000']
+                tls:
+        ",
+    );
+    assert_eq!(lines("dataplane.yaml", &yaml), Vec::<String>::new());
+}
+
+// =============================================================================================
 // Resource names
 
 #[test]

@@ -566,3 +566,71 @@ async fn deleting_only_the_traffic_trace_file_stops_tracing_as_asked() {
     assert_eq!(setup.reloads("failure").await, 0.0);
     setup.traffic.finish().await;
 }
+
+#[tokio::test]
+async fn a_policy_folder_deleted_and_created_again_is_still_watched() {
+    // A redeploy that replaces the whole folder: the watch on the old folder died with it, so
+    // tracecar must pick up the new folder, and then keep following changes inside it.
+    let setup = TwoBackends::start().await;
+    let folder = &setup.files.policy;
+    let mesh = std::fs::read_to_string(folder.join("mesh.yaml")).expect("read mesh");
+    std::fs::remove_dir_all(folder).expect("delete the policy folder");
+    // The deletion itself is refused (a vanished folder keeps the last good policy); wait for
+    // that, so what follows is read only if the new folder is watched.
+    let started = Instant::now();
+    while failed_reloads(&setup.sidecar).await == 0.0 && started.elapsed() < Duration::from_secs(3)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        failed_reloads(&setup.sidecar).await > 0.0,
+        "the deletion is seen and refused:\n{}",
+        setup.sidecar.log()
+    );
+
+    // Prepared beside it and moved in whole, so no half-written folder is ever read.
+    let prepared = setup.files.dir.path().join("policy.new");
+    std::fs::create_dir(&prepared).expect("create the new folder");
+    std::fs::write(prepared.join("mesh.yaml"), &mesh).expect("write mesh");
+    std::fs::write(prepared.join("trace.yaml"), traffic_trace_yaml("b")).expect("write trace");
+    std::fs::rename(&prepared, folder).expect("move the new folder in");
+    let (after, _) = config_dump_until(&setup.sidecar, Duration::from_secs(2), |d| {
+        backend_name(d) == "b"
+    })
+    .await;
+    assert_eq!(
+        backend_name(&after),
+        "b",
+        "the new folder applied within 2 s:\n{}",
+        setup.sidecar.log()
+    );
+    assert_eq!(after["policyVersion"], 2);
+
+    replace_file(&folder.join("trace.yaml"), &traffic_trace_yaml("a"));
+    let (after, _) = config_dump_until(&setup.sidecar, Duration::from_secs(2), |d| {
+        backend_name(d) == "a"
+    })
+    .await;
+    assert_eq!(
+        backend_name(&after),
+        "a",
+        "a change inside the new folder applied within 2 s:\n{}",
+        setup.sidecar.log()
+    );
+    assert_eq!(after["policyVersion"], 3);
+    let (_, failures) = setup.traffic.finish().await;
+    assert!(
+        failures.is_empty(),
+        "requests failed: {:?}",
+        failures.first()
+    );
+}
+
+async fn failed_reloads(sidecar: &Sidecar) -> f64 {
+    metric(
+        &sidecar.metrics().await,
+        "tracecar_policy_reloads_total",
+        &[("result", "failure")],
+    )
+    .unwrap_or(0.0)
+}

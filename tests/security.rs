@@ -506,7 +506,7 @@ async fn a_tls_outbound_offers_only_tls_1_3_and_1_2() {
 
 #[test]
 fn a_collector_url_is_logged_with_its_userinfo_redacted() {
-    use tracecar::export::redact_userinfo;
+    use tracecar::policy::effective::redact_userinfo;
     assert_eq!(
         redact_userinfo("https://user:secret@collector:9411/api/v2/spans"),
         "https://***@collector:9411/api/v2/spans"

@@ -454,6 +454,47 @@ pub fn render(
          one run.\n"
     );
 
+    let pairs: Vec<(Config, Config)> = configs
+        .iter()
+        .filter_map(|&c| match c {
+            Config::Baseline { sampling, workers } => Some((tracecar(sampling, workers), c)),
+            _ => None,
+        })
+        .filter(|(t, _)| configs.contains(t))
+        .collect();
+    if !pairs.is_empty() {
+        let _ = writeln!(w, "## Against the baseline binary\n");
+        let _ = writeln!(
+            w,
+            "Each figure is this build's median over the baseline build's, both run in the same \
+             rounds (< 1 is better for CPU, p99 and RSS; > 1 for throughput).\n"
+        );
+        let _ = writeln!(
+            w,
+            "| configuration | HTTP/1.1 CPU/req | HTTP/1.1 req/s | HTTP/1.1 p99 | h2c CPU/req | h2c req/s | gRPC unary msg/s | gRPC stream msg/s | RSS idle | RSS 1,000 conns |"
+        );
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (t, b) in pairs {
+            let r = |f: &dyn Fn(Config) -> Option<f64>| fmt_ratio(ratio(f(t), f(b)));
+            let _ = writeln!(
+                w,
+                "| {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                t.name(),
+                b.name(),
+                r(&|c| view.cpu(c, Load::Http1)),
+                r(&|c| view.rate(c, Load::Http1)),
+                r(&|c| view.p99(c, Load::Http1)),
+                r(&|c| view.cpu(c, Load::H2c)),
+                r(&|c| view.rate(c, Load::H2c)),
+                r(&|c| view.rate(c, Load::GrpcUnary)),
+                r(&|c| view.rate(c, Load::GrpcStream)),
+                r(&|c| view.memory(c, |m| m.idle_kib)),
+                r(&|c| view.memory(c, |m| m.conns_kib)),
+            );
+        }
+        let _ = writeln!(w);
+    }
+
     if !results.export.is_empty() {
         let _ = writeln!(w, "## Export\n");
         let _ = writeln!(

@@ -22,6 +22,20 @@ pub enum Config {
     /// tracecar with every inbound `kuma.io/protocol: tcp`, one worker: bytes copied both
     /// ways, no HTTP at all. The floor for any proxy process between client and server.
     TracecarTcp,
+    /// The same as `Tracecar`, run from the `--baseline` binary (an earlier build), so that a
+    /// change is measured against what it replaces in one run, rounds alternating.
+    Baseline {
+        sampling: u8,
+        workers: u8,
+    },
+}
+
+/// The `--baseline` binary, when one was given.
+static BASELINE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Adds the `baseline-*` configurations, run from `binary`.
+pub fn set_baseline(binary: std::path::PathBuf) {
+    let _ = BASELINE.set(binary);
 }
 
 impl Config {
@@ -31,6 +45,9 @@ impl Config {
         for workers in [1, 2] {
             for sampling in [0, 100] {
                 all.push(Config::Tracecar { sampling, workers });
+                if BASELINE.get().is_some() {
+                    all.push(Config::Baseline { sampling, workers });
+                }
             }
         }
         all.push(Config::TracecarTcp);
@@ -43,6 +60,7 @@ impl Config {
             Config::Nginx => "nginx".to_string(),
             Config::Tracecar { sampling, workers } => format!("tracecar-s{sampling}-w{workers}"),
             Config::TracecarTcp => "tracecar-tcp-w1".to_string(),
+            Config::Baseline { sampling, workers } => format!("baseline-s{sampling}-w{workers}"),
         }
     }
 
@@ -176,6 +194,16 @@ pub async fn start(config: Config, upstreams: Upstreams) -> anyhow::Result<Targe
         Config::TracecarTcp => {
             start_tracecar(config, 100, 1, ["tcp", "tcp", "tcp"], upstreams).await
         }
+        Config::Baseline { sampling, workers } => {
+            start_tracecar(
+                config,
+                sampling,
+                workers,
+                ["http", "http2", "grpc"],
+                upstreams,
+            )
+            .await
+        }
     }
 }
 
@@ -232,7 +260,11 @@ async fn start_tracecar(
     std::fs::write(&dataplane_file, dataplane)?;
     std::fs::write(&policy_file, policy)?;
     let stderr = std::fs::File::create(dir.path().join("stderr.log"))?;
-    let child = Command::new(env!("CARGO_BIN_EXE_tracecar"))
+    let binary = match config {
+        Config::Baseline { .. } => BASELINE.get().context("no --baseline binary")?.clone(),
+        _ => std::path::PathBuf::from(env!("CARGO_BIN_EXE_tracecar")),
+    };
+    let child = Command::new(binary)
         .arg("run")
         .arg("--dataplane")
         .arg(&dataplane_file)

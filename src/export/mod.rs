@@ -22,7 +22,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::metrics::{BackendLabels, DropReason, DroppedLabels, ExportLabels, Metrics};
-use crate::policy::effective::{Backend, BackendConf};
+use crate::policy::effective::{Backend, BackendConf, redact_userinfo};
 use crate::trace::{Span, SpanSink};
 
 /// Export tuning. Defaults per the contract: 8,192 queued spans, batches of 512, at least
@@ -208,20 +208,6 @@ impl Target {
             uri,
             encoder,
         })
-    }
-}
-
-/// `url` with its userinfo, if any, replaced by `***`: credentials in a collector url
-/// (`https://user:password@host/…`) never reach the log.
-pub fn redact_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://***@{host}{tail}"),
-        None => url.to_string(),
     }
 }
 

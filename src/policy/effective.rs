@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::null_as_empty;
 use super::resource::{
     DatadogConf, Dataplane, Mesh, Protocol, SERVICE_TAG, TracingBackend, TrafficTrace, ZipkinConf,
 };
@@ -93,11 +94,31 @@ pub enum OtlpProtocol {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ZipkinBackend {
+    /// Shown in `/config_dump` and `explain` without its userinfo: dumps get pasted into tickets.
+    #[serde(serialize_with = "serialize_redacted")]
     pub url: String,
     #[serde(rename = "traceId128bit")]
     pub trace_id_128bit: bool,
     pub api_version: ApiVersion,
     pub shared_span_context: bool,
+}
+
+fn serialize_redacted<S: serde::Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redact_userinfo(url))
+}
+
+/// `url` with its userinfo, if any, replaced by `***`: credentials in a collector url
+/// (`https://user:password@host/…`) never reach a log line, `/config_dump` or `explain`.
+pub fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{tail}"),
+        None => url.to_string(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -160,7 +181,7 @@ pub fn resolve_backend(backend: &TracingBackend) -> Option<Backend> {
             let c: ZipkinConf = if conf.is_null() {
                 ZipkinConf::default()
             } else {
-                serde_json::from_value(conf).ok()?
+                null_as_empty::from_value(conf).ok()?
             };
             BackendConf::Zipkin(ZipkinBackend {
                 url: c.url,
@@ -177,7 +198,7 @@ pub fn resolve_backend(backend: &TracingBackend) -> Option<Backend> {
             let c: DatadogConf = if conf.is_null() {
                 DatadogConf::default()
             } else {
-                serde_json::from_value(conf).ok()?
+                null_as_empty::from_value(conf).ok()?
             };
             BackendConf::Datadog(DatadogBackend {
                 address: c.address,

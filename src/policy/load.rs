@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::diagnostic::Diagnostic;
 use super::meshtrace;
+use super::null_as_empty;
 use super::resource::{
     Dataplane, DataplaneSpec, Form, Kind, Mesh, MeshSpec, Meta, Resource, Source, TrafficTrace,
     TrafficTraceSpec,
@@ -368,9 +369,10 @@ fn parse_document(document: Value, source: Source) -> Result<Parsed, Diagnostic>
     typed(body).map(Parsed::Resource)
 }
 
-/// Deserializes a spec, reporting a type error with its field path (`tracing.backends[0].sampling`).
+/// Deserializes a spec, nulls read as empty values (see [`null_as_empty`]), reporting a type
+/// error with its field path (`tracing.backends[0].sampling`).
 fn from_value<T: DeserializeOwned>(body: Value, file: &Path, id: &str) -> Result<T, Diagnostic> {
-    serde_path_to_error::deserialize(body).map_err(|e| {
+    null_as_empty::from_value_with_path(body).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
         Diagnostic::error(file, e.into_inner().to_string())
@@ -507,6 +509,8 @@ fn read_labels(
             .iter()
             .map(|(k, v)| match v {
                 Value::String(s) => Ok((k.clone(), s.clone())),
+                // A null reads as the empty value (see `null_as_empty`).
+                Value::Null => Ok((k.clone(), String::new())),
                 other => Err(problem(format!(
                     "{path}[{}]: expected a string, found {}",
                     Value::String(k.clone()),

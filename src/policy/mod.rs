@@ -5,6 +5,7 @@ pub mod diagnostic;
 pub mod effective;
 pub mod load;
 pub mod meshtrace;
+pub mod null_as_empty;
 pub mod resource;
 pub mod select;
 pub mod validate;

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use serde::de::DeserializeOwned;
 
 use super::diagnostic::Diagnostic;
+use super::null_as_empty;
 use super::resource::{
     DatadogConf, Dataplane, Inbound, Kind, Mesh, Meta, Outbound, PROTOCOL_TAG, Protocol, Resource,
     SERVICE_TAG, TracingBackend, TrafficTrace, ZipkinConf,
@@ -193,7 +194,7 @@ fn parse_conf<T: DeserializeOwned + Default>(
             v.warning(format!("{path}.{k}"), "unknown field, ignored");
         }
     }
-    match serde_json::from_value::<T>(conf.clone()) {
+    match null_as_empty::from_value::<T>(conf.clone()) {
         Ok(t) => Some(t),
         Err(e) => {
             v.error(path, format!("could not parse config: {e}"));

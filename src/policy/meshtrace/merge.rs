@@ -73,5 +73,5 @@ pub fn with_defaults(mut conf: Value) -> Value {
 /// stays valid (each field comes whole from one of them); a conf that still does not read is
 /// reported by the caller.
 pub fn typed(merged: &Value) -> Result<Conf, String> {
-    serde_json::from_value(merged.clone()).map_err(|e| e.to_string())
+    crate::policy::null_as_empty::from_value(merged.clone()).map_err(|e| e.to_string())
 }

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::policy::diagnostic::Diagnostic;
 use crate::policy::load::describe;
+use crate::policy::null_as_empty;
 use crate::policy::resource::{Form, Kind, Meta, Resource};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -231,8 +232,10 @@ pub const OTLP_GRPC_PORT: i64 = 4317;
 // ---------------------------------------------------------------------------------------------
 // Parsing
 
-/// Removes every null from a JSON value: in Kuma a null field is an unset pointer, and unset
-/// fields are left out of the merge patch (a null there would delete the field instead).
+/// Removes every null field from a JSON value: in Kuma a null field is an unset pointer, and
+/// unset fields are left out of the merge patch (a null there would delete the field instead).
+/// What remains (a null list item) reads as its type's empty value through `null_as_empty`,
+/// as for every other kind.
 pub fn strip_nulls(value: Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
@@ -284,14 +287,14 @@ pub fn parse(kind: Kind, body: Value, meta: Meta, id: &str) -> Result<Resource, 
     Ok(match kind {
         Kind::MeshOpenTelemetryBackend => {
             Resource::MeshOpenTelemetryBackend(MeshOpenTelemetryBackend {
-                spec: serde_path_to_error::deserialize(spec).map_err(typed_error)?,
+                spec: null_as_empty::from_value_with_path(spec).map_err(typed_error)?,
                 meta,
             })
         }
         _ => {
             let default_patch = spec.get("default").cloned().unwrap_or(Value::Null);
             Resource::MeshTrace(MeshTrace {
-                spec: serde_path_to_error::deserialize(spec).map_err(typed_error)?,
+                spec: null_as_empty::from_value_with_path(spec).map_err(typed_error)?,
                 default_patch,
                 meta,
             })
