@@ -124,9 +124,27 @@ fn meshtrace_tags(c: &mut Criterion) {
         knobs,
         [
             ("team", TagRule::Literal("core")),
-            ("env", TagRule::Header { name: "x-env", default: Some("prod") }),
-            ("version", TagRule::Header { name: "x-version", default: None }),
-            ("tenant", TagRule::Header { name: "x-tenant", default: Some("none") }),
+            (
+                "env",
+                TagRule::Header {
+                    name: "x-env",
+                    default: Some("prod"),
+                },
+            ),
+            (
+                "version",
+                TagRule::Header {
+                    name: "x-version",
+                    default: None,
+                },
+            ),
+            (
+                "tenant",
+                TagRule::Header {
+                    name: "x-tenant",
+                    default: Some("none"),
+                },
+            ),
             ("kuma.mesh", TagRule::Literal("default")),
         ],
     );
@@ -141,7 +159,9 @@ fn meshtrace_tags(c: &mut Criterion) {
                 let headers = black_box(&headers);
                 let decision = decide_knobs(
                     None,
-                    headers.get(&X_REQUEST_ID).map_or(&[][..], HeaderValue::as_bytes),
+                    headers
+                        .get(&X_REQUEST_ID)
+                        .map_or(&[][..], HeaderValue::as_bytes),
                     headers.contains_key("x-client-trace-id"),
                     &settings.knobs,
                 );

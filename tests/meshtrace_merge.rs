@@ -13,10 +13,7 @@ use tracecar::policy::{Dataplane, PolicySet, Resource};
 
 fn load(text: &str) -> (PolicySet, Option<Dataplane>) {
     let (resources, diagnostics) = parse_str(Path::new("fixture.yaml"), text);
-    assert!(
-        diagnostics.iter().all(|d| !d.is_error()),
-        "{diagnostics:?}"
-    );
+    assert!(diagnostics.iter().all(|d| !d.is_error()), "{diagnostics:?}");
     let dataplane = resources.iter().find_map(|r| match r {
         Resource::Dataplane(d) => Some(d.clone()),
         _ => None,
@@ -250,7 +247,11 @@ spec:
     let effective = set.effective(&dp, 1);
     let applied = effective.mesh_trace.expect("MeshTrace applies");
     assert_eq!(
-        (applied.sampling.overall, applied.sampling.client, applied.sampling.random),
+        (
+            applied.sampling.overall,
+            applied.sampling.client,
+            applied.sampling.random
+        ),
         (80.0, 40.0, 60.0)
     );
 }
@@ -264,12 +265,37 @@ fn mesh_trace(name: &str, target_ref: &str, labels: &str, default: &str) -> Stri
 #[test]
 fn kind_order_puts_the_more_specific_target_ref_last() {
     let text = [
-        mesh_trace("a-subset", "{kind: MeshSubset, tags: {version: v1}}", "{}", "{backends: []}"),
-        mesh_trace("b-service", "{kind: MeshService, name: web}", "{}", "{backends: []}"),
-        mesh_trace("c-dp-name", "{kind: Dataplane, name: dp-1}", "{}", "{backends: []}"),
-        mesh_trace("d-dp-labels", "{kind: Dataplane, labels: {team: a}}", "{}", "{backends: []}"),
+        mesh_trace(
+            "a-subset",
+            "{kind: MeshSubset, tags: {version: v1}}",
+            "{}",
+            "{backends: []}",
+        ),
+        mesh_trace(
+            "b-service",
+            "{kind: MeshService, name: web}",
+            "{}",
+            "{backends: []}",
+        ),
+        mesh_trace(
+            "c-dp-name",
+            "{kind: Dataplane, name: dp-1}",
+            "{}",
+            "{backends: []}",
+        ),
+        mesh_trace(
+            "d-dp-labels",
+            "{kind: Dataplane, labels: {team: a}}",
+            "{}",
+            "{backends: []}",
+        ),
         mesh_trace("e-mesh", "{kind: Mesh}", "{}", "{backends: []}"),
-        mesh_trace("f-subset-svc", "{kind: MeshServiceSubset, name: web, tags: {version: v1}}", "{}", "{backends: []}"),
+        mesh_trace(
+            "f-subset-svc",
+            "{kind: MeshServiceSubset, name: web, tags: {version: v1}}",
+            "{}",
+            "{backends: []}",
+        ),
     ]
     .concat();
     let dp = "---\ntype: Dataplane\nname: dp-1\nmesh: default\nlabels: {team: a}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: 8080\n      tags: {kuma.io/service: web, version: v1}\n";
@@ -277,7 +303,14 @@ fn kind_order_puts_the_more_specific_target_ref_last() {
     let (names, _) = merged(&set, &dp.unwrap());
     assert_eq!(
         names,
-        ["e-mesh", "d-dp-labels", "c-dp-name", "a-subset", "b-service", "f-subset-svc"]
+        [
+            "e-mesh",
+            "d-dp-labels",
+            "c-dp-name",
+            "a-subset",
+            "b-service",
+            "f-subset-svc"
+        ]
     );
 }
 
@@ -288,7 +321,12 @@ fn origin_then_role_then_inverted_name_break_ties() {
         mesh_trace("zone-a", "{kind: Mesh}", "{kuma.io/origin: zone}", "{}"),
         mesh_trace("global", "{kind: Mesh}", "{kuma.io/origin: global}", "{}"),
         mesh_trace("unknown", "{kind: Mesh}", "{}", "{}"),
-        mesh_trace("consumer", "{kind: Mesh}", "{kuma.io/origin: zone, kuma.io/policy-role: consumer}", "{}"),
+        mesh_trace(
+            "consumer",
+            "{kind: Mesh}",
+            "{kuma.io/origin: zone, kuma.io/policy-role: consumer}",
+            "{}",
+        ),
     ]
     .concat();
     let (set, dp) = load(&format!("{text}{}", dataplane("default", "web")));
@@ -299,9 +337,24 @@ fn origin_then_role_then_inverted_name_break_ties() {
 #[test]
 fn target_refs_that_do_not_match_say_why() {
     let text = [
-        mesh_trace("svc", "{kind: MeshService, name: other}", "{}", "{backends: []}"),
-        mesh_trace("labels", "{kind: Dataplane, labels: {team: b}}", "{}", "{backends: []}"),
-        mesh_trace("gw", "{kind: MeshGateway, name: edge}", "{}", "{backends: []}"),
+        mesh_trace(
+            "svc",
+            "{kind: MeshService, name: other}",
+            "{}",
+            "{backends: []}",
+        ),
+        mesh_trace(
+            "labels",
+            "{kind: Dataplane, labels: {team: b}}",
+            "{}",
+            "{backends: []}",
+        ),
+        mesh_trace(
+            "gw",
+            "{kind: MeshGateway, name: edge}",
+            "{}",
+            "{backends: []}",
+        ),
     ]
     .concat();
     let (set, dp) = load(&format!("{text}{}", dataplane("default", "web")));
@@ -315,9 +368,21 @@ fn target_refs_that_do_not_match_say_why() {
     assert_eq!(
         why,
         [
-            ("gw".into(), false, "targetRef MeshGateway never selects a sidecar".into()),
-            ("labels".into(), false, "targetRef Dataplane labels: this Dataplane lacks team=b".into()),
-            ("svc".into(), false, "targetRef MeshService \"other\": no inbound has that kuma.io/service".into()),
+            (
+                "gw".into(),
+                false,
+                "targetRef MeshGateway never selects a sidecar".into()
+            ),
+            (
+                "labels".into(),
+                false,
+                "targetRef Dataplane labels: this Dataplane lacks team=b".into()
+            ),
+            (
+                "svc".into(),
+                false,
+                "targetRef MeshService \"other\": no inbound has that kuma.io/service".into()
+            ),
         ]
     );
 }
@@ -339,7 +404,9 @@ fn dataplane_labels_include_those_kuma_computes() {
 #[test]
 fn a_kubernetes_meshtrace_outside_kuma_system_selects_only_its_namespace() {
     let policy = |ns: &str| {
-        format!("---\napiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata:\n  name: mt-{ns}\n  namespace: {ns}\n  labels: {{kuma.io/mesh: default}}\nspec:\n  default: {{backends: []}}\n")
+        format!(
+            "---\napiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata:\n  name: mt-{ns}\n  namespace: {ns}\n  labels: {{kuma.io/mesh: default}}\nspec:\n  default: {{backends: []}}\n"
+        )
     };
     let dp = "---\napiVersion: kuma.io/v1alpha1\nkind: Dataplane\nmesh: default\nmetadata: {name: web-1, namespace: shop}\nspec:\n  networking:\n    address: 127.0.0.1\n    inbound:\n      - port: 8080\n        tags: {kuma.io/service: web}\n";
     let text = [policy("shop"), policy("other"), policy("kuma-system")].concat();

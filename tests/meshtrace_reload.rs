@@ -60,10 +60,17 @@ impl Setup {
 async fn adding_a_meshtrace_replaces_the_traffic_trace_within_2s_and_spans_follow() {
     let setup = Setup::start().await;
     assert_eq!(setup.sidecar.config_dump().await["backend"]["name"], "a");
-    replace_file(&setup.mesh_trace_file(), &mesh_trace(&setup.zipkin.url(), 100));
-    let dump = config_dump_until(&setup.sidecar, |d| d["backend"]["name"] == "meshtrace:zipkin").await;
+    replace_file(
+        &setup.mesh_trace_file(),
+        &mesh_trace(&setup.zipkin.url(), 100),
+    );
+    let dump = config_dump_until(&setup.sidecar, |d| {
+        d["backend"]["name"] == "meshtrace:zipkin"
+    })
+    .await;
     assert_eq!(
-        dump["backend"]["name"], "meshtrace:zipkin",
+        dump["backend"]["name"],
+        "meshtrace:zipkin",
         "not applied within 2 s:\n{}",
         setup.sidecar.log()
     );
@@ -71,7 +78,9 @@ async fn adding_a_meshtrace_replaces_the_traffic_trace_within_2s_and_spans_follo
     assert_eq!(dump["meshTrace"]["policies"][0]["name"], "all");
     assert_eq!(dump["policyVersion"], 2);
 
-    let mut client = harness::Client::connect(setup.files.inbound).await.expect("connect");
+    let mut client = harness::Client::connect(setup.files.inbound)
+        .await
+        .expect("connect");
     for _ in 0..5 {
         client.get("/echo").await.expect("request");
     }
@@ -85,12 +94,25 @@ async fn adding_a_meshtrace_replaces_the_traffic_trace_within_2s_and_spans_follo
 #[tokio::test]
 async fn a_meshtrace_edit_applies_within_2s() {
     let setup = Setup::start().await;
-    replace_file(&setup.mesh_trace_file(), &mesh_trace(&setup.zipkin.url(), 100));
-    config_dump_until(&setup.sidecar, |d| d["backend"]["name"] == "meshtrace:zipkin").await;
-    replace_file(&setup.mesh_trace_file(), &mesh_trace(&setup.zipkin.url(), 25));
-    let dump = config_dump_until(&setup.sidecar, |d| d["meshTrace"]["sampling"]["overall"] == 25.0).await;
+    replace_file(
+        &setup.mesh_trace_file(),
+        &mesh_trace(&setup.zipkin.url(), 100),
+    );
+    config_dump_until(&setup.sidecar, |d| {
+        d["backend"]["name"] == "meshtrace:zipkin"
+    })
+    .await;
+    replace_file(
+        &setup.mesh_trace_file(),
+        &mesh_trace(&setup.zipkin.url(), 25),
+    );
+    let dump = config_dump_until(&setup.sidecar, |d| {
+        d["meshTrace"]["sampling"]["overall"] == 25.0
+    })
+    .await;
     assert_eq!(
-        dump["meshTrace"]["sampling"]["overall"], 25.0,
+        dump["meshTrace"]["sampling"]["overall"],
+        25.0,
         "not applied within 2 s:\n{}",
         setup.sidecar.log()
     );
@@ -101,12 +123,19 @@ async fn a_meshtrace_edit_applies_within_2s() {
 #[tokio::test]
 async fn removing_the_meshtrace_returns_to_the_traffic_trace_within_2s() {
     let setup = Setup::start().await;
-    replace_file(&setup.mesh_trace_file(), &mesh_trace(&setup.zipkin.url(), 100));
-    config_dump_until(&setup.sidecar, |d| d["backend"]["name"] == "meshtrace:zipkin").await;
+    replace_file(
+        &setup.mesh_trace_file(),
+        &mesh_trace(&setup.zipkin.url(), 100),
+    );
+    config_dump_until(&setup.sidecar, |d| {
+        d["backend"]["name"] == "meshtrace:zipkin"
+    })
+    .await;
     std::fs::remove_file(setup.mesh_trace_file()).expect("remove");
     let dump = config_dump_until(&setup.sidecar, |d| d["backend"]["name"] == "a").await;
     assert_eq!(
-        dump["backend"]["name"], "a",
+        dump["backend"]["name"],
+        "a",
         "not applied within 2 s:\n{}",
         setup.sidecar.log()
     );

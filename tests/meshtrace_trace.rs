@@ -51,7 +51,9 @@ fn tracer(policy: &str, sink: &Arc<Collected>) -> Arc<Tracer> {
 }
 
 fn policy(default: &str) -> String {
-    format!("---\ntype: MeshTrace\nname: base\nmesh: default\nspec:\n  default:\n    backends: [{{type: Zipkin, zipkin: {{url: 'http://127.0.0.1:9411/api/v2/spans'}}}}]\n{default}")
+    format!(
+        "---\ntype: MeshTrace\nname: base\nmesh: default\nspec:\n  default:\n    backends: [{{type: Zipkin, zipkin: {{url: 'http://127.0.0.1:9411/api/v2/spans'}}}}]\n{default}"
+    )
 }
 
 type Client = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -90,7 +92,11 @@ const N: usize = 400;
 async fn count(default: &str, client_trace_id: bool) -> usize {
     let app = Upstream::start().await;
     let sink = Arc::new(Collected::default());
-    let proxy = proxy_with_observer(&inbound_yaml(app.address, "http"), tracer(&policy(default), &sink)).await;
+    let proxy = proxy_with_observer(
+        &inbound_yaml(app.address, "http"),
+        tracer(&policy(default), &sink),
+    )
+    .await;
     let mut client = connect(proxy.address(0)).await;
     let mut hits = 0;
     for i in 0..N {
@@ -120,7 +126,10 @@ async fn random_sampling_samples_its_share() {
 
 #[tokio::test]
 async fn a_decimal_string_sampling_is_honoured() {
-    assert_binomial(count("    sampling: {random: \"60.1\"}\n", false).await, 0.601);
+    assert_binomial(
+        count("    sampling: {random: \"60.1\"}\n", false).await,
+        0.601,
+    );
 }
 
 #[tokio::test]
@@ -152,7 +161,11 @@ async fn client_sampling_does_not_apply_without_x_client_trace_id() {
 #[tokio::test]
 async fn overall_caps_client_forced_requests() {
     assert_binomial(
-        count("    sampling: {client: 100, random: 0, overall: 25}\n", true).await,
+        count(
+            "    sampling: {client: 100, random: 0, overall: 25}\n",
+            true,
+        )
+        .await,
         0.25,
     );
 }
@@ -187,16 +200,29 @@ async fn spans_carry_the_merged_tags_then_the_automatic_ones() {
     sampled(&mut client, &[("x-env", "staging".to_string())]).await;
     let spans = sink.wait_for(2).await;
     let tags = |i: usize| {
-        ["team", "env", "version", "kuma.mesh", "kuma.zone"].map(|k| spans[i].tag(k).map(str::to_string))
+        ["team", "env", "version", "kuma.mesh", "kuma.zone"]
+            .map(|k| spans[i].tag(k).map(str::to_string))
     };
     let some = |s: &str| Some(s.to_string());
     assert_eq!(
         tags(0),
-        [some("web-team"), some("prod"), some("v2"), some("default"), some("east")]
+        [
+            some("web-team"),
+            some("prod"),
+            some("v2"),
+            some("default"),
+            some("east")
+        ]
     );
     assert_eq!(
         tags(1),
-        [some("web-team"), some("staging"), None, some("default"), some("east")]
+        [
+            some("web-team"),
+            some("staging"),
+            None,
+            some("default"),
+            some("east")
+        ]
     );
 }
 
@@ -206,7 +232,11 @@ async fn a_chain_of_two_sidecars_agrees_on_every_decision_and_both_spans_carry_t
     let app = Upstream::start().await;
     let server_spans = Arc::new(Collected::default());
     let client_spans = Arc::new(Collected::default());
-    let b = proxy_with_observer(&inbound_yaml(app.address, "http"), tracer(&policy(default), &server_spans)).await;
+    let b = proxy_with_observer(
+        &inbound_yaml(app.address, "http"),
+        tracer(&policy(default), &server_spans),
+    )
+    .await;
     let a = proxy_with_observer(
         &outbound_yaml(&[b.address(0).to_string()], "http"),
         tracer(&policy(default), &client_spans),
@@ -221,14 +251,25 @@ async fn a_chain_of_two_sidecars_agrees_on_every_decision_and_both_spans_carry_t
         }
         hits += usize::from(sampled(&mut client, &headers).await);
     }
-    assert!(hits > 0 && hits < N, "the knobs sample some, not all: {hits}");
+    assert!(
+        hits > 0 && hits < N,
+        "the knobs sample some, not all: {hits}"
+    );
     let a_spans = client_spans.wait_for(hits).await;
     let b_spans = server_spans.wait_for(hits).await;
     let ids = |spans: &[tracecar::trace::Span]| -> BTreeSet<String> {
-        spans.iter().map(|s| s.trace_id.to_hex().as_str().to_string()).collect()
+        spans
+            .iter()
+            .map(|s| s.trace_id.to_hex().as_str().to_string())
+            .collect()
     };
     assert_eq!(a_spans.len(), hits);
     assert_eq!(b_spans.len(), hits);
     assert_eq!(ids(&a_spans), ids(&b_spans), "the same traces on both hops");
-    assert!(a_spans.iter().chain(&b_spans).all(|s| s.tag("team") == Some("core")));
+    assert!(
+        a_spans
+            .iter()
+            .chain(&b_spans)
+            .all(|s| s.tag("team") == Some("core"))
+    );
 }

@@ -22,7 +22,10 @@ fn indent(spec: &str) -> String {
 }
 
 fn universal(spec: &str) -> String {
-    format!("type: MeshTrace\nname: mt\nmesh: default\nspec:\n{}", indent(spec))
+    format!(
+        "type: MeshTrace\nname: mt\nmesh: default\nspec:\n{}",
+        indent(spec)
+    )
 }
 
 fn kubernetes(spec: &str) -> String {
@@ -33,7 +36,10 @@ fn kubernetes(spec: &str) -> String {
 }
 
 /// Errors and warnings of the one MeshTrace in `text`; a parse problem is an error at `""`.
-fn check(text: &str) -> (Vec<(String, String)>, Vec<(String, String)>) {
+/// `(path, message)` pairs.
+type Found = Vec<(String, String)>;
+
+fn check(text: &str) -> (Found, Found) {
     let (resources, diagnostics) = parse_str(Path::new("mt.yaml"), text);
     let mut errors: Vec<(String, String)> = diagnostics
         .iter()
@@ -266,7 +272,10 @@ default:
       datadog:
         url: not_valid_url
 "#,
-        errors: &[("spec.default.backends[0].datadog.url", "must be a valid url")],
+        errors: &[(
+            "spec.default.backends[0].datadog.url",
+            "must be a valid url",
+        )],
     },
     Case {
         name: "no port for datadog backend url",
@@ -280,7 +289,10 @@ default:
       datadog:
         url: http://intake.datadoghq.eu
 "#,
-        errors: &[("spec.default.backends[0].datadog.url", "port must be defined")],
+        errors: &[(
+            "spec.default.backends[0].datadog.url",
+            "port must be defined",
+        )],
     },
     Case {
         name: "invalid port for datadog backend",
@@ -311,7 +323,10 @@ default:
       datadog:
         url: sql://intake.datadoghq.eu:8126
 "#,
-        errors: &[("spec.default.backends[0].datadog.url", "scheme must be http")],
+        errors: &[(
+            "spec.default.backends[0].datadog.url",
+            "scheme must be http",
+        )],
     },
     Case {
         name: "path provided for datadog backend",
@@ -549,7 +564,10 @@ default:
         url: http://intake.datadoghq.eu:8126
         splitService: true
 "#,
-        errors: &[("spec.targetRef.tags", "must not be set with kind MeshGateway")],
+        errors: &[(
+            "spec.targetRef.tags",
+            "must not be set with kind MeshGateway",
+        )],
     },
 ];
 
@@ -599,7 +617,10 @@ default:
       zipkin:
         url: http://jaeger-collector/api/v2/spans
 "#,
-        errors: &[("spec.default.backends[0].zipkin.url", "port must be defined")],
+        errors: &[(
+            "spec.default.backends[0].zipkin.url",
+            "port must be defined",
+        )],
     },
     Case {
         name: "zipkin url of another scheme",
@@ -647,7 +668,10 @@ targetRef:
 default:
   backends: []
 "#,
-        errors: &[("spec.targetRef.kind", "value 'MeshHTTPRoute' is not supported")],
+        errors: &[(
+            "spec.targetRef.kind",
+            "value 'MeshHTTPRoute' is not supported",
+        )],
     },
     Case {
         name: "decimal sampling as a string",
@@ -714,7 +738,10 @@ const NULLS: &[Case] = &[
         spec: "default:\n  backends: []\n  tags: [{name: ~, literal: ~}]\n",
         errors: &[
             ("spec.default.tags[0].name", "must not be empty"),
-            ("spec.default.tags[0]", "tag must have only one type defined: header, literal"),
+            (
+                "spec.default.tags[0]",
+                "tag must have only one type defined: header, literal",
+            ),
         ],
     },
     Case {
@@ -807,7 +834,10 @@ fn mesh_open_telemetry_backend_checks_its_endpoint() {
     assert_eq!(
         errors,
         vec![
-            ("spec.endpoint.address".to_string(), "must not be empty".to_string()),
+            (
+                "spec.endpoint.address".to_string(),
+                "must not be empty".to_string()
+            ),
             (
                 "spec.endpoint.port".to_string(),
                 "port must be in the range [1, 65535]".to_string()
@@ -847,13 +877,21 @@ fn validate_warns_when_one_mesh_holds_both_traffic_trace_and_meshtrace() {
 #[test]
 fn the_meshtrace_example_validates_without_problems() {
     let out = tracecar(&["validate", "--strict", "config/meshtrace.yaml"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn the_demo_runs_on_the_meshtrace_example() {
     let out = tracecar(&["demo", "--policy", "meshtrace"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("24 traces (24 complete)"), "{stdout}");
 }

@@ -36,7 +36,7 @@ impl PolicySet {
                 Resource::Mesh(m) => set.meshes.push(m),
                 Resource::TrafficTrace(t) => set.traffic_traces.push(t),
                 Resource::Dataplane(d) => set.dataplanes.push(d),
-                Resource::MeshTrace(m) => set.mesh_traces.push(m),
+                Resource::MeshTrace(m) => set.mesh_traces.push(*m),
                 Resource::MeshOpenTelemetryBackend(b) => set.otel_backends.push(b),
             }
         }

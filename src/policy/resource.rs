@@ -373,7 +373,7 @@ pub enum Resource {
     Mesh(Mesh),
     TrafficTrace(TrafficTrace),
     Dataplane(Dataplane),
-    MeshTrace(super::meshtrace::MeshTrace),
+    MeshTrace(Box<super::meshtrace::MeshTrace>),
     MeshOpenTelemetryBackend(super::meshtrace::MeshOpenTelemetryBackend),
 }
 

@@ -293,11 +293,11 @@ pub fn parse(kind: Kind, body: Value, meta: Meta, id: &str) -> Result<Resource, 
         }
         _ => {
             let default_patch = spec.get("default").cloned().unwrap_or(Value::Null);
-            Resource::MeshTrace(MeshTrace {
+            Resource::MeshTrace(Box::new(MeshTrace {
                 spec: null_as_empty::from_value_with_path(spec).map_err(typed_error)?,
                 default_patch,
                 meta,
-            })
+            }))
         }
     })
 }

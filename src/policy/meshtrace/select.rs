@@ -179,7 +179,9 @@ pub fn verdict(policy: &MeshTrace, dataplane: &Dataplane) -> Verdict {
         }
         "MeshService" => {
             if target_ref.name().is_empty() {
-                no("targetRef MeshService by labels: MeshService resources are not read by tracecar")
+                no(
+                    "targetRef MeshService by labels: MeshService resources are not read by tracecar",
+                )
             } else if has_service(target_ref.name()) {
                 yes(format!(
                     "targetRef MeshService \"{}\" is an inbound's kuma.io/service",
@@ -225,7 +227,12 @@ fn kind_order(kind: &str) -> u8 {
 }
 
 fn origin_order(policy: &MeshTrace) -> u8 {
-    match policy.meta.labels.get(ORIGIN_LABEL).map_or("", String::as_str) {
+    match policy
+        .meta
+        .labels
+        .get(ORIGIN_LABEL)
+        .map_or("", String::as_str)
+    {
         "global" => 1,
         "" => 2,
         "zone" => 3,

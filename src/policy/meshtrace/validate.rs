@@ -180,7 +180,10 @@ fn validate_target_ref(out: &mut Out, path: &str, r: &TargetRef, system_role: bo
             disallow(out, "tags", is_set(r.tags.as_ref()));
             disallow(out, "proxyTypes", is_set(r.proxy_types.as_ref()));
             if !labels_set && !name_set {
-                out.error(path, format!("name or labels must be set when kind is {kind}"));
+                out.error(
+                    path,
+                    format!("name or labels must be set when kind is {kind}"),
+                );
             }
             if labels_set && (name_set || namespace_set) {
                 out.error(
@@ -336,7 +339,10 @@ fn validate_backend(out: &mut Out, path: &str, backend: &Backend) {
                     None => out.error(url_path, "must be a valid url"),
                     // Beyond Kuma: it would send to port 0; say so instead.
                     Some(u) if u.port.is_empty() => out.error(url_path, "port must be defined"),
-                    Some(u) if u.port.parse::<u16>().is_ok_and(|p| p == 0) || u.port.parse::<u16>().is_err() => {
+                    Some(u)
+                        if u.port.parse::<u16>().is_ok_and(|p| p == 0)
+                            || u.port.parse::<u16>().is_err() =>
+                    {
                         out.error(url_path, "port must be a valid (1-65535)")
                     }
                     // Beyond Kuma: tracecar posts spans over http or https only.
@@ -516,7 +522,10 @@ pub fn validate_otel_backend(backend: &MeshOpenTelemetryBackend) -> Vec<Violatio
         }
         if let Some(path) = endpoint.path.as_deref().filter(|p| !p.is_empty()) {
             if protocol == "grpc" || protocol.is_empty() {
-                out.error("spec.endpoint.path", "must not be set when protocol is grpc");
+                out.error(
+                    "spec.endpoint.path",
+                    "must not be set when protocol is grpc",
+                );
             } else {
                 if !path.starts_with('/') {
                     out.error("spec.endpoint.path", "must start with /");
@@ -535,9 +544,7 @@ pub fn validate_otel_backend(backend: &MeshOpenTelemetryBackend) -> Vec<Violatio
 
 /// Checks across resources: a mesh holding both TrafficTrace and MeshTrace (Kuma: "do not
 /// combine"; here a MeshTrace that selects a proxy decides for it).
-pub fn validate_set(
-    resources: &[crate::policy::Resource],
-) -> Vec<crate::policy::Diagnostic> {
+pub fn validate_set(resources: &[crate::policy::Resource]) -> Vec<crate::policy::Diagnostic> {
     use crate::policy::Resource;
     let mut out = Vec::new();
     let mut warned = std::collections::BTreeSet::new();
