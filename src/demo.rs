@@ -31,7 +31,7 @@ use crate::trace::{Span, SpanKind, SpanSink, TraceConfig, Tracer};
 
 const MESH_YAML: &str = include_str!("../config/mesh.yaml");
 const TRACE_YAML: &str = include_str!("../config/trace-all-traffic.yaml");
-const MESHTRACE_YAML: &str = include_str!("../config/meshtrace.yaml");
+const MESHTRACE_YAML: &str = include_str!("../config/meshtrace/meshtrace.yaml");
 
 /// Which of the example tracing policies the tour runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -39,7 +39,7 @@ pub enum DemoPolicy {
     /// config/trace-all-traffic.yaml (with config/mesh.yaml's backend).
     #[default]
     TrafficTrace,
-    /// config/meshtrace.yaml.
+    /// config/meshtrace/meshtrace.yaml.
     Meshtrace,
 }
 /// The collector url written in the example mesh, replaced by the demo's receiver.
@@ -71,7 +71,7 @@ pub async fn run(zipkin_url: Option<String>, which: DemoPolicy) -> anyhow::Resul
         }
         DemoPolicy::Meshtrace => {
             load::parse_str(
-                Path::new("config/meshtrace.yaml"),
+                Path::new("config/meshtrace/meshtrace.yaml"),
                 &MESHTRACE_YAML.replace(EXAMPLE_URL, &url),
             )
             .0

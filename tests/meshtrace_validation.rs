@@ -864,19 +864,19 @@ fn validate_warns_when_one_mesh_holds_both_traffic_trace_and_meshtrace() {
         "validate",
         "config/mesh.yaml",
         "config/trace-all-traffic.yaml",
-        "config/meshtrace.yaml",
+        "config/meshtrace/meshtrace.yaml",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("warning: config/meshtrace.yaml: MeshTrace/trace-all-traffic: mesh \"default\" holds both MeshTrace and TrafficTrace"),
+        stderr.contains("warning: config/meshtrace/meshtrace.yaml: MeshTrace/trace-all-traffic: mesh \"default\" holds both MeshTrace and TrafficTrace"),
         "{stderr}"
     );
 }
 
 #[test]
 fn the_meshtrace_example_validates_without_problems() {
-    let out = tracecar(&["validate", "--strict", "config/meshtrace.yaml"]);
+    let out = tracecar(&["validate", "--strict", "config/meshtrace/meshtrace.yaml"]);
     assert!(
         out.status.success(),
         "{}",
