@@ -12,9 +12,10 @@ use crate::admin::{self, AdminState, LogControl};
 use crate::drain;
 use crate::export::{ExportSettings, Exporters};
 use crate::metrics::{Metrics, ResultLabels};
-use crate::policy::effective::{BackendConf, Effective};
+use crate::policy::effective::{BackendConf, BackendKind, Effective};
 use crate::policy::{self, Checked, Dataplane};
 use crate::proxy::{self, ProxyConfig};
+use crate::trace::meshtrace::{MeshTraceSettings, TagRule};
 use crate::trace::{Format, TraceConfig, TracedBackend, Tracer, sampler};
 
 /// How long queued spans may take to reach their backends at shutdown, after the drain.
@@ -24,7 +25,10 @@ const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// The tracing layer's view of an effective config: the backend's sink and settings.
 pub fn trace_config(effective: &Effective, exporters: &Exporters) -> anyhow::Result<TraceConfig> {
-    let Some(backend) = &effective.backend else {
+    let Some(backend) = effective.backend.as_ref().filter(|b| {
+        // No exporter for OpenTelemetry yet: `explain` shows the backend and the reason.
+        b.kind != BackendKind::OpenTelemetry
+    }) else {
         exporters.use_backend(None)?;
         return Ok(TraceConfig::default());
     };
@@ -35,6 +39,8 @@ pub fn trace_config(effective: &Effective, exporters: &Exporters) -> anyhow::Res
         BackendConf::Zipkin(z) => (z.shared_span_context, z.trace_id_128bit, Format::B3),
         // sharedSpanContext is a Zipkin notion: Datadog spans are always new children.
         BackendConf::Datadog(_) => (false, false, Format::Datadog),
+        // No shared span ids in OTLP; W3C is its native format.
+        BackendConf::OpenTelemetry(_) => (false, false, Format::W3c),
     };
     Ok(TraceConfig {
         backend: Some(TracedBackend {
@@ -44,6 +50,7 @@ pub fn trace_config(effective: &Effective, exporters: &Exporters) -> anyhow::Res
             trace_id_128bit: wide,
             propagation,
             sink,
+            meshtrace: effective.mesh_trace.as_ref().map(meshtrace_settings),
         }),
     })
 }
@@ -59,6 +66,27 @@ pub struct RunConfig {
     pub drain_timeout: Duration,
     /// Plain HTTP/1.1 requests to HTTP/1.1 upstreams take the fast path.
     pub http1_fast_path: bool,
+}
+
+/// MeshTrace's knobs and tags as the data path applies them, built once per policy.
+pub fn meshtrace_settings(applied: &crate::policy::meshtrace::Applied) -> Arc<MeshTraceSettings> {
+    let knobs = sampler::Knobs {
+        overall: sampler::basis_points(applied.sampling.overall),
+        client: sampler::basis_points(applied.sampling.client),
+        random: sampler::basis_points(applied.sampling.random),
+    };
+    let tags = applied.tags.iter().filter_map(|t| {
+        let rule = match (&t.literal, &t.header) {
+            (Some(literal), _) => TagRule::Literal(literal),
+            (None, Some(h)) => TagRule::Header {
+                name: &h.name,
+                default: h.default.as_deref(),
+            },
+            (None, None) => return None,
+        };
+        Some((t.name.as_str(), rule))
+    });
+    Arc::new(MeshTraceSettings::new(knobs, tags))
 }
 
 pub async fn run(

@@ -55,6 +55,9 @@ pub struct DemoArgs {
     /// instead of the demo's own receiver.
     #[arg(long)]
     pub zipkin_url: Option<String>,
+    /// The example tracing policy to run on: TrafficTrace or MeshTrace.
+    #[arg(long, value_enum, default_value = "traffic-trace")]
+    pub policy: crate::demo::DemoPolicy,
 }
 
 #[derive(Debug, Args)]
@@ -315,7 +318,7 @@ fn demo(args: DemoArgs) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    match runtime.block_on(crate::demo::run(args.zipkin_url)) {
+    match runtime.block_on(crate::demo::run(args.zipkin_url, args.policy)) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS

@@ -31,12 +31,23 @@ use crate::trace::{Span, SpanKind, SpanSink, TraceConfig, Tracer};
 
 const MESH_YAML: &str = include_str!("../config/mesh.yaml");
 const TRACE_YAML: &str = include_str!("../config/trace-all-traffic.yaml");
+const MESHTRACE_YAML: &str = include_str!("../config/meshtrace/meshtrace.yaml");
+
+/// Which of the example tracing policies the tour runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DemoPolicy {
+    /// config/trace-all-traffic.yaml (with config/mesh.yaml's backend).
+    #[default]
+    TrafficTrace,
+    /// config/meshtrace/meshtrace.yaml.
+    Meshtrace,
+}
 /// The collector url written in the example mesh, replaced by the demo's receiver.
 const EXAMPLE_URL: &str = "http://127.0.0.1:9411/api/v2/spans";
 const REQUESTS: usize = 24;
 
 /// Runs the tour; returns the text to print.
-pub async fn run(zipkin_url: Option<String>) -> anyhow::Result<String> {
+pub async fn run(zipkin_url: Option<String>, which: DemoPolicy) -> anyhow::Result<String> {
     let started = Instant::now();
     let receiver = match &zipkin_url {
         Some(_) => None,
@@ -54,7 +65,18 @@ pub async fn run(zipkin_url: Option<String>) -> anyhow::Result<String> {
         &MESH_YAML.replace(EXAMPLE_URL, &url),
     )
     .0;
-    resources.extend(load::parse_str(Path::new("config/trace-all-traffic.yaml"), TRACE_YAML).0);
+    resources.extend(match which {
+        DemoPolicy::TrafficTrace => {
+            load::parse_str(Path::new("config/trace-all-traffic.yaml"), TRACE_YAML).0
+        }
+        DemoPolicy::Meshtrace => {
+            load::parse_str(
+                Path::new("config/meshtrace/meshtrace.yaml"),
+                &MESHTRACE_YAML.replace(EXAMPLE_URL, &url),
+            )
+            .0
+        }
+    });
     let policy = PolicySet::from_resources(resources);
 
     let backend_app = serve_app(|req| async move { backend(req).await }).await?;

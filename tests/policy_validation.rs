@@ -1389,10 +1389,10 @@ fn known_kuma_kind_is_skipped_with_a_warning() {
 }
 
 cases! {
-    known_kuma_kind_in_kubernetes_form_is_skipped_with_a_warning: "policy.yaml", "apiVersion: kuma.io/v1alpha1\nkind: MeshTrace\nmetadata: {name: mt}\nspec: {}\n" => ["warning: policy.yaml: MeshTrace/mt: not used by tracecar, skipped"];
+    known_kuma_kind_in_kubernetes_form_is_skipped_with_a_warning: "policy.yaml", "apiVersion: kuma.io/v1alpha1\nkind: MeshMetric\nmetadata: {name: mt}\nspec: {}\n" => ["warning: policy.yaml: MeshMetric/mt: not used by tracecar, skipped"];
 
     unknown_kind_is_an_error: "policy.yaml", "type: TrafficTrac\nname: t\n" => [
-        r#"policy.yaml: document 1: unknown kind "TrafficTrac"; tracecar reads Mesh, TrafficTrace and Dataplane"#
+        r#"policy.yaml: document 1: unknown kind "TrafficTrac"; tracecar reads Mesh, TrafficTrace, MeshTrace, MeshOpenTelemetryBackend and Dataplane"#
     ];
 
     document_without_type_or_kind_is_an_error: "policy.yaml", "name: t\n" => ["policy.yaml: document 1: missing `type:` (Universal form) or `kind:` (Kubernetes form)"];
@@ -1404,11 +1404,11 @@ cases! {
     ];
 
     problems_name_the_document_they_are_in: "policy.yaml", "type: Mesh\nname: default\n---\ntype: Nope\nname: x\n" => [
-        r#"policy.yaml: document 2: unknown kind "Nope"; tracecar reads Mesh, TrafficTrace and Dataplane"#
+        r#"policy.yaml: document 2: unknown kind "Nope"; tracecar reads Mesh, TrafficTrace, MeshTrace, MeshOpenTelemetryBackend and Dataplane"#
     ];
 
     a_bad_document_does_not_hide_its_siblings_problems: "policy.yaml", "type: Nope\nname: x\n---\ntype: Mesh\nname: Bad\n" => [
-        r#"policy.yaml: document 1: unknown kind "Nope"; tracecar reads Mesh, TrafficTrace and Dataplane"#,
+        r#"policy.yaml: document 1: unknown kind "Nope"; tracecar reads Mesh, TrafficTrace, MeshTrace, MeshOpenTelemetryBackend and Dataplane"#,
         "policy.yaml: Mesh/Bad: name: invalid characters. A lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
     ];
 

@@ -25,6 +25,7 @@ fn tracer(node: &str, sink: &Arc<Collected>, percent: f64, shared: bool) -> Arc<
                 trace_id_128bit: false,
                 propagation: tracecar::trace::Format::B3,
                 sink: sink.clone(),
+                meshtrace: None,
             }),
         },
     ))

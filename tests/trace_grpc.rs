@@ -26,6 +26,7 @@ async fn traced_inbound() -> (EchoServer, harness::Proxy, EchoClient, Arc<Collec
                 trace_id_128bit: false,
                 propagation: tracecar::trace::Format::B3,
                 sink: sink.clone(),
+                meshtrace: None,
             }),
         },
     ));

@@ -195,6 +195,9 @@ impl Target {
                 format!("http://{}/v0.4/traces", join_host_port(&d.address, d.port)),
                 Box::new(datadog::Datadog::new(d.split_service)),
             ),
+            BackendConf::OpenTelemetry(_) => {
+                anyhow::bail!("backend \"{}\": no OpenTelemetry exporter", backend.name)
+            }
         };
         let uri: http::Uri = uri.parse().map_err(|e| {
             let shown = redact_userinfo(&uri);

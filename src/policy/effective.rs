@@ -23,6 +23,12 @@ pub struct Effective {
     pub listeners: Vec<Listener>,
     #[serde(rename = "policyVersion")]
     pub policy_version: u64,
+    /// The MeshTraces that apply (contract A10); `trafficTrace` is null when this is not.
+    #[serde(rename = "meshTrace")]
+    pub mesh_trace: Option<super::meshtrace::Applied>,
+    /// Why each MeshTrace of the mesh does or does not select the proxy.
+    #[serde(rename = "meshTraceSelection", skip_serializing_if = "Vec::is_empty")]
+    pub mesh_trace_selection: Vec<super::meshtrace::Selection>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -57,6 +63,8 @@ pub struct Backend {
 pub enum BackendKind {
     Zipkin,
     Datadog,
+    #[serde(rename = "openTelemetry")]
+    OpenTelemetry,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -64,6 +72,23 @@ pub enum BackendKind {
 pub enum BackendConf {
     Zipkin(ZipkinBackend),
     Datadog(DatadogBackend),
+    OpenTelemetry(OpenTelemetryBackend),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OpenTelemetryBackend {
+    /// `host:port` (gRPC default port 4317).
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// OTLP/HTTP path prefix (`/v1/traces` is appended); `None` when not set.
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocol {
+    Grpc,
+    Http,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -188,6 +213,7 @@ pub fn resolve_backend(backend: &TracingBackend) -> Option<Backend> {
         kind: match conf {
             BackendConf::Zipkin(_) => BackendKind::Zipkin,
             BackendConf::Datadog(_) => BackendKind::Datadog,
+            BackendConf::OpenTelemetry(_) => BackendKind::OpenTelemetry,
         },
         sampling: backend.sampling.unwrap_or(100.0),
         conf,
@@ -306,5 +332,25 @@ pub fn compute(
         reason,
         listeners,
         policy_version,
+        mesh_trace: None,
+        mesh_trace_selection: Vec::new(),
+    }
+}
+
+/// Applies the MeshTrace outcome: when any MeshTrace selects the proxy it decides, and the
+/// TrafficTrace is ignored (Kuma would leave a TrafficTrace's tracer on under `backends: []`).
+pub fn apply_mesh_trace(effective: &mut Effective, outcome: super::meshtrace::Outcome) {
+    effective.mesh_trace_selection = outcome.selection;
+    let Some(applied) = outcome.applied else {
+        return;
+    };
+    effective.traffic_trace = None;
+    // An OpenTelemetry backend shows but traces nothing until its exporter exists.
+    let traced = outcome.backend.is_some() && outcome.reason.is_none();
+    effective.backend = outcome.backend;
+    effective.reason = outcome.reason;
+    effective.mesh_trace = Some(applied);
+    for listener in &mut effective.listeners {
+        listener.traced = traced && listener.protocol.is_traced();
     }
 }

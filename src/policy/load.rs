@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::diagnostic::Diagnostic;
+use super::meshtrace;
 use super::null_as_empty;
 use super::resource::{
     Dataplane, DataplaneSpec, Form, Kind, Mesh, MeshSpec, Meta, Resource, Source, TrafficTrace,
@@ -57,7 +58,6 @@ const OTHER_KUMA_KINDS: &[&str] = &[
     "MeshTCPRoute",
     "MeshTLS",
     "MeshTimeout",
-    "MeshTrace",
     "MeshTrafficPermission",
     "MeshTrust",
     "ProxyTemplate",
@@ -313,6 +313,8 @@ fn parse_document(document: Value, source: Source) -> Result<Parsed, Diagnostic>
         "Mesh" => Kind::Mesh,
         "TrafficTrace" => Kind::TrafficTrace,
         "Dataplane" => Kind::Dataplane,
+        "MeshTrace" => Kind::MeshTrace,
+        "MeshOpenTelemetryBackend" => Kind::MeshOpenTelemetryBackend,
         other if OTHER_KUMA_KINDS.contains(&other) => {
             let name = read_meta(&object, kubernetes, Kind::Mesh, &source)
                 .map(|m| m.name)
@@ -324,7 +326,7 @@ fn parse_document(document: Value, source: Source) -> Result<Parsed, Diagnostic>
         }
         other => {
             return Err(at_document(format!(
-                "unknown kind \"{other}\"; tracecar reads Mesh, TrafficTrace and Dataplane"
+                "unknown kind \"{other}\"; tracecar reads Mesh, TrafficTrace, MeshTrace, MeshOpenTelemetryBackend and Dataplane"
             )));
         }
     };
@@ -359,6 +361,9 @@ fn parse_document(document: Value, source: Source) -> Result<Parsed, Diagnostic>
                 spec: from_value::<DataplaneSpec>(body, &file, &id)?,
                 meta,
             }),
+            Kind::MeshTrace | Kind::MeshOpenTelemetryBackend => {
+                meshtrace::resource::parse(kind, body, meta, &id)?
+            }
         })
     };
     typed(body).map(Parsed::Resource)
@@ -399,7 +404,7 @@ fn read_meta(
             }
         };
     let empty = Map::new();
-    let (name, namespace, created, mesh) = if kubernetes {
+    let (name, namespace, created, mesh, labels) = if kubernetes {
         let metadata = match object.get("metadata") {
             Some(Value::Object(m)) => m,
             None | Some(Value::Null) => &empty,
@@ -419,6 +424,7 @@ fn read_meta(
             string_field(metadata, "namespace", "metadata.namespace")?,
             string_field(metadata, "creationTimestamp", "metadata.creationTimestamp")?,
             string_field(object, "mesh", "mesh")?,
+            read_labels(metadata, "metadata.labels", kind, source)?,
         )
     } else {
         (
@@ -426,6 +432,7 @@ fn read_meta(
             String::new(),
             string_field(object, "creationTime", "creationTime")?,
             string_field(object, "mesh", "mesh")?,
+            read_labels(object, "labels", kind, source)?,
         )
     };
     if name.is_empty() {
@@ -460,6 +467,8 @@ fn read_meta(
     };
     let mesh = match kind {
         Kind::Mesh => name.clone(),
+        // Kuma's newer kinds name their mesh with a label in Kubernetes form.
+        _ if mesh.is_empty() && labels.contains_key(MESH_LABEL) => labels[MESH_LABEL].clone(),
         _ if mesh.is_empty() => DEFAULT_MESH.to_string(),
         _ => mesh,
     };
@@ -467,6 +476,8 @@ fn read_meta(
         name,
         mesh,
         creation_time,
+        namespace,
+        labels,
         form: if kubernetes {
             Form::Kubernetes
         } else {
@@ -476,8 +487,46 @@ fn read_meta(
     })
 }
 
+/// The label naming a resource's mesh (Kubernetes form).
+pub const MESH_LABEL: &str = "kuma.io/mesh";
+
+/// `labels` / `metadata.labels`: a map of strings (absent or null: none).
+fn read_labels(
+    container: &Map<String, Value>,
+    path: &str,
+    kind: Kind,
+    source: &Source,
+) -> Result<std::collections::BTreeMap<String, String>, Diagnostic> {
+    let problem = |what: String| {
+        Diagnostic::error(
+            &source.file,
+            format!("document {}: {kind}: {what}", source.document),
+        )
+    };
+    match container.get(path.rsplit('.').next().unwrap_or(path)) {
+        None | Some(Value::Null) => Ok(Default::default()),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                // A null reads as the empty value (see `null_as_empty`).
+                Value::Null => Ok((k.clone(), String::new())),
+                other => Err(problem(format!(
+                    "{path}[{}]: expected a string, found {}",
+                    Value::String(k.clone()),
+                    describe(other)
+                ))),
+            })
+            .collect(),
+        Some(other) => Err(problem(format!(
+            "{path}: expected a mapping, found {}",
+            describe(other)
+        ))),
+    }
+}
+
 /// A short description of a YAML value, for type errors.
-fn describe(value: &Value) -> String {
+pub(crate) fn describe(value: &Value) -> String {
     match value {
         Value::Null => "nothing".to_string(),
         Value::Bool(b) => format!("boolean `{b}`"),

@@ -4,6 +4,7 @@
 pub mod diagnostic;
 pub mod effective;
 pub mod load;
+pub mod meshtrace;
 pub mod null_as_empty;
 pub mod resource;
 pub mod select;
@@ -21,6 +22,8 @@ pub use resource::{Dataplane, Mesh, Resource, TrafficTrace};
 pub struct PolicySet {
     pub meshes: Vec<Mesh>,
     pub traffic_traces: Vec<TrafficTrace>,
+    pub mesh_traces: Vec<meshtrace::MeshTrace>,
+    pub otel_backends: Vec<meshtrace::MeshOpenTelemetryBackend>,
     /// Dataplanes found among the policy files: validated, not otherwise used.
     pub dataplanes: Vec<Dataplane>,
 }
@@ -33,6 +36,8 @@ impl PolicySet {
                 Resource::Mesh(m) => set.meshes.push(m),
                 Resource::TrafficTrace(t) => set.traffic_traces.push(t),
                 Resource::Dataplane(d) => set.dataplanes.push(d),
+                Resource::MeshTrace(m) => set.mesh_traces.push(*m),
+                Resource::MeshOpenTelemetryBackend(b) => set.otel_backends.push(b),
             }
         }
         set
@@ -40,12 +45,17 @@ impl PolicySet {
 
     /// What applies to `dataplane` under this policy.
     pub fn effective(&self, dataplane: &Dataplane, policy_version: u64) -> Effective {
-        effective::compute(
+        let mut effective = effective::compute(
             dataplane,
             &self.meshes,
             &self.traffic_traces,
             policy_version,
-        )
+        );
+        effective::apply_mesh_trace(
+            &mut effective,
+            meshtrace::resolve(dataplane, &self.mesh_traces, &self.otel_backends),
+        );
+        effective
     }
 }
 
@@ -70,6 +80,8 @@ impl Checked {
         self.set.meshes.len()
             + self.set.traffic_traces.len()
             + self.set.dataplanes.len()
+            + self.set.mesh_traces.len()
+            + self.set.otel_backends.len()
             + usize::from(self.dataplane.is_some())
     }
 }
@@ -88,6 +100,7 @@ pub fn check(policy_paths: &[PathBuf], dataplane_file: Option<&Path>) -> Checked
         ));
     }
     diagnostics.extend(validate::validate_set(&loaded.resources));
+    diagnostics.extend(meshtrace::validate::validate_set(&loaded.resources));
     let set = PolicySet::from_resources(loaded.resources);
 
     let dataplane = dataplane_file.and_then(|file| {

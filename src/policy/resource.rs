@@ -1,5 +1,5 @@
 //! Typed models of the Kuma resources tracecar reads: `Mesh` (its `tracing` section),
-//! `TrafficTrace` and `Dataplane`.
+//! `TrafficTrace` and `Dataplane` (`MeshTrace` lives in `policy::meshtrace`).
 //!
 //! Numbers that Kuma range-checks (ports, sampling) are read as wide types so that an out-of-range
 //! value reaches validation and gets Kuma's message instead of a serde type error.
@@ -32,6 +32,10 @@ pub struct Meta {
     /// The mesh a mesh-scoped resource belongs to (for a Mesh, its own name).
     pub mesh: String,
     pub creation_time: Option<jiff::Timestamp>,
+    /// Kubernetes `metadata.namespace`; empty in Universal form.
+    pub namespace: String,
+    /// Universal top-level `labels`, Kubernetes `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
     pub form: Form,
     pub source: Source,
 }
@@ -41,6 +45,8 @@ pub enum Kind {
     Mesh,
     TrafficTrace,
     Dataplane,
+    MeshTrace,
+    MeshOpenTelemetryBackend,
 }
 
 impl Kind {
@@ -49,6 +55,8 @@ impl Kind {
             Kind::Mesh => "Mesh",
             Kind::TrafficTrace => "TrafficTrace",
             Kind::Dataplane => "Dataplane",
+            Kind::MeshTrace => "MeshTrace",
+            Kind::MeshOpenTelemetryBackend => "MeshOpenTelemetryBackend",
         }
     }
 }
@@ -365,6 +373,8 @@ pub enum Resource {
     Mesh(Mesh),
     TrafficTrace(TrafficTrace),
     Dataplane(Dataplane),
+    MeshTrace(Box<super::meshtrace::MeshTrace>),
+    MeshOpenTelemetryBackend(super::meshtrace::MeshOpenTelemetryBackend),
 }
 
 impl Resource {
@@ -373,6 +383,8 @@ impl Resource {
             Resource::Mesh(r) => &r.meta,
             Resource::TrafficTrace(r) => &r.meta,
             Resource::Dataplane(r) => &r.meta,
+            Resource::MeshTrace(r) => &r.meta,
+            Resource::MeshOpenTelemetryBackend(r) => &r.meta,
         }
     }
 
@@ -381,6 +393,8 @@ impl Resource {
             Resource::Mesh(_) => Kind::Mesh,
             Resource::TrafficTrace(_) => Kind::TrafficTrace,
             Resource::Dataplane(_) => Kind::Dataplane,
+            Resource::MeshTrace(_) => Kind::MeshTrace,
+            Resource::MeshOpenTelemetryBackend(_) => Kind::MeshOpenTelemetryBackend,
         }
     }
 }

@@ -591,6 +591,10 @@ pub fn validate_resource(resource: &Resource) -> Vec<Violation> {
         Resource::Mesh(m) => validate_mesh(m),
         Resource::TrafficTrace(t) => validate_traffic_trace(t),
         Resource::Dataplane(d) => validate_dataplane(d),
+        Resource::MeshTrace(m) => super::meshtrace::validate::validate_mesh_trace(m),
+        Resource::MeshOpenTelemetryBackend(b) => {
+            super::meshtrace::validate::validate_otel_backend(b)
+        }
     }
 }
 

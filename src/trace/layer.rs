@@ -51,6 +51,8 @@ pub struct TracedBackend {
     /// datadog: Datadog, openTelemetry: W3C).
     pub propagation: Format,
     pub sink: Arc<dyn SpanSink>,
+    /// MeshTrace's sampling knobs and tags; `None` under TrafficTrace.
+    pub meshtrace: Option<Arc<super::meshtrace::MeshTraceSettings>>,
 }
 
 /// What the tracing layer applies now; replaced whole on a policy change.
@@ -134,17 +136,17 @@ impl Observer for Tracer {
         }
         let sampling = incoming.context.sampling;
         let decision = match &incoming.context.ids {
-            Some(c) => sampler::decide(
+            Some(c) => backend.decide(
                 sampling,
                 c.trace_id.to_hex().as_bytes(),
-                backend.basis_points,
+                &head.headers,
             ),
-            None => sampler::decide(
+            None => backend.decide(
                 sampling,
                 head.headers
                     .get(&X_REQUEST_ID)
                     .map_or(&[][..], HeaderValue::as_bytes),
-                backend.basis_points,
+                &head.headers,
             ),
         };
         let inbound = listener.direction == Direction::Inbound;
@@ -277,6 +279,9 @@ impl Recording {
         tags.push(("peer.address", ip_text(peer.ip())));
         if grpc {
             tags.push(("grpc.path", TagValue::Owned(head.uri.path().to_string())));
+        }
+        if let Some(meshtrace) = &backend.meshtrace {
+            meshtrace.push_tags(&head.headers, &mut tags);
         }
 
         let (kind, remote_service) = match listener.direction {

@@ -6,6 +6,7 @@ pub mod context;
 pub mod datadog;
 pub mod id;
 pub mod layer;
+pub mod meshtrace;
 pub mod propagation;
 pub mod sampler;
 pub mod span;

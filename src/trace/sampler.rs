@@ -67,3 +67,45 @@ pub fn bucket(key: &[u8]) -> u32 {
     hash ^= hash >> 33;
     (hash % u64::from(ALL)) as u32
 }
+
+/// MeshTrace's three sampling knobs, in basis points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Knobs {
+    /// Caps everything, traced or forced.
+    pub overall: u32,
+    /// Forces tracing when the request carries `x-client-trace-id`.
+    pub client: u32,
+    /// Decides the rest.
+    pub random: u32,
+}
+
+/// MeshTrace's decision, as Envoy combines the knobs: with no incoming sampling state, a
+/// request with `x-client-trace-id` is forced with probability `client`, the rest sampled with
+/// probability `random`, and `overall` caps all. Envoy draws `random` and `overall` from the
+/// same request-id value, and `client` at random per hop; here `client` gets its own draw
+/// from the same stable key, so every hop agrees.
+pub fn decide_knobs(
+    incoming: Option<SamplingState>,
+    key: &[u8],
+    client_trace_id: bool,
+    knobs: &Knobs,
+) -> Decision {
+    if incoming.is_some() {
+        return decide(incoming, key, ALL);
+    }
+    let draw = bucket(key);
+    let forced = client_trace_id && client_bucket(key) < knobs.client;
+    Decision {
+        sampled: (forced || draw < knobs.random) && draw < knobs.overall,
+        debug: false,
+    }
+}
+
+/// A second bucket from the same key, independent of [`bucket`]: the key followed by a fixed
+/// suffix.
+pub fn client_bucket(key: &[u8]) -> u32 {
+    let mut salted = Vec::with_capacity(key.len() + 7);
+    salted.extend_from_slice(key);
+    salted.extend_from_slice(b"#client");
+    bucket(&salted)
+}
