@@ -35,6 +35,8 @@ pub fn trace_config(effective: &Effective, exporters: &Exporters) -> anyhow::Res
         BackendConf::Zipkin(z) => (z.shared_span_context, z.trace_id_128bit),
         // sharedSpanContext is a Zipkin notion: Datadog spans are always new children.
         BackendConf::Datadog(_) => (false, false),
+        // OTLP has no shared span ids: inbound spans are new children.
+        BackendConf::OpenTelemetry(_) => (false, false),
     };
     Ok(TraceConfig {
         backend: Some(TracedBackend {

@@ -53,6 +53,8 @@ pub enum DropReason {
     ExportFailed,
     Shutdown,
     TooLarge,
+    /// The collector accepted the request but refused these spans (OTLP partial success).
+    Rejected,
 }
 
 impl DropReason {
@@ -62,6 +64,7 @@ impl DropReason {
             DropReason::ExportFailed => "export_failed",
             DropReason::Shutdown => "shutdown",
             DropReason::TooLarge => "too_large",
+            DropReason::Rejected => "rejected",
         }
     }
 }

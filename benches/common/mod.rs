@@ -214,6 +214,7 @@ pub fn request_spans(sidecar: &Sidecar, ids: &mut Ids, i: usize, shape: Shape) -
         debug: shape.debug,
         error: shape.error(),
         tags: tags(Direction::Inbound),
+        trace_state: None,
     };
     let client = Span {
         trace_id,
@@ -230,6 +231,7 @@ pub fn request_spans(sidecar: &Sidecar, ids: &mut Ids, i: usize, shape: Shape) -
         debug: shape.debug,
         error: shape.error(),
         tags: tags(Direction::Outbound),
+        trace_state: None,
     };
     [server, client]
 }

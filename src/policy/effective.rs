@@ -56,6 +56,8 @@ pub struct Backend {
 pub enum BackendKind {
     Zipkin,
     Datadog,
+    #[serde(rename = "openTelemetry")]
+    OpenTelemetry,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -63,6 +65,7 @@ pub enum BackendKind {
 pub enum BackendConf {
     Zipkin(ZipkinBackend),
     Datadog(DatadogBackend),
+    OpenTelemetry(OpenTelemetryBackend),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -90,6 +93,22 @@ pub struct DatadogBackend {
     pub address: String,
     pub port: u16,
     pub split_service: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OpenTelemetryBackend {
+    /// `host:port` (gRPC default port 4317).
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// OTLP/HTTP path prefix (`/v1/traces` is appended); `None` when not set.
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocol {
+    Grpc,
+    Http,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -167,6 +186,7 @@ pub fn resolve_backend(backend: &TracingBackend) -> Option<Backend> {
         kind: match conf {
             BackendConf::Zipkin(_) => BackendKind::Zipkin,
             BackendConf::Datadog(_) => BackendKind::Datadog,
+            BackendConf::OpenTelemetry(_) => BackendKind::OpenTelemetry,
         },
         sampling: backend.sampling.unwrap_or(100.0),
         conf,

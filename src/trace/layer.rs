@@ -263,6 +263,7 @@ impl Recording {
                 debug,
                 error: false,
                 tags,
+                trace_state: None,
             },
             started: Instant::now(),
             sink: backend.sink.clone(),

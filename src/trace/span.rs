@@ -79,6 +79,8 @@ pub struct Span {
     pub error: bool,
     /// Envoy's tags, in a stable order, empty values left out.
     pub tags: Vec<(&'static str, TagValue)>,
+    /// W3C `tracestate` as propagated (OTLP `trace_state`); `None` when there was none.
+    pub trace_state: Option<Box<str>>,
 }
 
 impl Span {
