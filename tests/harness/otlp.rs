@@ -374,3 +374,109 @@ pub fn int_attribute(attributes: &[KeyValue], key: &str) -> Option<i64> {
             _ => None,
         })
 }
+
+/// `ddapm-test-agent` receiving OTLP on both transports (free ports), as a child process;
+/// killed when dropped. It stores requests as JSON with snake_case keys and base64 ids.
+pub struct OtlpAgent {
+    pub grpc_port: u16,
+    pub http_port: u16,
+    _child: tokio::process::Child,
+}
+
+impl OtlpAgent {
+    pub async fn start() -> OtlpAgent {
+        let (port, grpc_port, http_port) =
+            (super::free_port(), super::free_port(), super::free_port());
+        let child = tokio::process::Command::new("ddapm-test-agent")
+            .args(["--port", &port.to_string()])
+            .args(["--otlp-http-port", &http_port.to_string()])
+            .args(["--otlp-grpc-port", &grpc_port.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("ddapm-test-agent starts (pip install ddapm-test-agent)");
+        let agent = OtlpAgent {
+            grpc_port,
+            http_port,
+            _child: child,
+        };
+        for _ in 0..300 {
+            let ready = super::export::http_get(&agent.traces_url()).await;
+            // The gRPC server comes up after the HTTP one: wait for its port too.
+            if matches!(ready, Ok((StatusCode::OK, _)))
+                && tokio::net::TcpStream::connect(("127.0.0.1", grpc_port))
+                    .await
+                    .is_ok()
+            {
+                return agent;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("ddapm-test-agent did not answer on OTLP port {http_port} within 30 s");
+    }
+
+    fn traces_url(&self) -> String {
+        format!("http://127.0.0.1:{}/test/session/traces", self.http_port)
+    }
+
+    /// An `openTelemetry` backend named `name` at the agent's port for `protocol`.
+    pub fn backend(&self, name: &str, protocol: OtlpProtocol) -> Backend {
+        let port = match protocol {
+            OtlpProtocol::Grpc => self.grpc_port,
+            OtlpProtocol::Http => self.http_port,
+        };
+        backend(name, SocketAddr::from(([127, 0, 0, 1], port)), protocol)
+    }
+
+    /// Every span the agent stored, each with its resource's attributes, as the agent's
+    /// JSON.
+    pub async fn spans(&self) -> Vec<(serde_json::Value, serde_json::Value)> {
+        let (status, body) = super::export::http_get(&self.traces_url())
+            .await
+            .expect("agent answers");
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        let requests: Vec<serde_json::Value> =
+            serde_json::from_slice(&body).expect("traces as JSON");
+        let mut spans = Vec::new();
+        for request in requests {
+            for resource_spans in request["resource_spans"].as_array().into_iter().flatten() {
+                let resource = resource_spans["resource"]["attributes"].clone();
+                for scope in resource_spans["scope_spans"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    for span in scope["spans"].as_array().into_iter().flatten() {
+                        spans.push((resource.clone(), span.clone()));
+                    }
+                }
+            }
+        }
+        spans
+    }
+
+    /// Waits until the agent holds at least `n` spans.
+    pub async fn wait_for_spans(&self, n: usize) -> Vec<(serde_json::Value, serde_json::Value)> {
+        let mut spans = Vec::new();
+        for _ in 0..200 {
+            spans = self.spans().await;
+            if spans.len() >= n {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("expected {n} spans at the agent, got {spans:?}");
+    }
+}
+
+/// The value of attribute `key` in the agent's JSON (`[{key, value: {string_value|int_value}}]`):
+/// strings as they are, ints as the text protobuf's JSON gives them.
+pub fn agent_attribute(attributes: &serde_json::Value, key: &str) -> Option<serde_json::Value> {
+    attributes
+        .as_array()?
+        .iter()
+        .find(|kv| kv["key"] == key)
+        .map(|kv| kv["value"].clone())
+}
