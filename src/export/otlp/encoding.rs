@@ -2,6 +2,7 @@
 //! tracer writes them, encoded once as an `ExportTraceServiceRequest` that both transports
 //! send as it is.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,7 +14,6 @@ use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, SpanFlags, Status, span::SpanKind as OtlpKind,
     status::StatusCode as OtlpStatus,
 };
-use prost::Message;
 
 use crate::export::{Encode, Encoded, Payload};
 use crate::policy::effective::Direction;
@@ -53,10 +53,10 @@ impl Otlp {
     /// Encodes `spans`, halving the batch until each part fits; a span that alone does not
     /// fit is counted as too large.
     fn encode_into(&self, spans: &[Span], encoded: &mut Encoded) {
-        let request = request(spans);
-        if request.encoded_len() <= self.max_payload {
+        let body = super::wire::encode_request(spans);
+        if body.len() <= self.max_payload {
             encoded.payloads.push(Payload {
-                body: Bytes::from(request.encode_to_vec()),
+                body: Bytes::from(body),
                 spans: spans.len(),
                 headers: vec![(
                     header::CONTENT_TYPE,
@@ -149,56 +149,116 @@ fn derived_id(span_id: u64, trace_low: u64) -> u64 {
     if z == 0 || z == span_id { z ^ 1 } else { z }
 }
 
-/// 16 bytes, big-endian; a 64-bit id has a zero high half.
-pub fn trace_id_bytes(span: &Span) -> Vec<u8> {
+/// An attribute value with the type the conventions give it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value<'a> {
+    Str(Cow<'a, str>),
+    Int(i64),
+}
+
+/// What a span record becomes in OTLP, attributes aside (see [`attributes`]).
+pub struct Mapped<'a> {
+    pub id: u64,
+    pub parent: Option<u64>,
+    pub trace_id: [u8; 16],
+    pub trace_state: &'a str,
+    pub flags: u32,
+    pub name: Cow<'a, str>,
+    pub kind: OtlpKind,
+    pub start: u64,
+    pub end: u64,
+    /// `Some(message)` when the status is ERROR.
+    pub error: Option<&'a str>,
+}
+
+/// The span's fields under A12's rules.
+pub fn map(span: &Span) -> Mapped<'_> {
+    let (id, parent) = ids(span);
+    let mut flags = 0x01 | SpanFlags::ContextHasIsRemoteMask as u32;
+    if parent.is_some() {
+        // The parent is always another process's span: the caller's, or the application's.
+        flags |= SpanFlags::ContextIsRemoteMask as u32;
+    }
+    let start = span.timestamp_us.saturating_mul(1000);
     let high = if span.trace_id.wide {
         span.trace_id.high
     } else {
         0
     };
-    let mut bytes = Vec::with_capacity(16);
-    bytes.extend_from_slice(&high.to_be_bytes());
-    bytes.extend_from_slice(&span.trace_id.low.to_be_bytes());
-    bytes
+    let mut trace_id = [0u8; 16];
+    trace_id[..8].copy_from_slice(&high.to_be_bytes());
+    trace_id[8..].copy_from_slice(&span.trace_id.low.to_be_bytes());
+    Mapped {
+        id,
+        parent,
+        trace_id,
+        trace_state: span.trace_state.as_deref().unwrap_or(""),
+        flags,
+        name: match span.direction {
+            Direction::Inbound => Cow::Borrowed("ingress"),
+            Direction::Outbound => Cow::Owned(format!("egress {}", span.name)),
+        },
+        kind: match span.kind {
+            SpanKind::Server => OtlpKind::Server,
+            SpanKind::Client => OtlpKind::Client,
+        },
+        start,
+        end: start.saturating_add(span.duration_us.saturating_mul(1000)),
+        error: is_error(span).then(|| span.tag("grpc.message").unwrap_or("")),
+    }
 }
 
-pub fn to_otlp(span: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
-    let (id, parent) = ids(span);
-    let client = span.kind == SpanKind::Client;
-    let status_code = span
-        .tag("http.status_code")
+fn status_code(span: &Span) -> Option<i64> {
+    span.tag("http.status_code")
         .and_then(|s| s.parse::<i64>().ok())
-        .filter(|s| *s > 0);
-    let grpc_code = span.tag("grpc.status_code");
+        .filter(|s| *s > 0)
+}
+
+fn http_error(span: &Span) -> bool {
+    let client = span.kind == SpanKind::Client;
+    status_code(span).is_some_and(|s| s >= 500 || (client && s >= 400))
+}
+
+/// 5xx on both kinds (and no response, and Envoy's gRPC error codes: `span.error`); 4xx on
+/// CLIENT spans too.
+fn is_error(span: &Span) -> bool {
+    span.error || http_error(span)
+}
+
+/// Calls `attribute` for each attribute of the span, in order: Envoy's tags as strings, then
+/// the stable HTTP semantic-convention attributes with their types.
+pub fn attributes<'a>(span: &'a Span, mut attribute: impl FnMut(&'a str, Value<'a>)) {
+    let client = span.kind == SpanKind::Client;
+    let status_code = status_code(span);
     let url = span.tag("http.url").unwrap_or("");
     let (scheme, path_and_query) = split_url(url);
     let (host, port) = split_host_port(&span.name);
+    let text = |s: &'a str| Value::Str(Cow::Borrowed(s));
 
-    let mut attributes = Vec::with_capacity(span.tags.len() + 10);
     for (key, value) in &span.tags {
-        attributes.push(string(key, value.as_str()));
+        attribute(key, text(value.as_str()));
     }
     if let Some(method) = span.tag("http.method") {
-        attributes.push(string("http.request.method", method));
+        attribute("http.request.method", text(method));
     }
     if let Some(status) = status_code {
-        attributes.push(int("http.response.status_code", status));
+        attribute("http.response.status_code", Value::Int(status));
     }
     if let Some(version) = span
         .tag("http.protocol")
         .and_then(|p| p.strip_prefix("HTTP/"))
     {
-        attributes.push(string("network.protocol.version", version));
+        attribute("network.protocol.version", text(version));
     }
     if !host.is_empty() {
-        attributes.push(string("server.address", host));
+        attribute("server.address", text(host));
     }
     if let Some(agent) = span.tag("user_agent") {
-        attributes.push(string("user_agent.original", agent));
+        attribute("user_agent.original", text(agent));
     }
     if client {
         if !url.is_empty() {
-            attributes.push(string("url.full", url));
+            attribute("url.full", text(url));
         }
         let port = port.or(match scheme {
             "https" => Some(443),
@@ -206,65 +266,66 @@ pub fn to_otlp(span: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
             _ => None,
         });
         if let Some(port) = port {
-            attributes.push(int("server.port", i64::from(port)));
+            attribute("server.port", Value::Int(i64::from(port)));
         }
     } else {
         if !scheme.is_empty() {
-            attributes.push(string("url.scheme", scheme));
+            attribute("url.scheme", text(scheme));
         }
         let (path, query) = match path_and_query.split_once('?') {
             Some((path, query)) => (path, Some(query)),
             None => (path_and_query, None),
         };
-        attributes.push(string("url.path", if path.is_empty() { "/" } else { path }));
+        attribute("url.path", text(if path.is_empty() { "/" } else { path }));
         if let Some(query) = query {
-            attributes.push(string("url.query", query));
+            attribute("url.query", text(query));
         }
     }
-
-    // 5xx on both kinds (and no response, and Envoy's gRPC error codes: `span.error`); 4xx
-    // on CLIENT spans too.
-    let http_error = status_code.is_some_and(|s| s >= 500 || (client && s >= 400));
-    let grpc_error = grpc_code.is_some_and(|c| GRPC_ERROR_CODES.contains(&c));
-    let error = span.error || http_error;
-    if error {
-        let kind = if http_error {
-            status_code.map(|s| s.to_string())
-        } else if grpc_error {
-            grpc_code.map(str::to_string)
+    if is_error(span) {
+        let grpc_code = span
+            .tag("grpc.status_code")
+            .filter(|c| GRPC_ERROR_CODES.contains(c));
+        let kind = if http_error(span) {
+            status_code.map(|s| Cow::Owned(s.to_string()))
+        } else if let Some(code) = grpc_code {
+            Some(Cow::Borrowed(code))
         } else {
             span.tag("response_flags")
                 .filter(|f| *f != "-")
-                .map(str::to_string)
+                .map(Cow::Borrowed)
         };
-        attributes.push(string("error.type", kind.as_deref().unwrap_or("_OTHER")));
+        attribute(
+            "error.type",
+            Value::Str(kind.unwrap_or(Cow::Borrowed("_OTHER"))),
+        );
     }
+}
 
-    let mut flags = 0x01 | SpanFlags::ContextHasIsRemoteMask as u32;
-    if parent.is_some() {
-        // The parent is always another process's span: the caller's, or the application's.
-        flags |= SpanFlags::ContextIsRemoteMask as u32;
-    }
-    let start = span.timestamp_us.saturating_mul(1000);
+/// The span as an `opentelemetry-proto` message.
+pub fn to_otlp(span: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
+    let mapped = map(span);
+    let mut list = Vec::with_capacity(span.tags.len() + 10);
+    attributes(span, |key, value| {
+        list.push(match value {
+            Value::Str(s) => string(key, &s),
+            Value::Int(i) => int(key, i),
+        })
+    });
     opentelemetry_proto::tonic::trace::v1::Span {
-        trace_id: trace_id_bytes(span),
-        span_id: id.to_be_bytes().to_vec(),
-        trace_state: span.trace_state.as_deref().unwrap_or("").to_string(),
-        parent_span_id: parent.map_or_else(Vec::new, |p| p.to_be_bytes().to_vec()),
-        flags,
-        name: match span.direction {
-            Direction::Inbound => "ingress".to_string(),
-            Direction::Outbound => format!("egress {}", span.name),
-        },
-        kind: match span.kind {
-            SpanKind::Server => OtlpKind::Server as i32,
-            SpanKind::Client => OtlpKind::Client as i32,
-        },
-        start_time_unix_nano: start,
-        end_time_unix_nano: start.saturating_add(span.duration_us.saturating_mul(1000)),
-        attributes,
-        status: error.then(|| Status {
-            message: span.tag("grpc.message").unwrap_or("").to_string(),
+        trace_id: mapped.trace_id.to_vec(),
+        span_id: mapped.id.to_be_bytes().to_vec(),
+        trace_state: mapped.trace_state.to_string(),
+        parent_span_id: mapped
+            .parent
+            .map_or_else(Vec::new, |p| p.to_be_bytes().to_vec()),
+        flags: mapped.flags,
+        name: mapped.name.into_owned(),
+        kind: mapped.kind as i32,
+        start_time_unix_nano: mapped.start,
+        end_time_unix_nano: mapped.end,
+        attributes: list,
+        status: mapped.error.map(|message| Status {
+            message: message.to_string(),
             code: OtlpStatus::Error as i32,
         }),
         ..Default::default()

@@ -5,11 +5,13 @@
 //! partial success counted as `rejected`.
 //!
 //! - `encoding`: spans → `ExportTraceServiceRequest` (the mapping of the contract, A12).
+//! - `wire`: the same request written straight to bytes (what the exporter sends).
 //! - `transport`: the two ways a payload travels, and which failures are retried.
 //! - here: the backend's configuration → an exporter target.
 
 pub mod encoding;
 pub mod transport;
+pub mod wire;
 
 pub use encoding::Otlp;
 pub use transport::{OtlpGrpc, OtlpHttp};
