@@ -167,7 +167,7 @@ mod tests {
     use crate::trace::{Span, SpanKind, TagValue};
 
     fn span(n: u64) -> Span {
-        let inbound = n % 2 == 0;
+        let inbound = n.is_multiple_of(2);
         let mut tags = vec![
             ("node_id", TagValue::Static("default.web-1")),
             ("component", TagValue::Static("proxy")),
@@ -180,11 +180,11 @@ mod tests {
             ("user_agent", TagValue::Static("")),
             (
                 "http.status_code",
-                TagValue::text(&(if n % 5 == 0 { 503 } else { 200 + n % 300 }).to_string()),
+                TagValue::text(&(if n.is_multiple_of(5) { 503 } else { 200 + n % 300 }).to_string()),
             ),
             ("response_flags", TagValue::Static("-")),
         ];
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             tags.push(("grpc.status_code", TagValue::Static("14")));
             tags.push(("grpc.message", TagValue::Static("upstream gone")));
         }
@@ -192,10 +192,10 @@ mod tests {
             trace_id: TraceId {
                 high: n * 7,
                 low: n * 11 + 1,
-                wide: n % 4 == 0,
+                wide: n.is_multiple_of(4),
             },
             id: SpanId(n * 13 + 5),
-            parent_id: (n % 7 != 0).then_some(SpanId(n + 99)),
+            parent_id: (!n.is_multiple_of(7)).then_some(SpanId(n + 99)),
             kind: if inbound {
                 SpanKind::Server
             } else {
@@ -206,20 +206,20 @@ mod tests {
             } else {
                 Direction::Outbound
             },
-            name: if n % 2 == 0 {
+            name: if n.is_multiple_of(2) {
                 "backend.mesh".into()
             } else {
                 "[::1]:8080".into()
             },
             timestamp_us: 1_700_000_000_000_000 + n,
             duration_us: n * 3,
-            local_service: Arc::from(if n % 3 == 0 { "web" } else { "backend" }),
+            local_service: Arc::from(if n.is_multiple_of(3) { "web" } else { "backend" }),
             remote_service: None,
-            shared: n % 6 == 0,
+            shared: n.is_multiple_of(6),
             debug: false,
-            error: n % 3 == 0 || n % 5 == 0,
+            error: n.is_multiple_of(3) || n.is_multiple_of(5),
             tags,
-            trace_state: (n % 2 == 1).then(|| "rojo=00f067aa0ba902b7".into()),
+            trace_state: (!n.is_multiple_of(2)).then(|| "rojo=00f067aa0ba902b7".into()),
         }
     }
 
