@@ -3,8 +3,8 @@
 //! - `encode/*`: one batch of 512 realistic spans (SERVER and CLIENT, 64- and 128-bit trace ids,
 //!   Envoy's full tag set, some gRPC, some errors) through each of our encoders.
 //! - `export_e2e/*`: on ONE core (a `current_thread` runtime), an `Exporter` started by
-//!   `Exporters::use_backend` for a Zipkin backend POSTs to a loopback collector in the same
-//!   runtime. Each iteration feeds N spans through the handle's `try_send`, yielding while
+//!   `Exporters::use_backend` for a Zipkin or OpenTelemetry backend sends to a loopback
+//!   collector in the same runtime (for OTLP/gRPC, `opentelemetry-proto`'s tonic server). Each iteration feeds N spans through the handle's `try_send`, yielding while
 //!   `tracecar_export_queue_spans` is at the queue's capacity (so nothing is dropped), and ends
 //!   when `tracecar_spans_exported_total` has grown by N. Timed with `iter_custom`: building
 //!   the spans is outside the measurement, everything from the first `try_send` to the last
@@ -17,14 +17,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::runtime::Runtime;
 use tracecar::export::datadog::Datadog;
+use tracecar::export::otlp::Otlp;
 use tracecar::export::zipkin::Zipkin;
 use tracecar::export::{Encode, ExportSettings, Exporters, Handle};
 use tracecar::metrics::{BackendLabels, DroppedLabels, Metrics};
-use tracecar::policy::effective::{ApiVersion, Backend, BackendConf, BackendKind, ZipkinBackend};
+use tracecar::policy::effective::{
+    ApiVersion, Backend, BackendConf, BackendKind, OpenTelemetryBackend, OtlpProtocol,
+    ZipkinBackend,
+};
 use tracecar::trace::{Span, SpanSink};
 
 const BATCH: usize = 512;
@@ -33,10 +43,11 @@ const E2E_SPANS: usize = 32 * BATCH;
 
 fn encode(c: &mut Criterion) {
     let spans = common::spans(BATCH, 1);
-    let encoders: [(&str, Box<dyn Encode>); 3] = [
+    let encoders: [(&str, Box<dyn Encode>); 4] = [
         ("zipkin_json", Box::new(Zipkin::new(ApiVersion::HttpJson))),
         ("zipkin_proto", Box::new(Zipkin::new(ApiVersion::HttpProto))),
         ("datadog_msgpack", Box::new(Datadog::new(false))),
+        ("otlp_proto", Box::new(Otlp::new())),
     ];
     let mut group = c.benchmark_group("encode");
     group.throughput(Throughput::Elements(BATCH as u64));
@@ -53,6 +64,46 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
+#[derive(Clone, Copy)]
+enum Kind {
+    Zipkin(ApiVersion),
+    Otlp(OtlpProtocol),
+}
+
+/// An OTLP/gRPC receiver (`opentelemetry-proto`'s tonic server) that accepts everything.
+struct Accepting;
+
+#[tonic::async_trait]
+impl TraceService for Accepting {
+    async fn export(
+        &self,
+        _request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+async fn start_grpc_receiver() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("local address");
+    let service = TraceServiceServer::new(Accepting);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let service = hyper_util::service::TowerToHyperService::new(service.clone());
+            tokio::spawn(async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
 /// One exporter on a single-threaded runtime, with its collector.
 struct Pipeline {
     runtime: Runtime,
@@ -66,26 +117,46 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(api: ApiVersion) -> Pipeline {
+    fn new(kind: Kind) -> Pipeline {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a current_thread runtime");
-        let (addr, _received) = runtime.block_on(common::start_receiver(false));
         let settings = ExportSettings::default();
         let capacity = settings.queue_capacity as i64;
         let metrics = Metrics::new();
-        let backend_name = "zipkin-bench".to_string();
+        let backend_name = "bench".to_string();
+        let conf = match kind {
+            Kind::Zipkin(api) => {
+                let (addr, _received) = runtime.block_on(common::start_receiver(false));
+                BackendConf::Zipkin(ZipkinBackend {
+                    url: format!("http://{addr}/api/v2/spans"),
+                    trace_id_128bit: false,
+                    api_version: api,
+                    shared_span_context: true,
+                })
+            }
+            Kind::Otlp(protocol) => {
+                let addr = match protocol {
+                    // The Zipkin receiver answers 202 with no body: full success for OTLP/HTTP.
+                    OtlpProtocol::Http => runtime.block_on(common::start_receiver(false)).0,
+                    OtlpProtocol::Grpc => runtime.block_on(start_grpc_receiver()),
+                };
+                BackendConf::OpenTelemetry(OpenTelemetryBackend {
+                    endpoint: addr.to_string(),
+                    protocol,
+                    path: None,
+                })
+            }
+        };
         let backend = Backend {
             name: backend_name.clone(),
-            kind: BackendKind::Zipkin,
+            kind: match kind {
+                Kind::Zipkin(_) => BackendKind::Zipkin,
+                Kind::Otlp(_) => BackendKind::OpenTelemetry,
+            },
             sampling: 100.0,
-            conf: BackendConf::Zipkin(ZipkinBackend {
-                url: format!("http://{addr}/api/v2/spans"),
-                trace_id_128bit: false,
-                api_version: api,
-                shared_span_context: true,
-            }),
+            conf,
         };
         let exporters = Exporters::new(settings, metrics.clone());
         // The worker is spawned on this runtime.
@@ -135,18 +206,24 @@ impl Pipeline {
     }
 
     fn dropped(&self) -> u64 {
-        ["queue_full", "export_failed", "shutdown", "too_large"]
-            .into_iter()
-            .map(|reason| {
-                self.metrics
-                    .spans_dropped
-                    .get_or_create(&DroppedLabels {
-                        backend: self.backend.clone(),
-                        reason,
-                    })
-                    .get()
-            })
-            .sum()
+        [
+            "queue_full",
+            "export_failed",
+            "shutdown",
+            "too_large",
+            "rejected",
+        ]
+        .into_iter()
+        .map(|reason| {
+            self.metrics
+                .spans_dropped
+                .get_or_create(&DroppedLabels {
+                    backend: self.backend.clone(),
+                    reason,
+                })
+                .get()
+        })
+        .sum()
     }
 
     fn finish(self, name: &str) {
@@ -166,11 +243,13 @@ fn export_e2e(c: &mut Criterion) {
     group.throughput(Throughput::Elements(E2E_SPANS as u64));
     group.sampling_mode(SamplingMode::Flat);
     group.sample_size(10);
-    for (name, api) in [
-        ("zipkin_json_loopback", ApiVersion::HttpJson),
-        ("zipkin_proto_loopback", ApiVersion::HttpProto),
+    for (name, kind) in [
+        ("zipkin_json_loopback", Kind::Zipkin(ApiVersion::HttpJson)),
+        ("zipkin_proto_loopback", Kind::Zipkin(ApiVersion::HttpProto)),
+        ("otlp_grpc_loopback", Kind::Otlp(OtlpProtocol::Grpc)),
+        ("otlp_http_loopback", Kind::Otlp(OtlpProtocol::Http)),
     ] {
-        let pipeline = Pipeline::new(api);
+        let pipeline = Pipeline::new(kind);
         let mut seed = 0;
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {

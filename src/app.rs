@@ -12,7 +12,7 @@ use crate::admin::{self, AdminState, LogControl};
 use crate::drain;
 use crate::export::{ExportSettings, Exporters};
 use crate::metrics::{Metrics, ResultLabels};
-use crate::policy::effective::{BackendConf, BackendKind, Effective};
+use crate::policy::effective::{BackendConf, Effective};
 use crate::policy::{self, Checked, Dataplane};
 use crate::proxy::{self, ProxyConfig};
 use crate::trace::meshtrace::{MeshTraceSettings, TagRule};
@@ -25,10 +25,7 @@ const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// The tracing layer's view of an effective config: the backend's sink and settings.
 pub fn trace_config(effective: &Effective, exporters: &Exporters) -> anyhow::Result<TraceConfig> {
-    let Some(backend) = effective.backend.as_ref().filter(|b| {
-        // No exporter for OpenTelemetry yet: `explain` shows the backend and the reason.
-        b.kind != BackendKind::OpenTelemetry
-    }) else {
+    let Some(backend) = &effective.backend else {
         exporters.use_backend(None)?;
         return Ok(TraceConfig::default());
     };

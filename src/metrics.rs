@@ -59,6 +59,8 @@ pub enum DropReason {
     ExportFailed,
     Shutdown,
     TooLarge,
+    /// The collector accepted the request but refused these spans (OTLP partial success).
+    Rejected,
 }
 
 impl DropReason {
@@ -68,6 +70,7 @@ impl DropReason {
             DropReason::ExportFailed => "export_failed",
             DropReason::Shutdown => "shutdown",
             DropReason::TooLarge => "too_large",
+            DropReason::Rejected => "rejected",
         }
     }
 }

@@ -389,16 +389,17 @@ async fn split_payloads_reach_the_agent_and_oversize_traces_are_counted() {
     // and the metrics account for every span: exported or dropped as too_large.
     let agent = DatadogAgent::start().await;
     let metrics = Metrics::new();
-    let target = Target {
-        name: "agent".to_string(),
-        uri: agent.url("/v0.4/traces").parse().expect("uri"),
-        encoder: Box::new(Datadog::with_max_payload(false, 2_000)),
-    };
+    let target = Target::post(
+        "agent",
+        agent.url("/v0.4/traces").parse().expect("uri"),
+        Box::new(Datadog::with_max_payload(false, 2_000)),
+        ExportClient::new(),
+    );
     let settings = ExportSettings {
         interval: Duration::from_millis(100),
         ..ExportSettings::default()
     };
-    let exporter = Exporter::start(target, &settings, &metrics, ExportClient::new());
+    let exporter = Exporter::start(target, &settings, &metrics);
     let handle = exporter.handle().expect("a live exporter");
     for t in 1..=20 {
         handle.try_send(span(t, 200));

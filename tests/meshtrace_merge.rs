@@ -485,7 +485,7 @@ fn merged_backend_is_named_for_metrics_and_carries_overall_sampling() {
 }
 
 #[test]
-fn an_opentelemetry_backend_shows_and_traces_nothing_with_a_reason() {
+fn an_opentelemetry_backend_by_reference_resolves_and_traces() {
     let text = [
         mesh_trace(
             "otel",
@@ -504,8 +504,8 @@ fn an_opentelemetry_backend_shows_and_traces_nothing_with_a_reason() {
         json!({"name": "meshtrace:opentelemetry", "type": "openTelemetry", "sampling": 100.0,
                "conf": {"endpoint": "otel.local:4318", "protocol": "http", "path": "/otlp"}})
     );
-    assert_eq!(json["reason"], json!(meshtrace::OTLP_PENDING));
-    assert!(effective.listeners.iter().all(|l| !l.traced));
+    assert_eq!(json["reason"], Value::Null);
+    assert!(effective.listeners.iter().any(|l| l.traced));
 }
 
 #[test]

@@ -17,12 +17,37 @@ pub struct ExportClient {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
-/// Why a POST failed, and whether trying again may help.
+/// Why a send failed, and whether trying again may help.
 #[derive(Debug)]
 pub struct Failure {
     pub message: String,
     pub retryable: bool,
+    /// How long the collector asked us to wait before trying again (`Retry-After`, gRPC
+    /// `RetryInfo`); `None` leaves the backoff to the exporter.
+    pub retry_after: Option<Duration>,
 }
+
+impl Failure {
+    pub fn new(message: impl Into<String>, retryable: bool) -> Failure {
+        Failure {
+            message: message.into(),
+            retryable,
+            retry_after: None,
+        }
+    }
+}
+
+/// A collector's answer to a POST: its status, `Retry-After` and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub retry_after: Option<Duration>,
+    pub body: Bytes,
+}
+
+/// The most of an answer's body that is kept (an OTLP response is a few bytes; anything
+/// longer is an error page nobody reads).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 impl Default for ExportClient {
     fn default() -> Self {
@@ -74,6 +99,27 @@ impl ExportClient {
         payload: &Payload,
         timeout: Duration,
     ) -> Result<(), Failure> {
+        let answer = self.exchange(uri, payload, timeout).await?;
+        let status = answer.status;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(Failure::new(
+                format!("the collector answered {status}"),
+                status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error(),
+            ))
+        }
+    }
+
+    /// POSTs a payload and returns the collector's answer, whatever its status. Only
+    /// connect errors and timeouts are failures here (retryable); what a status means is
+    /// the caller's rule.
+    pub async fn exchange(
+        &self,
+        uri: &http::Uri,
+        payload: &Payload,
+        timeout: Duration,
+    ) -> Result<Answer, Failure> {
         let mut request = Request::post(uri.clone());
         for (name, value) in &payload.headers {
             request = request.header(name, value);
@@ -81,35 +127,41 @@ impl ExportClient {
         let request = request
             .header(header::CONTENT_LENGTH, payload.body.len())
             .body(Full::new(payload.body.clone()))
-            .map_err(|e| Failure {
-                message: format!("cannot build the request: {e}"),
-                retryable: false,
-            })?;
+            .map_err(|e| Failure::new(format!("cannot build the request: {e}"), false))?;
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| Failure {
-                message: chain(&e),
-                retryable: true,
-            })?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| Failure::new(chain(&e), true))?;
             let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
             // Read the answer to the end so the connection can be reused.
-            let _ = response.into_body().collect().await;
-            Ok::<StatusCode, Failure>(status)
-        };
-        let status = tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| Failure {
-                message: format!("no answer within {timeout:?}"),
-                retryable: true,
-            })??;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(Failure {
-                message: format!("the collector answered {status}"),
-                retryable: status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error(),
+            let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok::<Answer, Failure>(Answer {
+                status,
+                retry_after,
+                body,
             })
-        }
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| Failure::new(format!("no answer within {timeout:?}"), true))?
     }
+}
+
+/// `Retry-After` as delay-seconds. The HTTP-date form is not followed (collectors send
+/// seconds); it leaves the backoff to the exporter.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// An error with its causes, `a: b: c`.

@@ -5,10 +5,17 @@
 //! failures (connect errors, timeouts, 429, 5xx) with capped exponential backoff, and counts
 //! every span it could not deliver by reason. For every backend, at rest:
 //! `sampled = exported + dropped` (all reasons).
+//!
+//! What differs between backends is the wire format ([`Encode`]) and how a payload travels
+//! ([`Transport`]: an HTTP POST, or OTLP over HTTP or gRPC with its own retry rules).
 
 pub mod client;
 pub mod datadog;
+pub mod otlp;
 pub mod zipkin;
+
+use std::future::Future;
+use std::pin::Pin;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +28,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
+use self::client::Failure;
 use crate::metrics::{BackendLabels, DropReason, DroppedLabels, ExportLabels, Metrics};
 use crate::policy::effective::{Backend, BackendConf, redact_userinfo};
 use crate::trace::{Span, SpanSink};
@@ -85,6 +93,43 @@ pub trait Encode: Send + Sync + 'static {
     fn encode(&self, spans: &[Span]) -> Encoded;
 }
 
+/// What the collector made of a payload it accepted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Spans the collector said it refused (OTLP partial success); counted as `rejected`.
+    pub rejected: usize,
+}
+
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<Delivered, Failure>> + Send + 'a>>;
+
+/// How a payload reaches the collector, and which failures are worth another try.
+pub trait Transport: Send + Sync + 'static {
+    /// One try, bounded by `timeout`.
+    fn send<'a>(&'a self, payload: &'a Payload, timeout: Duration) -> SendFuture<'a>;
+    /// Where payloads go, for the log (credentials left out).
+    fn destination(&self) -> String;
+}
+
+/// POST to a url: Zipkin and Datadog. 2xx is success; connect errors, timeouts, 429 and 5xx
+/// are retried.
+pub struct HttpPost {
+    pub uri: http::Uri,
+    pub client: client::ExportClient,
+}
+
+impl Transport for HttpPost {
+    fn send<'a>(&'a self, payload: &'a Payload, timeout: Duration) -> SendFuture<'a> {
+        Box::pin(async move {
+            self.client.post(&self.uri, payload, timeout).await?;
+            Ok(Delivered::default())
+        })
+    }
+
+    fn destination(&self) -> String {
+        redact_userinfo(&self.uri.to_string())
+    }
+}
+
 /// Metric handles of one backend, resolved once.
 struct BackendMetrics {
     sampled: Counter,
@@ -98,6 +143,7 @@ struct BackendMetrics {
     dropped_export_failed: Counter,
     dropped_shutdown: Counter,
     dropped_too_large: Counter,
+    dropped_rejected: Counter,
     requests_ok: Counter,
     requests_failed: Counter,
 }
@@ -134,6 +180,7 @@ impl BackendMetrics {
             dropped_export_failed: dropped(DropReason::ExportFailed),
             dropped_shutdown: dropped(DropReason::Shutdown),
             dropped_too_large: dropped(DropReason::TooLarge),
+            dropped_rejected: dropped(DropReason::Rejected),
             requests_ok: requests("success"),
             requests_failed: requests("failure"),
         }
@@ -183,31 +230,41 @@ pub struct Exporter {
 /// Where and how to send.
 pub struct Target {
     pub name: String,
-    pub uri: http::Uri,
     pub encoder: Box<dyn Encode>,
+    pub transport: Box<dyn Transport>,
 }
 
 impl Target {
-    pub fn for_backend(backend: &Backend) -> anyhow::Result<Target> {
+    /// POSTs `encoder`'s payloads to `uri` with `client`.
+    pub fn post(
+        name: &str,
+        uri: http::Uri,
+        encoder: Box<dyn Encode>,
+        client: client::ExportClient,
+    ) -> Target {
+        Target {
+            name: name.to_string(),
+            encoder,
+            transport: Box::new(HttpPost { uri, client }),
+        }
+    }
+
+    pub fn for_backend(backend: &Backend, client: &client::ExportClient) -> anyhow::Result<Target> {
         let (uri, encoder): (String, Box<dyn Encode>) = match &backend.conf {
             BackendConf::Zipkin(z) => (z.url.clone(), Box::new(zipkin::Zipkin::new(z.api_version))),
             BackendConf::Datadog(d) => (
                 format!("http://{}/v0.4/traces", join_host_port(&d.address, d.port)),
                 Box::new(datadog::Datadog::new(d.split_service)),
             ),
-            BackendConf::OpenTelemetry(_) => {
-                anyhow::bail!("backend \"{}\": no OpenTelemetry exporter", backend.name)
+            BackendConf::OpenTelemetry(o) => {
+                return otlp::target(&backend.name, o, client);
             }
         };
         let uri: http::Uri = uri.parse().map_err(|e| {
             let shown = redact_userinfo(&uri);
             anyhow::anyhow!("backend \"{}\": invalid url {shown}: {e}", backend.name)
         })?;
-        Ok(Target {
-            name: backend.name.clone(),
-            uri,
-            encoder,
-        })
+        Ok(Target::post(&backend.name, uri, encoder, client.clone()))
     }
 }
 
@@ -220,12 +277,7 @@ fn join_host_port(host: &str, port: u16) -> String {
 }
 
 impl Exporter {
-    pub fn start(
-        target: Target,
-        settings: &ExportSettings,
-        metrics: &Metrics,
-        client: client::ExportClient,
-    ) -> Exporter {
+    pub fn start(target: Target, settings: &ExportSettings, metrics: &Metrics) -> Exporter {
         let backend_metrics = Arc::new(BackendMetrics::new(metrics, &target.name));
         let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
         let closing = Arc::new(Notify::new());
@@ -233,7 +285,6 @@ impl Exporter {
             target,
             settings: settings.clone(),
             metrics: backend_metrics.clone(),
-            client,
             rx,
             closing: closing.clone(),
             failures_since_warn: 0,
@@ -287,7 +338,6 @@ struct Worker {
     target: Target,
     settings: ExportSettings,
     metrics: Arc<BackendMetrics>,
-    client: client::ExportClient,
     rx: mpsc::Receiver<Span>,
     closing: Arc<Notify>,
     failures_since_warn: u64,
@@ -354,43 +404,63 @@ impl Worker {
         }
         for payload in encoded.payloads {
             let spans = payload.spans;
-            if self.send(payload).await {
-                self.metrics.exported.inc_by(spans as u64);
-            } else {
-                self.metrics.dropped_export_failed.inc_by(spans as u64);
+            match self.send(&payload).await {
+                Some(delivered) => {
+                    // A collector cannot refuse more than it was sent.
+                    let rejected = delivered.rejected.min(spans);
+                    if rejected > 0 {
+                        self.metrics.dropped_rejected.inc_by(rejected as u64);
+                        self.warn(
+                            &format!("the collector refused {rejected} of {spans} spans"),
+                            rejected,
+                        );
+                    }
+                    self.metrics.exported.inc_by((spans - rejected) as u64);
+                }
+                None => {
+                    self.metrics.dropped_export_failed.inc_by(spans as u64);
+                }
             }
             self.metrics.settle(spans);
         }
     }
 
-    /// Sends one payload, retrying transient failures. Returns whether it was delivered.
-    async fn send(&mut self, payload: Payload) -> bool {
+    /// Sends one payload, retrying what the transport calls transient. Returns what the
+    /// collector made of it, or `None` when it was not delivered.
+    async fn send(&mut self, payload: &Payload) -> Option<Delivered> {
         let started = Instant::now();
         let mut backoff = self.settings.initial_backoff;
         let mut tries = 0;
         loop {
             tries += 1;
             let outcome = self
-                .client
-                .post(&self.target.uri, &payload, self.settings.request_timeout)
+                .target
+                .transport
+                .send(payload, self.settings.request_timeout)
                 .await;
             match outcome {
-                Ok(()) => {
+                Ok(delivered) => {
                     self.metrics.requests_ok.inc();
-                    return true;
+                    return Some(delivered);
                 }
                 Err(failure) => {
                     self.metrics.requests_failed.inc();
+                    // The collector's own wait wins over our backoff; jitter keeps many
+                    // sidecars from retrying in lockstep.
+                    let wait = failure.retry_after.unwrap_or_else(|| {
+                        backoff
+                            + Duration::from_millis(fastrand::u64(
+                                0..=backoff.as_millis() as u64 / 2,
+                            ))
+                    });
                     let retry = failure.retryable
                         && tries < self.settings.max_tries
-                        && started.elapsed() + backoff < self.settings.retry_budget;
+                        && started.elapsed() + wait < self.settings.retry_budget;
                     if !retry {
                         self.warn(&failure.message, payload.spans);
-                        return false;
+                        return None;
                     }
-                    // Jitter keeps many sidecars from retrying in lockstep.
-                    let jitter = fastrand::u64(0..=backoff.as_millis() as u64 / 2);
-                    tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+                    tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(self.settings.max_backoff);
                 }
             }
@@ -407,7 +477,7 @@ impl Worker {
             tracing::warn!(
                 backend = %self.target.name,
                 // Credentials in the url stay out of the log.
-                url = %redact_userinfo(&self.target.uri.to_string()),
+                url = %self.target.transport.destination(),
                 failures = self.failures_since_warn,
                 spans,
                 "span export failed: {message}"
@@ -464,10 +534,9 @@ impl Exporters {
             return Ok(existing.handle());
         }
         let exporter = Exporter::start(
-            Target::for_backend(backend)?,
+            Target::for_backend(backend, &self.client)?,
             &self.settings,
             &self.metrics,
-            self.client.clone(),
         );
         let handle = exporter.handle();
         active.insert(key, exporter);

@@ -76,22 +76,6 @@ pub enum BackendConf {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OpenTelemetryBackend {
-    /// `host:port` (gRPC default port 4317).
-    pub endpoint: String,
-    pub protocol: OtlpProtocol,
-    /// OTLP/HTTP path prefix (`/v1/traces` is appended); `None` when not set.
-    pub path: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OtlpProtocol {
-    Grpc,
-    Http,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ZipkinBackend {
     /// Shown in `/config_dump` and `explain` without its userinfo: dumps get pasted into tickets.
@@ -136,6 +120,22 @@ pub struct DatadogBackend {
     pub address: String,
     pub port: u16,
     pub split_service: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OpenTelemetryBackend {
+    /// `host:port` (gRPC default port 4317).
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// OTLP/HTTP path prefix (`/v1/traces` is appended); `None` when not set.
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocol {
+    Grpc,
+    Http,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -305,6 +305,16 @@ pub struct Sidecar {
 impl Sidecar {
     /// Loads `policy` and the dataplane, validates both, and starts the proxy as `run` does.
     pub async fn start(policy: &Path, dataplane_yaml: &str) -> Sidecar {
+        Sidecar::start_with_backend(policy, dataplane_yaml, None).await
+    }
+
+    /// As `start`, with the policy's backend replaced by `backend` when given (a backend the
+    /// policy files cannot declare yet reaches the sidecar the way a policy would bring it).
+    pub async fn start_with_backend(
+        policy: &Path,
+        dataplane_yaml: &str,
+        backend: Option<tracecar::policy::effective::Backend>,
+    ) -> Sidecar {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("dataplane.yaml");
         std::fs::write(&file, dataplane_yaml).expect("write dataplane");
@@ -315,7 +325,10 @@ impl Sidecar {
             checked.diagnostics
         );
         let dataplane = checked.dataplane.clone().expect("dataplane loaded");
-        let effective = checked.set.effective(&dataplane, 1);
+        let mut effective = checked.set.effective(&dataplane, 1);
+        if backend.is_some() {
+            effective.backend = backend;
+        }
         let metrics = Metrics::new();
         let exporters = Arc::new(Exporters::new(fast_export(), metrics.clone()));
         let config = tracecar::app::trace_config(&effective, &exporters).expect("trace config");
@@ -427,13 +440,32 @@ impl Chain {
     }
 
     pub async fn in_zones(policy: &Path, web_zone: &str, backend_zone: &str) -> Chain {
+        Chain::traced_by(policy, web_zone, backend_zone, None).await
+    }
+
+    /// A chain whose sidecars trace to `backend` instead of the policy's (see
+    /// `Sidecar::start_with_backend`).
+    pub async fn with_backend(
+        policy: &Path,
+        backend: tracecar::policy::effective::Backend,
+    ) -> Chain {
+        Chain::traced_by(policy, "eu-west", "eu-west", Some(backend)).await
+    }
+
+    async fn traced_by(
+        policy: &Path,
+        web_zone: &str,
+        backend_zone: &str,
+        traced_by: Option<tracecar::policy::effective::Backend>,
+    ) -> Chain {
         let app = Upstream::start().await;
-        let backend = Sidecar::start(
+        let backend = Sidecar::start_with_backend(
             policy,
             &server_dataplane("backend-1", "backend", backend_zone, app.address),
+            traced_by.clone(),
         )
         .await;
-        let web = Sidecar::start(
+        let web = Sidecar::start_with_backend(
             policy,
             &client_dataplane(
                 "web-1",
@@ -442,6 +474,7 @@ impl Chain {
                 "backend",
                 backend.listener(Direction::Inbound),
             ),
+            traced_by,
         )
         .await;
         Chain { app, web, backend }

@@ -22,6 +22,7 @@ use tracecar::proxy::{ProxyConfig, Running};
 pub mod export;
 pub mod grpc;
 pub mod raw;
+pub mod otlp;
 
 /// A free loopback port (bound, read, released).
 /// A port that was free a moment ago. The Dataplane validator wants real ports (1–65535), so

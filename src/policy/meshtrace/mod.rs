@@ -20,10 +20,6 @@ use super::effective::{
 use super::resource::Dataplane;
 use resource::OTLP_GRPC_PORT;
 
-/// Why an OpenTelemetry backend traces nothing yet.
-pub const OTLP_PENDING: &str =
-    "OpenTelemetry export is not available in this build: nothing is traced";
-
 /// What `/config_dump` and `explain` show under `meshTrace`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Applied {
@@ -164,10 +160,7 @@ pub fn resolve(
             Some("the merged MeshTrace has backends: [] (tracing off)".to_string()),
         ),
         Some([b, ..]) => match to_backend(b, knobs.overall, dataplane, otel_backends) {
-            Ok(backend) => {
-                let pending = backend.kind == BackendKind::OpenTelemetry;
-                (Some(backend), pending.then(|| OTLP_PENDING.to_string()))
-            }
+            Ok(backend) => (Some(backend), None),
             Err(reason) => (None, Some(reason)),
         },
     };

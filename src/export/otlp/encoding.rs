@@ -1,0 +1,378 @@
+//! Spans as OTLP: one `ResourceSpans` per service in a batch, spans as Envoy's OpenTelemetry
+//! tracer writes them, encoded once as an `ExportTraceServiceRequest` that both transports
+//! send as it is.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    ResourceSpans, ScopeSpans, SpanFlags, Status, span::SpanKind as OtlpKind,
+    status::StatusCode as OtlpStatus,
+};
+
+use crate::export::{Encode, Encoded, Payload};
+use crate::policy::effective::Direction;
+use crate::trace::{Span, SpanKind};
+
+/// Collectors refuse larger messages by default (gRPC's 4 MiB); batches over it are split.
+pub const MAX_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
+
+/// The instrumentation name: `telemetry.sdk.name` and the scope.
+pub const SDK_NAME: &str = "tracecar";
+
+/// gRPC status codes Envoy counts as errors (A5), as the `grpc.status_code` tag holds them.
+const GRPC_ERROR_CODES: [&str; 7] = ["2", "4", "8", "12", "13", "14", "15"];
+
+pub struct Otlp {
+    max_payload: usize,
+}
+
+impl Default for Otlp {
+    fn default() -> Self {
+        Otlp::new()
+    }
+}
+
+impl Otlp {
+    pub fn new() -> Otlp {
+        Otlp {
+            max_payload: MAX_PAYLOAD_BYTES,
+        }
+    }
+
+    /// With a smaller payload limit (tests of the splitting).
+    pub fn with_max_payload(max_payload: usize) -> Otlp {
+        Otlp { max_payload }
+    }
+
+    /// Encodes `spans`, halving the batch until each part fits; a span that alone does not
+    /// fit is counted as too large.
+    fn encode_into(&self, spans: &[Span], encoded: &mut Encoded) {
+        let body = super::wire::encode_request(spans);
+        if body.len() <= self.max_payload {
+            encoded.payloads.push(Payload {
+                body: Bytes::from(body),
+                spans: spans.len(),
+                headers: vec![(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-protobuf"),
+                )],
+            });
+        } else if spans.len() == 1 {
+            encoded.too_large += 1;
+        } else {
+            let (first, second) = spans.split_at(spans.len() / 2);
+            self.encode_into(first, encoded);
+            self.encode_into(second, encoded);
+        }
+    }
+}
+
+impl Encode for Otlp {
+    fn encode(&self, spans: &[Span]) -> Encoded {
+        let mut encoded = Encoded::default();
+        if !spans.is_empty() {
+            self.encode_into(spans, &mut encoded);
+        }
+        encoded
+    }
+}
+
+/// The export request for `spans`: one `ResourceSpans` per service, in first-seen order.
+pub fn request(spans: &[Span]) -> ExportTraceServiceRequest {
+    let mut groups: Vec<(&Arc<str>, Vec<opentelemetry_proto::tonic::trace::v1::Span>)> = Vec::new();
+    for span in spans {
+        let otlp = to_otlp(span);
+        match groups
+            .iter_mut()
+            .find(|(service, _)| **service == span.local_service)
+        {
+            Some((_, list)) => list.push(otlp),
+            None => groups.push((&span.local_service, vec![otlp])),
+        }
+    }
+    ExportTraceServiceRequest {
+        resource_spans: groups
+            .into_iter()
+            .map(|(service, spans)| ResourceSpans {
+                resource: Some(resource(service)),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: SDK_NAME.to_string(),
+                        version: env!("CARGO_PKG_VERSION").to_string(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            })
+            .collect(),
+    }
+}
+
+fn resource(service: &str) -> Resource {
+    Resource {
+        attributes: vec![
+            string("service.name", service),
+            string("telemetry.sdk.name", SDK_NAME),
+            string("telemetry.sdk.language", "rust"),
+            string("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+        ],
+        ..Default::default()
+    }
+}
+
+/// The span id and parent an OTLP span gets. A span that shares its caller's span id
+/// (Zipkin's `sharedSpanContext`) would collide with the caller's CLIENT span, which OTLP
+/// does not allow: it becomes a new child of that span, with an id derived from both ids, so
+/// the same record always maps to the same span.
+pub fn ids(span: &Span) -> (u64, Option<u64>) {
+    if span.shared {
+        (derived_id(span.id.0, span.trace_id.low), Some(span.id.0))
+    } else {
+        (span.id.0, span.parent_id.map(|p| p.0))
+    }
+}
+
+fn derived_id(span_id: u64, trace_low: u64) -> u64 {
+    // splitmix64's finaliser: a bijection, so distinct inputs give distinct ids.
+    let mut z = span_id ^ trace_low.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    if z == 0 || z == span_id { z ^ 1 } else { z }
+}
+
+/// An attribute value with the type the conventions give it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value<'a> {
+    Str(Cow<'a, str>),
+    Int(i64),
+}
+
+/// What a span record becomes in OTLP, attributes aside (see [`attributes`]).
+pub struct Mapped<'a> {
+    pub id: u64,
+    pub parent: Option<u64>,
+    pub trace_id: [u8; 16],
+    pub trace_state: &'a str,
+    pub flags: u32,
+    pub name: Cow<'a, str>,
+    pub kind: OtlpKind,
+    pub start: u64,
+    pub end: u64,
+    /// `Some(message)` when the status is ERROR.
+    pub error: Option<&'a str>,
+}
+
+/// The span's fields under A12's rules.
+pub fn map(span: &Span) -> Mapped<'_> {
+    let (id, parent) = ids(span);
+    let mut flags = 0x01 | SpanFlags::ContextHasIsRemoteMask as u32;
+    if parent.is_some() {
+        // The parent is always another process's span: the caller's, or the application's.
+        flags |= SpanFlags::ContextIsRemoteMask as u32;
+    }
+    let start = span.timestamp_us.saturating_mul(1000);
+    let high = if span.trace_id.wide {
+        span.trace_id.high
+    } else {
+        0
+    };
+    let mut trace_id = [0u8; 16];
+    trace_id[..8].copy_from_slice(&high.to_be_bytes());
+    trace_id[8..].copy_from_slice(&span.trace_id.low.to_be_bytes());
+    Mapped {
+        id,
+        parent,
+        trace_id,
+        trace_state: span.trace_state.as_deref().unwrap_or(""),
+        flags,
+        name: match span.direction {
+            Direction::Inbound => Cow::Borrowed("ingress"),
+            Direction::Outbound => Cow::Owned(format!("egress {}", span.name)),
+        },
+        kind: match span.kind {
+            SpanKind::Server => OtlpKind::Server,
+            SpanKind::Client => OtlpKind::Client,
+        },
+        start,
+        end: start.saturating_add(span.duration_us.saturating_mul(1000)),
+        error: is_error(span).then(|| span.tag("grpc.message").unwrap_or("")),
+    }
+}
+
+fn status_code(span: &Span) -> Option<i64> {
+    span.tag("http.status_code")
+        .and_then(|s| s.parse::<i64>().ok())
+        .filter(|s| *s > 0)
+}
+
+fn http_error(span: &Span) -> bool {
+    let client = span.kind == SpanKind::Client;
+    status_code(span).is_some_and(|s| s >= 500 || (client && s >= 400))
+}
+
+/// 5xx on both kinds (and no response, and Envoy's gRPC error codes: `span.error`); 4xx on
+/// CLIENT spans too.
+fn is_error(span: &Span) -> bool {
+    span.error || http_error(span)
+}
+
+/// Calls `attribute` for each attribute of the span, in order: Envoy's tags as strings, then
+/// the stable HTTP semantic-convention attributes with their types.
+pub fn attributes<'a>(span: &'a Span, mut attribute: impl FnMut(&'a str, Value<'a>)) {
+    let client = span.kind == SpanKind::Client;
+    let status_code = status_code(span);
+    let url = span.tag("http.url").unwrap_or("");
+    let (scheme, path_and_query) = split_url(url);
+    let (host, port) = split_host_port(&span.name);
+    let text = |s: &'a str| Value::Str(Cow::Borrowed(s));
+
+    for (key, value) in &span.tags {
+        attribute(key, text(value.as_str()));
+    }
+    if let Some(method) = span.tag("http.method") {
+        attribute("http.request.method", text(method));
+    }
+    if let Some(status) = status_code {
+        attribute("http.response.status_code", Value::Int(status));
+    }
+    if let Some(version) = span
+        .tag("http.protocol")
+        .and_then(|p| p.strip_prefix("HTTP/"))
+    {
+        attribute("network.protocol.version", text(version));
+    }
+    if !host.is_empty() {
+        attribute("server.address", text(host));
+    }
+    if let Some(agent) = span.tag("user_agent") {
+        attribute("user_agent.original", text(agent));
+    }
+    if client {
+        if !url.is_empty() {
+            attribute("url.full", text(url));
+        }
+        let port = port.or(match scheme {
+            "https" => Some(443),
+            "http" => Some(80),
+            _ => None,
+        });
+        if let Some(port) = port {
+            attribute("server.port", Value::Int(i64::from(port)));
+        }
+    } else {
+        if !scheme.is_empty() {
+            attribute("url.scheme", text(scheme));
+        }
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path_and_query, None),
+        };
+        attribute("url.path", text(if path.is_empty() { "/" } else { path }));
+        if let Some(query) = query {
+            attribute("url.query", text(query));
+        }
+    }
+    if is_error(span) {
+        let grpc_code = span
+            .tag("grpc.status_code")
+            .filter(|c| GRPC_ERROR_CODES.contains(c));
+        let kind = if http_error(span) {
+            status_code.map(|s| Cow::Owned(s.to_string()))
+        } else if let Some(code) = grpc_code {
+            Some(Cow::Borrowed(code))
+        } else {
+            span.tag("response_flags")
+                .filter(|f| *f != "-")
+                .map(Cow::Borrowed)
+        };
+        attribute(
+            "error.type",
+            Value::Str(kind.unwrap_or(Cow::Borrowed("_OTHER"))),
+        );
+    }
+}
+
+/// The span as an `opentelemetry-proto` message.
+pub fn to_otlp(span: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
+    let mapped = map(span);
+    let mut list = Vec::with_capacity(span.tags.len() + 10);
+    attributes(span, |key, value| {
+        list.push(match value {
+            Value::Str(s) => string(key, &s),
+            Value::Int(i) => int(key, i),
+        })
+    });
+    opentelemetry_proto::tonic::trace::v1::Span {
+        trace_id: mapped.trace_id.to_vec(),
+        span_id: mapped.id.to_be_bytes().to_vec(),
+        trace_state: mapped.trace_state.to_string(),
+        parent_span_id: mapped
+            .parent
+            .map_or_else(Vec::new, |p| p.to_be_bytes().to_vec()),
+        flags: mapped.flags,
+        name: mapped.name.into_owned(),
+        kind: mapped.kind as i32,
+        start_time_unix_nano: mapped.start,
+        end_time_unix_nano: mapped.end,
+        attributes: list,
+        status: mapped.error.map(|message| Status {
+            message: message.to_string(),
+            code: OtlpStatus::Error as i32,
+        }),
+        ..Default::default()
+    }
+}
+
+/// `scheme://authority/path?query` → (`scheme`, `/path?query`).
+fn split_url(url: &str) -> (&str, &str) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return ("", url);
+    };
+    match rest.find('/') {
+        Some(at) => (scheme, &rest[at..]),
+        None => (scheme, ""),
+    }
+}
+
+/// `host:port`, `[v6]:port` or a bare host → (host, port).
+fn split_host_port(authority: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((host, tail)) => (host, tail.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (authority, None),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (host, port.parse().ok()),
+        _ => (authority, None),
+    }
+}
+
+fn string(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn int(key: &str, value: i64) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }),
+        ..Default::default()
+    }
+}
