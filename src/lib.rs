@@ -11,5 +11,6 @@ pub mod export;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod redirect;
 pub mod shutdown;
 pub mod trace;

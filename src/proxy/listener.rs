@@ -110,12 +110,13 @@ pub enum Handler {
 /// connections it accepted: HTTP connections are told to finish (h2 GOAWAY, h1 close after
 /// the current response), TCP ones run to their end.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<super::transparent::Incoming>,
     tls: Option<TlsAcceptor>,
     handler: Handler,
     limits: Arc<Limits>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut listener = listener.into();
     let graceful = GracefulShutdown::new();
     let tasks = counter::TaskCounter::default();
     loop {

@@ -10,6 +10,7 @@ pub mod observe;
 pub mod pool;
 pub mod tcp;
 pub mod tls;
+pub mod transparent;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -94,6 +95,7 @@ pub async fn start(
     let mut tasks = Vec::new();
     let mut inbounds = networking.inbound.iter();
     let mut outbounds = networking.outbound.iter();
+    let mut routes = transparent::Routes::default();
     for l in &effective.listeners {
         let (server_tls, client_tls) = match l.direction {
             Direction::Inbound => {
@@ -182,7 +184,10 @@ pub async fn start(
                 &config.upstream,
             )?)),
         };
-        let socket = listener::bind(&l.address).await?;
+        let socket = match l.is_virtual {
+            true => routes.add(l)?,
+            false => listener::bind(&l.address).await?.into(),
+        };
         addresses.push(socket.local_addr()?);
         let acceptor = server_tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
         tasks.push(tokio::spawn(listener::serve(
@@ -200,6 +205,9 @@ pub async fn start(
             traced = l.traced,
             "listening"
         );
+    }
+    if let Some(ports) = effective.transparent_proxying {
+        tasks.extend(transparent::start(ports, routes, stop_rx.clone()).await?);
     }
     Ok(Running {
         addresses,
