@@ -61,7 +61,11 @@ impl Rules {
         if let Some(set) = port_set(&self.exclude_outbound_ports) {
             let _ = writeln!(s, "    tcp dport {set} return");
         }
-        let _ = writeln!(s, "    meta l4proto tcp redirect to :{}", self.outbound_port);
+        let _ = writeln!(
+            s,
+            "    meta l4proto tcp redirect to :{}",
+            self.outbound_port
+        );
         let _ = writeln!(s, "  }}");
         let _ = writeln!(s, "}}");
         s

@@ -51,7 +51,10 @@ fn the_transparent_kubernetes_example_gives_only_the_init_container_a_capability
     let init = &pod["initContainers"][0];
     assert_eq!(init["args"][0], "redirect");
     assert_eq!(init["args"][1], "install");
-    assert_eq!(init["securityContext"]["capabilities"]["add"][0], "NET_ADMIN");
+    assert_eq!(
+        init["securityContext"]["capabilities"]["add"][0],
+        "NET_ADMIN"
+    );
     let uid_arg = init["args"]
         .as_array()
         .expect("args")
@@ -79,7 +82,10 @@ fn assert_manifests_validate(dataplane_manifest: &str) {
     let policy = dir.path().join("policy");
     std::fs::create_dir(&policy).expect("policy dir");
     let mut dataplane = None;
-    for manifest in ["deploy/kubernetes/policy-configmap.yaml", dataplane_manifest] {
+    for manifest in [
+        "deploy/kubernetes/policy-configmap.yaml",
+        dataplane_manifest,
+    ] {
         let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(manifest))
             .expect("manifest");
         let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("YAML");

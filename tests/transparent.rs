@@ -85,11 +85,29 @@ impl Pod {
         must(&["ip", "-n", &p, "link", "set", "lo", "up"]);
         must(&["ip", "-n", &q, "link", "set", "lo", "up"]);
         must(&[
-            "ip", "-n", &p, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
-            "netns", &q,
+            "ip", "-n", &p, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
+            &q,
         ]);
-        must(&["ip", "-n", &p, "addr", "add", &format!("{POD}/24"), "dev", "eth0"]);
-        must(&["ip", "-n", &q, "addr", "add", &format!("{PEER}/24"), "dev", "eth0"]);
+        must(&[
+            "ip",
+            "-n",
+            &p,
+            "addr",
+            "add",
+            &format!("{POD}/24"),
+            "dev",
+            "eth0",
+        ]);
+        must(&[
+            "ip",
+            "-n",
+            &q,
+            "addr",
+            "add",
+            &format!("{PEER}/24"),
+            "dev",
+            "eth0",
+        ]);
         must(&["ip", "-n", &p, "link", "set", "eth0", "up"]);
         must(&["ip", "-n", &q, "link", "set", "eth0", "up"]);
         // Service VIPs are routed out of the pod, as a cluster's are; only redirection makes
@@ -97,9 +115,29 @@ impl Pod {
         must(&["ip", "-n", &p, "route", "add", "10.96.0.0/16", "via", PEER]);
         if ipv6_available() {
             for (ns, addr) in [(&p, POD6), (&q, PEER6)] {
-                must(&["ip", "-n", ns, "addr", "add", &format!("{addr}/64"), "dev", "eth0", "nodad"]);
+                must(&[
+                    "ip",
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{addr}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ]);
             }
-            must(&["ip", "-n", &p, "-6", "route", "add", "fd96::/64", "via", PEER6]);
+            must(&[
+                "ip",
+                "-n",
+                &p,
+                "-6",
+                "route",
+                "add",
+                "fd96::/64",
+                "via",
+                PEER6,
+            ]);
         }
         Some(this)
     }
@@ -131,7 +169,13 @@ impl Pod {
         self.spawn(
             ns,
             &[
-                "python3", "-m", "http.server", &port_text, "--bind", address, "--directory",
+                "python3",
+                "-m",
+                "http.server",
+                &port_text,
+                "--bind",
+                address,
+                "--directory",
                 &root,
             ],
         );
@@ -146,7 +190,16 @@ impl Pod {
         };
         for _ in 0..500 {
             let ok = self
-                .exec(ns, &["curl", "-s", "-o", "/dev/null", &format!("http://{host}:{port}/")])
+                .exec(
+                    ns,
+                    &[
+                        "curl",
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        &format!("http://{host}:{port}/"),
+                    ],
+                )
                 .status()
                 .is_ok_and(|s| s.success());
             if ok {
@@ -163,8 +216,17 @@ impl Pod {
             .exec(
                 ns,
                 &[
-                    "setpriv", "--reuid", APP_UID, "--regid", APP_UID, "--clear-groups", "curl",
-                    "-sS", "--max-time", "10", url,
+                    "setpriv",
+                    "--reuid",
+                    APP_UID,
+                    "--regid",
+                    APP_UID,
+                    "--clear-groups",
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    url,
                 ],
             )
             .output()
@@ -220,8 +282,11 @@ impl Pod {
     /// Starts `tracecar run` in the pod namespace, as root, and waits until it is ready.
     fn start_tracecar(&mut self, collector: &Collector, dataplane: &str) {
         let policy = self.dir.path().join("policy.yaml");
-        std::fs::write(&policy, mesh_with_backend(&zipkin_backend(&collector.url(), "")))
-            .expect("policy");
+        std::fs::write(
+            &policy,
+            mesh_with_backend(&zipkin_backend(&collector.url(), "")),
+        )
+        .expect("policy");
         let file = self.dir.path().join("dataplane.yaml");
         std::fs::write(&file, dataplane).expect("dataplane");
         let (file, policy) = (
@@ -231,11 +296,29 @@ impl Pod {
         let pod = self.pod.clone();
         self.spawn(
             &pod,
-            &[TRACECAR, "run", "--dataplane", &file, "--policy", &policy, "--admin", "127.0.0.1:9901"],
+            &[
+                TRACECAR,
+                "run",
+                "--dataplane",
+                &file,
+                "--policy",
+                &policy,
+                "--admin",
+                "127.0.0.1:9901",
+            ],
         );
         for _ in 0..500 {
             let ready = self
-                .exec(&pod, &["curl", "-sf", "-o", "/dev/null", "http://127.0.0.1:9901/ready"])
+                .exec(
+                    &pod,
+                    &[
+                        "curl",
+                        "-sf",
+                        "-o",
+                        "/dev/null",
+                        "http://127.0.0.1:9901/ready",
+                    ],
+                )
                 .status()
                 .is_ok_and(|s| s.success());
             if ready {
@@ -294,7 +377,10 @@ async fn an_application_calling_a_service_vip_is_traced() {
     let peer = pod.peer.clone();
     pod.http_server(&peer, PEER, 8081, "backend");
     let collector = pod.collector().await;
-    pod.start_tracecar(&collector, &dataplane(&outbound(VIP, 80, &format!("{PEER}:8081"))));
+    pod.start_tracecar(
+        &collector,
+        &dataplane(&outbound(VIP, 80, &format!("{PEER}:8081"))),
+    );
     pod.install(&[]);
 
     let body = pod.app_get(&pod.pod, &format!("http://{VIP}/who"));
@@ -302,7 +388,11 @@ async fn an_application_calling_a_service_vip_is_traced() {
     assert_eq!(body, "backend");
     let spans = collector.wait_for_json(1).await;
     assert_eq!(spans[0]["kind"], "CLIENT", "{spans:?}");
-    assert_eq!(tag(&spans[0], "http.url"), Some(&*format!("http://{VIP}/who")), "{spans:?}");
+    assert_eq!(
+        tag(&spans[0], "http.url"),
+        Some(&*format!("http://{VIP}/who")),
+        "{spans:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,7 +418,10 @@ async fn unmatched_destinations_pass_through_untraced() {
     pod.http_server(&peer, PEER, 9000, "elsewhere");
     pod.http_server(&peer, PEER, 8081, "backend");
     let collector = pod.collector().await;
-    pod.start_tracecar(&collector, &dataplane(&outbound(VIP, 80, &format!("{PEER}:8081"))));
+    pod.start_tracecar(
+        &collector,
+        &dataplane(&outbound(VIP, 80, &format!("{PEER}:8081"))),
+    );
     pod.install(&[]);
 
     let body = pod.app_get(&pod.pod, &format!("http://{PEER}:9000/who"));
@@ -339,7 +432,10 @@ async fn unmatched_destinations_pass_through_untraced() {
     assert_eq!(body, "elsewhere");
     let spans = collector.wait_for_json(1).await;
     assert_eq!(spans.len(), 1, "only the VIP call is traced: {spans:?}");
-    assert_eq!(tag(&spans[0], "http.url"), Some(&*format!("http://{VIP}/who")));
+    assert_eq!(
+        tag(&spans[0], "http.url"),
+        Some(&*format!("http://{VIP}/who"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,11 +443,23 @@ async fn excluded_outbound_ports_bypass_tracecar() {
     let Some(mut pod) = Pod::create() else { return };
     let peer = pod.peer.clone();
     // The peer answers on the VIP itself, so a connection that is not redirected gets there.
-    must(&["ip", "-n", &peer, "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+    must(&[
+        "ip",
+        "-n",
+        &peer,
+        "addr",
+        "add",
+        &format!("{VIP}/32"),
+        "dev",
+        "lo",
+    ]);
     pod.http_server(&peer, VIP, 8443, "direct");
     pod.http_server(&peer, PEER, 8081, "through-tracecar");
     let collector = pod.collector().await;
-    pod.start_tracecar(&collector, &dataplane(&outbound(VIP, 8443, &format!("{PEER}:8081"))));
+    pod.start_tracecar(
+        &collector,
+        &dataplane(&outbound(VIP, 8443, &format!("{PEER}:8081"))),
+    );
     pod.install(&["--exclude-outbound-ports", "8443,9901"]);
 
     let body = pod.app_get(&pod.pod, &format!("http://{VIP}:8443/who"));
@@ -369,7 +477,10 @@ async fn an_ipv6_service_vip_is_traced() {
     let peer = pod.peer.clone();
     pod.http_server(&peer, PEER6, 8081, "backend6");
     let collector = pod.collector().await;
-    pod.start_tracecar(&collector, &dataplane(&outbound(VIP6, 80, &format!("[{PEER6}]:8081"))));
+    pod.start_tracecar(
+        &collector,
+        &dataplane(&outbound(VIP6, 80, &format!("[{PEER6}]:8081"))),
+    );
     pod.install(&[]);
 
     let body = pod.app_get(&pod.pod, &format!("http://[{VIP6}]/who"));
@@ -395,16 +506,31 @@ fn uninstalling_restores_the_ruleset_exactly() {
     // Someone else's rules, which tracecar must leave as they were.
     pod.nft(&["add", "table", "ip", "other"]);
     pod.nft(&[
-        "add", "chain", "ip", "other", "input", "{ type filter hook input priority 0; policy accept; }",
+        "add",
+        "chain",
+        "ip",
+        "other",
+        "input",
+        "{ type filter hook input priority 0; policy accept; }",
     ]);
-    pod.nft(&["add", "rule", "ip", "other", "input", "tcp", "dport", "22", "accept"]);
+    pod.nft(&[
+        "add", "rule", "ip", "other", "input", "tcp", "dport", "22", "accept",
+    ]);
     let before = pod.nft(&["list", "ruleset"]);
     pod.install(&[]);
-    assert_ne!(pod.nft(&["list", "ruleset"]), before, "install changed something");
+    assert_ne!(
+        pod.nft(&["list", "ruleset"]),
+        before,
+        "install changed something"
+    );
 
     let out = pod.redirect(&["uninstall"]);
 
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(pod.nft(&["list", "ruleset"]), before);
 }
 
@@ -414,7 +540,11 @@ fn uninstalling_when_nothing_is_installed_succeeds() {
 
     let out = pod.redirect(&["uninstall"]);
 
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -441,13 +571,22 @@ fn a_missing_nft_tool_is_named() {
 
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("the nft tool is not installed"), "{stderr}");
+    assert!(
+        stderr.starts_with("the nft tool is not installed"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn an_unknown_user_is_invalid_input() {
     let out = Command::new(TRACECAR)
-        .args(["redirect", "install", "--uid", "no-such-user-here", "--dry-run"])
+        .args([
+            "redirect",
+            "install",
+            "--uid",
+            "no-such-user-here",
+            "--dry-run",
+        ])
         .output()
         .expect("run tracecar");
 
@@ -462,7 +601,9 @@ fn an_unknown_user_is_invalid_input() {
 fn without_the_capability_the_error_names_it() {
     let Some(pod) = Pod::create() else { return };
     let out = Command::new("ip")
-        .args(["netns", "exec", &pod.pod, "setpriv", "--reuid", APP_UID, TRACECAR])
+        .args([
+            "netns", "exec", &pod.pod, "setpriv", "--reuid", APP_UID, TRACECAR,
+        ])
         .args(["redirect", "install", "--uid", "0"])
         .output()
         .expect("run tracecar");

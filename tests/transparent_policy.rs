@@ -41,11 +41,15 @@ fn effective(yaml: &str) -> tracecar::policy::effective::Effective {
     tracecar::policy::effective::compute(&dp, &[], &[], 1)
 }
 
-const TP: &str = "  transparentProxying:\n    redirectPortInbound: 15006\n    redirectPortOutbound: 15001\n";
+const TP: &str =
+    "  transparentProxying:\n    redirectPortInbound: 15006\n    redirectPortOutbound: 15001\n";
 
 #[test]
 fn absent_redirect_ports_default_to_kumas() {
-    let e = effective(&dataplane("  transparentProxying: {}\n", &outbound("10.96.0.10", 80)));
+    let e = effective(&dataplane(
+        "  transparentProxying: {}\n",
+        &outbound("10.96.0.10", 80),
+    ));
 
     assert_eq!(
         e.transparent_proxying,
@@ -65,7 +69,9 @@ fn a_redirect_port_out_of_range_is_reported_at_its_path() {
 
     assert_eq!(
         lines(&yaml),
-        ["dp.yaml: Dataplane/web-1: networking.transparentProxying.redirectPortInbound: port must be in the range [1, 65535]"]
+        [
+            "dp.yaml: Dataplane/web-1: networking.transparentProxying.redirectPortInbound: port must be in the range [1, 65535]"
+        ]
     );
 }
 
@@ -78,7 +84,9 @@ fn equal_redirect_ports_are_an_error() {
 
     assert_eq!(
         lines(&yaml),
-        ["dp.yaml: Dataplane/web-1: networking.transparentProxying.redirectPortOutbound: redirectPortInbound and redirectPortOutbound have to differ"]
+        [
+            "dp.yaml: Dataplane/web-1: networking.transparentProxying.redirectPortOutbound: redirectPortInbound and redirectPortOutbound have to differ"
+        ]
     );
 }
 
@@ -88,7 +96,9 @@ fn a_listener_on_a_redirect_port_is_an_error() {
 
     assert_eq!(
         lines(&yaml),
-        ["dp.yaml: Dataplane/web-1: networking.outbound[0].port: port 15006 is already used by networking.transparentProxying.redirectPortInbound"]
+        [
+            "dp.yaml: Dataplane/web-1: networking.outbound[0].port: port 15006 is already used by networking.transparentProxying.redirectPortInbound"
+        ]
     );
 }
 
@@ -98,7 +108,9 @@ fn an_outbound_address_that_is_not_an_ip_is_an_error() {
 
     assert_eq!(
         lines(&yaml),
-        ["dp.yaml: Dataplane/web-1: networking.outbound[0].address: address has to be valid IP address"]
+        [
+            "dp.yaml: Dataplane/web-1: networking.outbound[0].address: address has to be valid IP address"
+        ]
     );
 }
 

@@ -101,9 +101,16 @@ impl Namespace {
             .collect();
         if as_client {
             prefix.extend(
-                ["setpriv", "--reuid", CLIENT_UID, "--regid", CLIENT_UID, "--clear-groups"]
-                    .iter()
-                    .map(|s| s.to_string()),
+                [
+                    "setpriv",
+                    "--reuid",
+                    CLIENT_UID,
+                    "--regid",
+                    CLIENT_UID,
+                    "--clear-groups",
+                ]
+                .iter()
+                .map(|s| s.to_string()),
             );
         }
         prefix
@@ -158,7 +165,10 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<LegSample>> {
     let dir = tempfile::Builder::new()
         .prefix("tracecar-bench-redirect-")
         .tempdir()?;
-    let (dp_file, policy_file) = (dir.path().join("dataplane.yaml"), dir.path().join("policy.yaml"));
+    let (dp_file, policy_file) = (
+        dir.path().join("dataplane.yaml"),
+        dir.path().join("policy.yaml"),
+    );
     std::fs::write(&dp_file, dataplane())?;
     std::fs::write(&policy_file, policy(receiver.address))?;
     let stderr = std::fs::File::create(dir.path().join("stderr.log"))?;
@@ -181,7 +191,16 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<LegSample>> {
     let pid = ns.tracecar.as_ref().map(Managed::pid);
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut ready = ns.exec_prefix(false);
-    ready.extend(["curl", "-sf", "-o", "/dev/null", "http://127.0.0.1:9901/ready"].map(String::from));
+    ready.extend(
+        [
+            "curl",
+            "-sf",
+            "-o",
+            "/dev/null",
+            "http://127.0.0.1:9901/ready",
+        ]
+        .map(String::from),
+    );
     while !Command::new(&ready[0])
         .args(&ready[1..])
         .status()
@@ -211,7 +230,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<LegSample>> {
             let url = format!("http://{address}{}", nginx::PATH);
             eprintln!(
                 "round {round}: tracecar {} http1",
-                if redirected { "redirected" } else { "explicit-port" }
+                if redirected {
+                    "redirected"
+                } else {
+                    "explicit-port"
+                }
             );
             let meter = CpuMeter::start(pid);
             let run = tools::wrk_via(&client, &url, options.duration).await?;
@@ -238,13 +261,19 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<LegSample>> {
 /// The report section: every sample, and the median ratio of CPU per request.
 pub fn render(samples: &[LegSample]) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "## Transparent proxying: redirected vs explicit port (HTTP/1.1)\n");
+    let _ = writeln!(
+        md,
+        "## Transparent proxying: redirected vs explicit port (HTTP/1.1)\n"
+    );
     let _ = writeln!(
         md,
         "One tracecar (sampling 100 %, 1 worker) in a network namespace; wrk calls the \
          service VIP (redirected by nftables) or the loopback outbound port.\n"
     );
-    let _ = writeln!(md, "| round | leg | req/s | p50 µs | p99 µs | CPU µs/req | errors |");
+    let _ = writeln!(
+        md,
+        "| round | leg | req/s | p50 µs | p99 µs | CPU µs/req | errors |"
+    );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     let show = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}"));
     for s in samples {
@@ -252,7 +281,11 @@ pub fn render(samples: &[LegSample]) -> String {
             md,
             "| {} | {} | {:.0} | {} | {} | {} | {} |",
             s.round,
-            if s.redirected { "redirected" } else { "explicit" },
+            if s.redirected {
+                "redirected"
+            } else {
+                "explicit"
+            },
             s.run.rps,
             show(s.run.p50_us),
             show(s.run.p99_us),

@@ -412,8 +412,16 @@ fn validate_transparent_proxying(
 ) {
     const PATH: &str = "networking.transparentProxying";
     let ports = [
-        ("redirectPortInbound", tp.redirect_port_inbound, tp.inbound_port()),
-        ("redirectPortOutbound", tp.redirect_port_outbound, tp.outbound_port()),
+        (
+            "redirectPortInbound",
+            tp.redirect_port_inbound,
+            tp.inbound_port(),
+        ),
+        (
+            "redirectPortOutbound",
+            tp.redirect_port_outbound,
+            tp.outbound_port(),
+        ),
     ];
     for (field, written, _) in ports {
         if written != 0 {

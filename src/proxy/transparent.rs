@@ -94,7 +94,11 @@ impl Routes {
     }
 
     /// The listener a redirected connection belongs to, if any.
-    fn find(&self, direction: Direction, destination: SocketAddr) -> Option<&mpsc::Sender<Accepted>> {
+    fn find(
+        &self,
+        direction: Direction,
+        destination: SocketAddr,
+    ) -> Option<&mpsc::Sender<Accepted>> {
         match direction {
             Direction::Outbound => self.outbound.get(&normalize(destination)),
             Direction::Inbound => self.inbound.get(&destination.port()),
