@@ -182,6 +182,26 @@ impl Pod {
         self.wait_for_port(ns, address, port);
     }
 
+    /// An HTTP server answering every GET with the address of the peer that connected to it.
+    fn echo_peer_server(&mut self, ns: &str, address: &str, port: u16) {
+        const ECHO: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = self.client_address[0].encode()
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"#;
+        let port_text = port.to_string();
+        self.spawn(ns, &["python3", "-c", ECHO, address, &port_text]);
+        self.wait_for_port(ns, address, port);
+    }
+
     fn wait_for_port(&self, ns: &str, address: &str, port: u16) {
         let host = if address.contains(':') {
             format!("[{address}]")
@@ -212,25 +232,26 @@ impl Pod {
 
     /// `curl` as the application's uid in `ns`: its connections are redirected.
     fn app_get(&self, ns: &str, url: &str) -> String {
-        let out = self
-            .exec(
-                ns,
-                &[
-                    "setpriv",
-                    "--reuid",
-                    APP_UID,
-                    "--regid",
-                    APP_UID,
-                    "--clear-groups",
-                    "curl",
-                    "-sS",
-                    "--max-time",
-                    "10",
-                    url,
-                ],
-            )
-            .output()
-            .expect("run curl");
+        self.app_curl(ns, &[url])
+    }
+
+    /// `curl ARGS…` (the url last) as the application's uid in `ns`.
+    fn app_curl(&self, ns: &str, args: &[&str]) -> String {
+        let url = args.last().copied().unwrap_or_default();
+        let mut all = vec![
+            "setpriv",
+            "--reuid",
+            APP_UID,
+            "--regid",
+            APP_UID,
+            "--clear-groups",
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+        ];
+        all.extend_from_slice(args);
+        let out = self.exec(ns, &all).output().expect("run curl");
         assert!(
             out.status.success(),
             "GET {url} from {ns} failed: {}",
@@ -465,6 +486,61 @@ async fn excluded_outbound_ports_bypass_tracecar() {
     let body = pod.app_get(&pod.pod, &format!("http://{VIP}:8443/who"));
 
     assert_eq!(body, "direct");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_call_to_a_service_vip_is_detected_and_traced() {
+    let Some(mut pod) = Pod::create() else { return };
+    let peer = pod.peer.clone();
+    pod.http_server(&peer, PEER, 8081, "backend");
+    let collector = pod.collector().await;
+    pod.start_tracecar(
+        &collector,
+        &dataplane(&outbound(VIP, 80, &format!("{PEER}:8081"))),
+    );
+    pod.install(&[]);
+
+    let body = pod.app_curl(
+        &pod.pod,
+        &["--http2-prior-knowledge", &format!("http://{VIP}/who")],
+    );
+
+    assert_eq!(body, "backend");
+    let spans = collector.wait_for_json(1).await;
+    assert_eq!(spans[0]["kind"], "CLIENT", "{spans:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn excluded_inbound_ports_reach_the_application_directly() {
+    let Some(mut pod) = Pod::create() else { return };
+    let own = pod.pod.clone();
+    // The application answers with the address that connected to it: the client's own when
+    // the connection bypassed tracecar, the pod's when tracecar forwarded it.
+    pod.echo_peer_server(&own, "0.0.0.0", 8080);
+    let collector = pod.collector().await;
+    pod.start_tracecar(&collector, &dataplane("    []\n"));
+    pod.install(&["--exclude-inbound-ports", "8080,9901"]);
+
+    let seen = pod.app_get(&pod.peer, &format!("http://{POD}:8080/"));
+
+    assert_eq!(seen, PEER);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirected_inbound_calls_reach_the_application_through_tracecar() {
+    let Some(mut pod) = Pod::create() else { return };
+    let own = pod.pod.clone();
+    pod.echo_peer_server(&own, "0.0.0.0", 8080);
+    let collector = pod.collector().await;
+    pod.start_tracecar(&collector, &dataplane("    []\n"));
+    pod.install(&[]);
+
+    let seen = pod.app_get(&pod.peer, &format!("http://{POD}:8080/"));
+
+    assert_eq!(
+        seen, POD,
+        "tracecar connects to the application from the pod's address"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
