@@ -150,10 +150,14 @@ impl Pod {
 
     /// A long-running process in namespace `ns`, killed on drop.
     fn spawn(&mut self, ns: &str, args: &[&str]) {
+        self.spawn_logging(ns, args, Stdio::null());
+    }
+
+    fn spawn_logging(&mut self, ns: &str, args: &[&str], stderr: Stdio) {
         let child = self
             .exec(ns, args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
         self.children.push(child);
@@ -300,6 +304,11 @@ http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_foreve
         Collector::on(tokio::net::TcpListener::from_std(listener).expect("tokio listener"))
     }
 
+    /// Where `tracecar run` writes its log.
+    fn tracecar_log(&self) -> PathBuf {
+        self.dir.path().join("tracecar.log")
+    }
+
     /// Starts `tracecar run` in the pod namespace, as root, and waits until it is ready.
     fn start_tracecar(&mut self, collector: &Collector, dataplane: &str) {
         let policy = self.dir.path().join("policy.yaml");
@@ -315,7 +324,8 @@ http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_foreve
             policy.to_string_lossy().into_owned(),
         );
         let pod = self.pod.clone();
-        self.spawn(
+        let log = std::fs::File::create(self.tracecar_log()).expect("tracecar log");
+        self.spawn_logging(
             &pod,
             &[
                 TRACECAR,
@@ -327,6 +337,7 @@ http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_foreve
                 "--admin",
                 "127.0.0.1:9901",
             ],
+            Stdio::from(log),
         );
         for _ in 0..500 {
             let ready = self
@@ -687,4 +698,51 @@ fn without_the_capability_the_error_names_it() {
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("NET_ADMIN"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_that_miss_tracecars_uid_close_the_loop_instead_of_feeding_it() {
+    let Some(mut pod) = Pod::create() else { return };
+    let peer = pod.peer.clone();
+    pod.http_server(&peer, PEER, 9000, "elsewhere");
+    let collector = pod.collector().await;
+    pod.start_tracecar(
+        &collector,
+        &dataplane(&outbound(VIP, 80, &format!("{PEER}:8081"))),
+    );
+    // tracecar runs as root, but the rules exclude another uid: its passthrough connection
+    // is redirected back to it.
+    let out = pod.redirect(&["install", "--uid", "4242"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let status = pod
+        .exec(
+            &pod.pod,
+            &[
+                "setpriv",
+                "--reuid",
+                APP_UID,
+                "--regid",
+                APP_UID,
+                "--clear-groups",
+                "curl",
+                "-s",
+                "--max-time",
+                "10",
+                &format!("http://{PEER}:9000/who"),
+            ],
+        )
+        .status()
+        .expect("run curl");
+
+    assert_eq!(status.code(), Some(52), "closed without a reply");
+    let log = std::fs::read_to_string(pod.tracecar_log()).expect("tracecar log");
+    assert!(
+        log.contains("tracecar's own connection was redirected back to it"),
+        "{log}"
+    );
 }

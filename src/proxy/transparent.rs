@@ -137,6 +137,7 @@ pub async fn start(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let routes = std::sync::Arc::new(routes);
+    let own_ports = std::sync::Arc::new(OwnPorts::default());
     let mut tasks = Vec::new();
     for (direction, port) in [
         (Direction::Inbound, ports.inbound),
@@ -148,6 +149,7 @@ pub async fn start(
                 socket,
                 direction,
                 routes.clone(),
+                own_ports.clone(),
                 stop.clone(),
             )));
         }
@@ -184,6 +186,7 @@ async fn serve(
     listener: TcpListener,
     direction: Direction,
     routes: std::sync::Arc<Routes>,
+    own_ports: std::sync::Arc<OwnPorts>,
     mut stop: watch::Receiver<bool>,
 ) {
     let own = listener.local_addr().ok();
@@ -216,6 +219,15 @@ async fn serve(
             tracing::debug!(%peer, "connection to the redirect port itself; closing");
             continue;
         }
+        if direction == Direction::Outbound && own_ports.contains(peer.port()) {
+            // Our own passthrough, redirected back: the rules do not exclude the uid tracecar
+            // runs as. Passing it on again would open connections without end.
+            tracing::error!(
+                %destination,
+                "tracecar's own connection was redirected back to it: install the rules with --uid set to the uid tracecar runs as"
+            );
+            continue;
+        }
         match routes.find(direction, destination) {
             Some(listener) => {
                 if listener.send((stream, peer)).await.is_err() {
@@ -224,7 +236,7 @@ async fn serve(
             }
             None => {
                 tracing::debug!(%peer, %destination, "no listener matches; passing through");
-                passthrough.spawn(pass_through(stream, destination));
+                passthrough.spawn(pass_through(stream, destination, own_ports.clone()));
             }
         }
     }
@@ -234,8 +246,25 @@ async fn serve(
 
 /// Kuma's passthrough: plain TCP to where the connection was going. tracecar's own uid is
 /// excluded from the redirect rules, so this connection is not redirected again.
-async fn pass_through(mut downstream: TcpStream, destination: SocketAddr) {
-    let mut upstream = match TcpStream::connect(destination).await {
+async fn pass_through(
+    mut downstream: TcpStream,
+    destination: SocketAddr,
+    own_ports: std::sync::Arc<OwnPorts>,
+) {
+    // The local port is taken before connecting, so that a redirected-back connection is
+    // recognised even when it is accepted before `connect` returns.
+    let socket = match bind_ephemeral(destination) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%destination, error = %e, "passthrough socket failed");
+            return;
+        }
+    };
+    let _own = socket
+        .local_addr()
+        .ok()
+        .map(|local| own_ports.enter(local.port()));
+    let mut upstream = match socket.connect(destination).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(%destination, error = %e, "passthrough connect failed");
@@ -244,6 +273,49 @@ async fn pass_through(mut downstream: TcpStream, destination: SocketAddr) {
     };
     let _ = upstream.set_nodelay(true);
     let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+}
+
+fn bind_ephemeral(destination: SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+    let (socket, any) = if destination.is_ipv4() {
+        (
+            tokio::net::TcpSocket::new_v4()?,
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        )
+    } else {
+        (
+            tokio::net::TcpSocket::new_v6()?,
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        )
+    };
+    socket.bind(SocketAddr::new(any, 0))?;
+    Ok(socket)
+}
+
+/// Local ports of tracecar's passthrough connections while they are open.
+#[derive(Default)]
+struct OwnPorts(std::sync::Mutex<std::collections::HashSet<u16>>);
+
+impl OwnPorts {
+    fn enter(self: &std::sync::Arc<Self>, port: u16) -> OwnPort {
+        if let Ok(mut ports) = self.0.lock() {
+            ports.insert(port);
+        }
+        OwnPort(self.clone(), port)
+    }
+
+    fn contains(&self, port: u16) -> bool {
+        self.0.lock().is_ok_and(|ports| ports.contains(&port))
+    }
+}
+
+struct OwnPort(std::sync::Arc<OwnPorts>, u16);
+
+impl Drop for OwnPort {
+    fn drop(&mut self) {
+        if let Ok(mut ports) = self.0.0.lock() {
+            ports.remove(&self.1);
+        }
+    }
 }
 
 #[cfg(test)]
