@@ -12,6 +12,15 @@ RUN cargo build --profile dist --locked --bin tracecar \
  && cp target/dist/tracecar /tracecar
 
 # distroless/cc: glibc and CA certificates, no shell, uid 65532.
+# The init container of transparent proxying (deploy/kubernetes/web-transparent.yaml): tracecar
+# with the nft tool. Build it with `docker build --target redirect`.
+FROM debian:bookworm-slim AS redirect
+RUN apt-get update && apt-get install -y --no-install-recommends nftables \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /tracecar /usr/local/bin/tracecar
+ENTRYPOINT ["/usr/local/bin/tracecar"]
+CMD ["redirect", "install", "--dry-run", "--uid", "65532"]
+
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /tracecar /usr/local/bin/tracecar
 COPY --from=build /src/config /etc/tracecar/examples

@@ -12,6 +12,8 @@ mod nginx;
 mod openloop;
 #[path = "load/procfs.rs"]
 mod procfs;
+#[path = "load/redirect.rs"]
+mod redirect;
 #[path = "load/report.rs"]
 mod report;
 #[path = "load/target.rs"]
@@ -40,7 +42,7 @@ usage: cargo bench --bench load -- [options]
                         direct, nginx, tracecar, tracecar-s0, tracecar-s100, tracecar-s0-w1,
                         tracecar-s100-w2, tracecar-down, …; http1, http1-b3, http1-w3c, h2c, grpc
                         (grpc-unary, grpc-stream),
-                        conns, fixed-rate
+                        conns, fixed-rate, redirect (the redirected HTTP/1.1 leg; root)
   --out FILE            where to write the results (default benches/results/load-<date>.md)
   --baseline BINARY     also run every tracecar configuration from BINARY (an earlier build),
                         as baseline-s*-w*, right after its twin in each round; the report then
@@ -112,6 +114,8 @@ pub struct Options {
     pub loads: Vec<Load>,
     pub conns: bool,
     pub fixed_rate: bool,
+    /// The redirected HTTP/1.1 leg beside the explicit-port one (needs root and nft).
+    pub redirect: bool,
     pub out: Option<std::path::PathBuf>,
     pub args: Vec<String>,
 }
@@ -158,7 +162,7 @@ fn parse_options(args: Vec<String>) -> anyhow::Result<Options> {
     let all_configs = Config::all();
     let mut configs = Vec::new();
     let mut loads = Vec::new();
-    let (mut conns, mut fixed_rate) = (false, false);
+    let (mut conns, mut fixed_rate, mut redirect) = (false, false, false);
     for item in only.iter().filter(|i| !i.is_empty()) {
         let matching: Vec<Config> = all_configs
             .iter()
@@ -178,17 +182,19 @@ fn parse_options(args: Vec<String>) -> anyhow::Result<Options> {
             "grpc" => loads.extend([Load::GrpcUnary, Load::GrpcStream]),
             "conns" => conns = true,
             "fixed-rate" => fixed_rate = true,
+            "redirect" => redirect = true,
             name => match Load::ALL.iter().find(|l| l.name() == name) {
                 Some(load) => loads.push(*load),
                 None => bail!("--only {name}: no such configuration or load\n{USAGE}"),
             },
         }
     }
-    let no_load_named = loads.is_empty() && !conns && !fixed_rate;
+    let no_load_named = loads.is_empty() && !conns && !fixed_rate && !redirect;
     if no_load_named {
         loads = Load::ALL.to_vec();
         conns = true;
         fixed_rate = true;
+        redirect = true;
     }
     configs = if configs.is_empty() {
         all_configs
@@ -219,6 +225,7 @@ fn parse_options(args: Vec<String>) -> anyhow::Result<Options> {
         loads,
         conns,
         fixed_rate,
+        redirect,
         out,
         args,
     })
@@ -349,9 +356,24 @@ async fn bench(options: Options) -> anyhow::Result<()> {
             }
         }
     }
+    let mut redirect_section = String::new();
+    if options.redirect {
+        match redirect::run(&options).await {
+            Ok(samples) => redirect_section = redirect::render(&samples),
+            Err(e) => {
+                let failure = format!("redirected leg: {e:#}");
+                eprintln!("FAILED {failure}");
+                results.failures.push(failure);
+            }
+        }
+    }
     drop(upstream);
 
-    let markdown = report::render(&options, &environment, &results, started);
+    let mut markdown = report::render(&options, &environment, &results, started);
+    if !redirect_section.is_empty() {
+        markdown.push('\n');
+        markdown.push_str(&redirect_section);
+    }
     println!("\n{markdown}");
     let path = report::write(&options, &markdown, started)?;
     eprintln!("results written to {}", path.display());

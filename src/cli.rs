@@ -47,6 +47,52 @@ pub enum Command {
     /// A self-contained tour on loopback: two services with a sidecar each, some traffic,
     /// and the traces printed as trees.
     Demo(DemoArgs),
+    /// Install or remove the nftables rules that redirect this network namespace's TCP
+    /// traffic to tracecar (transparent proxying).
+    Redirect(RedirectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RedirectArgs {
+    #[command(subcommand)]
+    pub action: RedirectAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RedirectAction {
+    /// Install the rules (replacing tracecar's earlier ones; running it twice is running it once).
+    Install(RedirectInstallArgs),
+    /// Remove the rules (nothing to remove is fine).
+    Uninstall(RedirectUninstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RedirectInstallArgs {
+    /// The uid tracecar runs as (number or user name): its own connections are not redirected.
+    #[arg(long)]
+    pub uid: String,
+    /// Where redirected inbound connections go (Dataplane `redirectPortInbound`).
+    #[arg(long, default_value_t = 15006)]
+    pub redirect_port_inbound: u16,
+    /// Where redirected outbound connections go (Dataplane `redirectPortOutbound`).
+    #[arg(long, default_value_t = 15001)]
+    pub redirect_port_outbound: u16,
+    /// Inbound destination ports left alone (comma-separated; default: the admin port).
+    #[arg(long, value_delimiter = ',', default_value = "9901")]
+    pub exclude_inbound_ports: Vec<u16>,
+    /// Outbound destination ports left alone (comma-separated; default: the admin port).
+    #[arg(long, value_delimiter = ',', default_value = "9901")]
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Print the rules instead of installing them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RedirectUninstallArgs {
+    /// Print what would run instead of running it.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +167,42 @@ pub fn main() -> ExitCode {
         Command::Explain(args) => explain(&args),
         Command::Run(args) => run(args),
         Command::Demo(args) => demo(args),
+        Command::Redirect(args) => redirect(args),
+    }
+}
+
+fn redirect(args: RedirectArgs) -> ExitCode {
+    use crate::redirect;
+    let (script, dry_run) = match args.action {
+        RedirectAction::Install(a) => {
+            let uid = match redirect::resolve_uid(&a.uid) {
+                Ok(uid) => uid,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            };
+            let rules = redirect::Rules {
+                inbound_port: a.redirect_port_inbound,
+                outbound_port: a.redirect_port_outbound,
+                uid,
+                exclude_inbound_ports: a.exclude_inbound_ports,
+                exclude_outbound_ports: a.exclude_outbound_ports,
+            };
+            (rules.install_script(), a.dry_run)
+        }
+        RedirectAction::Uninstall(a) => (redirect::uninstall_script(), a.dry_run),
+    };
+    if dry_run {
+        print!("{script}");
+        return ExitCode::SUCCESS;
+    }
+    match redirect::apply(&script) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
     }
 }
 

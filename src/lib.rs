@@ -22,4 +22,5 @@ pub mod export;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod redirect;
 pub mod trace;

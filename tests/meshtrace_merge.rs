@@ -8,7 +8,7 @@ use std::path::Path;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tracecar::policy::load::parse_str;
-use tracecar::policy::meshtrace::{self, merge, select};
+use tracecar::policy::meshtrace::{merge, select};
 use tracecar::policy::{Dataplane, PolicySet, Resource};
 
 fn load(text: &str) -> (PolicySet, Option<Dataplane>) {

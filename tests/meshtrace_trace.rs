@@ -43,6 +43,7 @@ fn tracer(policy: &str, sink: &Arc<Collected>) -> Arc<Tracer> {
                 basis_points: tracecar::trace::sampler::basis_points(backend.sampling),
                 shared_span_context: true,
                 trace_id_128bit: false,
+                propagation: tracecar::trace::Format::B3,
                 sink: sink.clone(),
                 meshtrace: Some(tracecar::app::meshtrace_settings(applied)),
             }),

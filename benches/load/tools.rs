@@ -67,6 +67,16 @@ pub async fn wrk(url: &str, headers: &[&str], duration: Duration) -> anyhow::Res
     parse_wrk(&out).with_context(|| format!("unexpected wrk output:\n{out}"))
 }
 
+/// wrk run through `prefix` (e.g. `ip netns exec NS setpriv …`), which must exec it.
+pub async fn wrk_via(prefix: &[String], url: &str, duration: Duration) -> anyhow::Result<HttpRun> {
+    let (program, first) = prefix.split_first().context("an empty command prefix")?;
+    let mut args = first.to_vec();
+    args.push("wrk".to_string());
+    args.extend(wrk_args(url, &[], duration));
+    let out = run(program, &args).await?;
+    parse_wrk(&out).with_context(|| format!("unexpected wrk output:\n{out}"))
+}
+
 pub async fn h2load(url: &str, duration: Duration) -> anyhow::Result<HttpRun> {
     let out = run("h2load", &h2load_args(url, duration)).await?;
     parse_h2load(&out).with_context(|| format!("unexpected h2load output:\n{out}"))

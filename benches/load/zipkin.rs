@@ -25,7 +25,11 @@ impl Receiver {
 }
 
 pub async fn start() -> std::io::Result<Receiver> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    start_on(TcpListener::bind("127.0.0.1:0").await?)
+}
+
+/// A receiver on a socket bound elsewhere (inside a network namespace).
+pub fn start_on(listener: TcpListener) -> std::io::Result<Receiver> {
     let address = listener.local_addr()?;
     let spans = Arc::new(AtomicU64::new(0));
     let counter = spans.clone();

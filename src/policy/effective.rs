@@ -21,6 +21,12 @@ pub struct Effective {
     /// Why nothing is traced, when nothing is.
     pub reason: Option<String>,
     pub listeners: Vec<Listener>,
+    /// The redirect ports, when the kernel redirects traffic to tracecar.
+    #[serde(
+        rename = "transparentProxying",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub transparent_proxying: Option<RedirectPorts>,
     #[serde(rename = "policyVersion")]
     pub policy_version: u64,
     /// The MeshTraces that apply (contract A10); `trafficTrace` is null when this is not.
@@ -29,6 +35,14 @@ pub struct Effective {
     /// Why each MeshTrace of the mesh does or does not select the proxy.
     #[serde(rename = "meshTraceSelection", skip_serializing_if = "Vec::is_empty")]
     pub mesh_trace_selection: Vec<super::meshtrace::Selection>,
+}
+
+/// Where redirected connections arrive (contract A13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedirectPorts {
+    pub inbound: u16,
+    pub outbound: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -158,6 +172,10 @@ pub struct Listener {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Vec<String>>,
     pub tls: bool,
+    /// Reached only through the redirect ports, matched by original destination, never bound
+    /// (Kuma's `bind_to_port: false`).
+    #[serde(rename = "virtual", skip_serializing_if = "std::ops::Not::not")]
+    pub is_virtual: bool,
     /// Whether requests on this listener are traced: an http/http2/grpc listener of a proxy
     /// that a TrafficTrace with a resolvable backend selects.
     pub traced: bool,
@@ -261,6 +279,13 @@ pub fn compute(
     };
     let networking = dataplane.spec.networking();
     let traced_proxy = backend.is_some();
+    let transparent = networking.transparent_proxying.as_ref();
+    let transparent_proxying = transparent.and_then(|tp| {
+        Some(RedirectPorts {
+            inbound: u16::try_from(tp.inbound_port()).ok()?,
+            outbound: u16::try_from(tp.outbound_port()).ok()?,
+        })
+    });
     let inbounds = networking.inbound.iter().map(|inbound| {
         let address = if inbound.address.is_empty() {
             &networking.address
@@ -286,6 +311,9 @@ pub fn compute(
             upstream: join_host_port(service_address, service_port),
             endpoints: None,
             tls: inbound.tls.is_some(),
+            // The application listens on the inbound's port itself: redirected connections
+            // reach tracecar, which must not take the port from it.
+            is_virtual: transparent.is_some(),
             traced: traced_proxy && protocol.is_traced(),
         }
     });
@@ -304,6 +332,11 @@ pub fn compute(
             upstream: outbound.service_name().to_string(),
             endpoints: Some(outbound.endpoints.clone()),
             tls: outbound.tls.is_some(),
+            // A service VIP is not an address of this host: only loopback ones can be bound.
+            is_virtual: transparent.is_some()
+                && !address
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback()),
             traced: traced_proxy && protocol.is_traced(),
         }
     });
@@ -331,6 +364,7 @@ pub fn compute(
         backend,
         reason,
         listeners,
+        transparent_proxying,
         policy_version,
         mesh_trace: None,
         mesh_trace_selection: Vec::new(),

@@ -203,6 +203,7 @@ static NO_NETWORKING: Networking = Networking {
     inbound: Vec::new(),
     outbound: Vec::new(),
     gateway: None,
+    transparent_proxying: None,
 };
 
 impl DataplaneSpec {
@@ -225,6 +226,40 @@ pub struct Networking {
     /// Gateway dataplanes are not proxied by tracecar; kept only to report it.
     #[serde(default)]
     pub gateway: Option<serde_json::Value>,
+    /// Set when the kernel redirects the pod's traffic to tracecar (`tracecar redirect`).
+    #[serde(default)]
+    pub transparent_proxying: Option<TransparentProxying>,
+}
+
+/// Kuma's `networking.transparentProxying`: the ports the redirect rules send traffic to.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransparentProxying {
+    /// Absent or 0 means 15006, as in Kuma.
+    #[serde(default)]
+    pub redirect_port_inbound: i64,
+    /// Absent or 0 means 15001, as in Kuma.
+    #[serde(default)]
+    pub redirect_port_outbound: i64,
+}
+
+impl TransparentProxying {
+    pub const DEFAULT_INBOUND: i64 = 15006;
+    pub const DEFAULT_OUTBOUND: i64 = 15001;
+
+    pub fn inbound_port(&self) -> i64 {
+        match self.redirect_port_inbound {
+            0 => Self::DEFAULT_INBOUND,
+            p => p,
+        }
+    }
+
+    pub fn outbound_port(&self) -> i64 {
+        match self.redirect_port_outbound {
+            0 => Self::DEFAULT_OUTBOUND,
+            p => p,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -397,7 +397,63 @@ pub fn validate_dataplane(dp: &Dataplane) -> Vec<Violation> {
         validate_outbound(&mut v, &format!("networking.outbound[{i}]"), outbound);
     }
     validate_listener_ports(&mut v, dp);
+    if let Some(tp) = &networking.transparent_proxying {
+        validate_transparent_proxying(&mut v, networking, tp);
+    }
     v.0
+}
+
+/// The redirect ports take every redirected connection, so they must be valid, distinct, and
+/// no inbound or outbound may use them.
+fn validate_transparent_proxying(
+    v: &mut Violations,
+    networking: &crate::policy::resource::Networking,
+    tp: &crate::policy::resource::TransparentProxying,
+) {
+    const PATH: &str = "networking.transparentProxying";
+    let ports = [
+        (
+            "redirectPortInbound",
+            tp.redirect_port_inbound,
+            tp.inbound_port(),
+        ),
+        (
+            "redirectPortOutbound",
+            tp.redirect_port_outbound,
+            tp.outbound_port(),
+        ),
+    ];
+    for (field, written, _) in ports {
+        if written != 0 {
+            validate_port(v, format!("{PATH}.{field}"), written);
+        }
+    }
+    if tp.inbound_port() == tp.outbound_port() {
+        v.error(
+            format!("{PATH}.redirectPortOutbound"),
+            "redirectPortInbound and redirectPortOutbound have to differ",
+        );
+    }
+    let inbounds = networking
+        .inbound
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (format!("networking.inbound[{i}].port"), b.port));
+    let outbounds = networking
+        .outbound
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (format!("networking.outbound[{i}].port"), b.port));
+    for (path, port) in inbounds.chain(outbounds) {
+        for (field, _, redirect) in ports {
+            if port == redirect {
+                v.error(
+                    path.clone(),
+                    format!("port {port} is already used by {PATH}.{field}"),
+                );
+            }
+        }
+    }
 }
 
 fn validate_port(v: &mut Violations, path: String, port: i64) {

@@ -58,12 +58,13 @@ pub(crate) enum Handler {
 /// waits for it: HTTP connections are told to finish (h2 GOAWAY, h1 close after the current
 /// response), TCP ones run to their end.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listener: impl Into<super::transparent::Incoming>,
     tls: Option<TlsAcceptor>,
     handler: Handler,
     limits: Arc<Limits>,
     mut drain: drain::Watcher,
 ) {
+    let mut listener = listener.into();
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {

@@ -14,6 +14,7 @@ pub(crate) mod request_body;
 pub(crate) mod response_body;
 pub(crate) mod tcp;
 pub mod tls;
+pub mod transparent;
 pub(crate) mod upstream;
 
 use std::net::SocketAddr;
@@ -89,6 +90,7 @@ pub async fn start(
     let mut addresses = Vec::new();
     let mut inbounds = networking.inbound.iter();
     let mut outbounds = networking.outbound.iter();
+    let mut routes = transparent::Routes::default();
     for l in &effective.listeners {
         let (server_tls, client_tls) = match l.direction {
             Direction::Inbound => {
@@ -177,7 +179,10 @@ pub async fn start(
                 &config.upstream,
             )?)),
         };
-        let socket = listener::bind(&l.address).await?;
+        let socket = match l.is_virtual {
+            true => routes.add(l)?,
+            false => listener::bind(&l.address).await?.into(),
+        };
         addresses.push(socket.local_addr()?);
         let acceptor = server_tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
         tokio::spawn(listener::serve(
@@ -195,6 +200,9 @@ pub async fn start(
             traced = l.traced,
             "listening"
         );
+    }
+    if let Some(ports) = effective.transparent_proxying {
+        transparent::start(ports, routes, watcher.clone())?;
     }
     Ok(Running {
         addresses,

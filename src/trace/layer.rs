@@ -21,7 +21,6 @@ use super::SpanSink;
 use super::context::{Format, SpanContext};
 use super::id::{SpanId, TraceId};
 use super::propagation::{self, Outgoing};
-use super::sampler;
 use super::span::{Span, SpanKind, TagValue};
 use crate::metrics::FormatLabels;
 use crate::policy::effective::Direction;
@@ -136,11 +135,7 @@ impl Observer for Tracer {
         }
         let sampling = incoming.context.sampling;
         let decision = match &incoming.context.ids {
-            Some(c) => backend.decide(
-                sampling,
-                c.trace_id.to_hex().as_bytes(),
-                &head.headers,
-            ),
+            Some(c) => backend.decide(sampling, c.trace_id.to_hex().as_bytes(), &head.headers),
             None => backend.decide(
                 sampling,
                 head.headers

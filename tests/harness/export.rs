@@ -56,6 +56,11 @@ impl Collector {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind collector");
+        Collector::on(listener)
+    }
+
+    /// A collector on a socket bound elsewhere (e.g. inside a network namespace).
+    pub fn on(listener: TcpListener) -> Collector {
         let address = listener.local_addr().expect("address");
         let posts: Arc<Mutex<Vec<Post>>> = Arc::default();
         let stored = posts.clone();

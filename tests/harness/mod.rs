@@ -21,8 +21,8 @@ use tracecar::proxy::{ProxyConfig, Running};
 
 pub mod export;
 pub mod grpc;
-pub mod raw;
 pub mod otlp;
+pub mod raw;
 
 /// A free loopback port (bound, read, released).
 /// A port that was free a moment ago. The Dataplane validator wants real ports (1–65535), so
@@ -898,6 +898,7 @@ pub fn tracer_into(node_id: &str, sink: &Arc<Collected>) -> Arc<tracecar::trace:
                 trace_id_128bit: false,
                 propagation: tracecar::trace::Format::B3,
                 sink: sink.clone(),
+                meshtrace: None,
             }),
         },
     ))

@@ -180,7 +180,14 @@ mod tests {
             ("user_agent", TagValue::Static("")),
             (
                 "http.status_code",
-                TagValue::text(&(if n.is_multiple_of(5) { 503 } else { 200 + n % 300 }).to_string()),
+                TagValue::text(
+                    &(if n.is_multiple_of(5) {
+                        503
+                    } else {
+                        200 + n % 300
+                    })
+                    .to_string(),
+                ),
             ),
             ("response_flags", TagValue::Static("-")),
         ];
@@ -213,7 +220,11 @@ mod tests {
             },
             timestamp_us: 1_700_000_000_000_000 + n,
             duration_us: n * 3,
-            local_service: Arc::from(if n.is_multiple_of(3) { "web" } else { "backend" }),
+            local_service: Arc::from(if n.is_multiple_of(3) {
+                "web"
+            } else {
+                "backend"
+            }),
             remote_service: None,
             shared: n.is_multiple_of(6),
             debug: false,
