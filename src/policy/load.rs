@@ -252,7 +252,7 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Resource>, Vec<Diagnostic>) {
             document: index + 1,
         };
         match parse_document(document, source) {
-            Ok(Parsed::Resource(r)) => resources.push(r),
+            Ok(Parsed::Resource(r)) => resources.push(*r),
             Ok(Parsed::Skipped(warning)) => diagnostics.push(warning),
             Err(error) => diagnostics.push(error),
         }
@@ -261,7 +261,7 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Resource>, Vec<Diagnostic>) {
 }
 
 enum Parsed {
-    Resource(Resource),
+    Resource(Box<Resource>),
     Skipped(Diagnostic),
 }
 
@@ -366,7 +366,7 @@ fn parse_document(document: Value, source: Source) -> Result<Parsed, Diagnostic>
             }
         })
     };
-    typed(body).map(Parsed::Resource)
+    typed(body).map(|r| Parsed::Resource(Box::new(r)))
 }
 
 /// Deserializes a spec, nulls read as empty values (see [`null_as_empty`]), reporting a type
