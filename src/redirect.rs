@@ -1,5 +1,5 @@
 //! `tracecar redirect install|uninstall`: the nftables rules that send a network namespace's
-//! TCP traffic to tracecar's redirect ports (contract A13), in a table of tracecar's own so
+//! TCP traffic to tracecar's redirect ports (README, Transparent proxying), in a table of tracecar's own so
 //! that installing and removing them touches nothing else.
 //!
 //! The rules are handed to the `nft` tool as a script. Installing declares the table, deletes

@@ -1,4 +1,4 @@
-//! OTLP export (contract A12) against an in-process OTLP receiver: `opentelemetry-proto`'s own
+//! OTLP export (README, Export: OTLP) against an in-process OTLP receiver: `opentelemetry-proto`'s own
 //! tonic `TraceService` server for gRPC, and `POST /v1/traces` for HTTP. The mapping of spans,
 //! batching, OTLP's retry rules, partial success, drain, and switching backends.
 
@@ -452,7 +452,7 @@ fn envoys_grpc_error_codes_are_errors_with_the_code_as_error_type() {
         ("0", false),
     ] {
         let mut record = span("web", Direction::Outbound);
-        record.error = error; // as the tracing layer sets it for these codes (A5)
+        record.error = error; // as the tracing layer sets it for these codes (README, Tracing)
         record.tags.push(("grpc.status_code", TagValue::text(code)));
         let otlp = only_span(std::slice::from_ref(&record));
         assert_eq!(is_error(&otlp), error, "grpc-status {code}");

@@ -1,4 +1,4 @@
-//! OTLP export under collector faults (contracts A6, A12): whatever the OTLP collector does —
+//! OTLP export under collector faults (README, Export): whatever the OTLP collector does —
 //! down, slow, refusing — every proxied request is answered, and every sampled span is
 //! accounted for as exported or dropped with a reason, none left pending. Functional
 //! assertions only: how fast requests are served is the benchmarks' business.

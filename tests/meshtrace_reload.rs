@@ -1,4 +1,4 @@
-//! MeshTrace hot reload with the real binary (contract A8 for A10): a switch from TrafficTrace
+//! MeshTrace hot reload with the real binary (README, Hot reload and MeshTrace): a switch from TrafficTrace
 //! to MeshTrace and back, and a MeshTrace edit, each applied within 2 s.
 
 mod harness;

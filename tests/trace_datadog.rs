@@ -1,4 +1,4 @@
-//! Datadog propagation (`x-datadog-*`) as DESIGN A11 reads it: decimal 64-bit ids, the high
+//! Datadog propagation (`x-datadog-*`) as the README's Propagation section reads it: decimal 64-bit ids, the high
 //! half of a 128-bit trace id in `_dd.p.tid`, priorities, origin and `_dd.p.*` tags passed on.
 
 use http::{HeaderMap, HeaderValue};

@@ -1,4 +1,4 @@
-//! Real tracers as the applications (DESIGN A11): an OpenTelemetry SDK app (default W3C
+//! Real tracers as the applications (README, Propagation): an OpenTelemetry SDK app (default W3C
 //! propagator) and a ddtrace app (default Datadog + W3C style), each as client and server
 //! through a tracecar pair — client app → `web` outbound sidecar → `backend` inbound sidecar →
 //! server app — with a Zipkin backend and with a Datadog backend (the real

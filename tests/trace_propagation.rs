@@ -1,4 +1,4 @@
-//! Mixed formats (DESIGN A11): which context wins, what is written for the next hop, and
+//! Mixed formats (README, Propagation): which context wins, what is written for the next hop, and
 //! what rides along, for each backend's native format.
 
 use http::{HeaderMap, HeaderValue};

@@ -1,4 +1,4 @@
-//! W3C Trace Context Level 2 as DESIGN A11 and the specification's processing model read it.
+//! W3C Trace Context Level 2 as the README's Propagation section and the specification's processing model read it.
 //! The invalid shapes are those of the W3C test suite (`test/test.py`: traceparent version,
 //! trace id, parent id and flags cases; tracestate member, key, value and limit cases).
 

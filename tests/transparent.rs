@@ -1,4 +1,4 @@
-//! Transparent proxying (contract A13) end to end, in network namespaces the tests create: a
+//! Transparent proxying (README, Transparent proxying) end to end, in network namespaces the tests create: a
 //! "pod" namespace where the application, its client and `tracecar run` live behind the
 //! redirect rules, and a "peer" namespace across a veth pair standing for the rest of the
 //! cluster. The application and its clients (Python's http.server, curl) know nothing of

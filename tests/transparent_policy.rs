@@ -1,4 +1,4 @@
-//! The Dataplane side of transparent proxying (contract A13): `networking.transparentProxying`
+//! The Dataplane side of transparent proxying (README, Transparent proxying): `networking.transparentProxying`
 //! and outbound `address`, as validation reports them and as `explain` shows the listeners.
 
 use std::path::Path;

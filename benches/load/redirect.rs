@@ -1,4 +1,4 @@
-//! The redirected HTTP/1.1 leg (transparent proxying, contract A13) beside the explicit-port
+//! The redirected HTTP/1.1 leg (README, Transparent proxying) beside the explicit-port
 //! leg. Both run through ONE tracecar process inside a network namespace of their own, with
 //! the upstream nginx and the Zipkin receiver in it too: wrk (as an unprivileged uid, so the
 //! nftables rules apply to it) calls a service VIP that is redirected to tracecar, or the

@@ -478,7 +478,7 @@ pub fn render(
         }
     }
     // A collector that is down must not slow the requests: the data path never waits for the
-    // exporter (contract A6). Measured here, against the healthy configuration of the same run.
+    // exporter (README, Export). Measured here, against the healthy configuration of the same run.
     let (down, up) = (Config::TracecarCollectorDown, tracecar(100, 1));
     let (nd, nu) = (down.name(), up.name());
     if let (Some(d), Some(u)) = (view.fixed(down), view.fixed(up)) {

@@ -29,7 +29,7 @@ pub struct Effective {
     pub transparent_proxying: Option<RedirectPorts>,
     #[serde(rename = "policyVersion")]
     pub policy_version: u64,
-    /// The MeshTraces that apply (contract A10); `trafficTrace` is null when this is not.
+    /// The MeshTraces that apply (README, MeshTrace); `trafficTrace` is null when this is not.
     #[serde(rename = "meshTrace")]
     pub mesh_trace: Option<super::meshtrace::Applied>,
     /// Why each MeshTrace of the mesh does or does not select the proxy.
@@ -37,7 +37,7 @@ pub struct Effective {
     pub mesh_trace_selection: Vec<super::meshtrace::Selection>,
 }
 
-/// Where redirected connections arrive (contract A13).
+/// Where redirected connections arrive (README, Transparent proxying).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RedirectPorts {

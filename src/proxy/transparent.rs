@@ -1,4 +1,4 @@
-//! Transparent proxying (contract A13): the redirect listeners, the original destination of a
+//! Transparent proxying (README, Transparent proxying): the redirect listeners, the original destination of a
 //! redirected connection, and its match to an inbound or outbound listener.
 //!
 //! A matched connection is handed to the listener it matched, over a channel, so it is served

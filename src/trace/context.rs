@@ -1,4 +1,4 @@
-//! The one trace context every propagation format reads into and writes from (DESIGN A11):
+//! The one trace context every propagation format reads into and writes from (README, Propagation):
 //! ids (a trace id that keeps its width), the sampling state, and what some formats carry
 //! beside them (W3C flags and `tracestate`, Datadog origin, tags and priority).
 

@@ -1,6 +1,6 @@
 //! The tracing layer of the data path: for each request on an http/http2/grpc listener it reads
-//! the caller's context in every propagation format (B3, W3C Trace Context, Datadog; DESIGN
-//! A11), decides once whether to sample, writes the context for the next hop in the backend's
+//! the caller's context in every propagation format (B3, W3C Trace Context, Datadog; README,
+//! Propagation), decides once whether to sample, writes the context for the next hop in the backend's
 //! native format and every format that came in, and — only when sampled — records a span that
 //! ends with the response body.
 //!

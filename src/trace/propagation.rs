@@ -1,4 +1,4 @@
-//! Every propagation format at once (DESIGN A11): which context a request carries, and what
+//! Every propagation format at once (README, Propagation): which context a request carries, and what
 //! the next hop is told.
 //!
 //! - Extract: the first valid context in this order: the backend's native format, then W3C

@@ -25,7 +25,7 @@ pub const MAX_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
 /// The instrumentation name: `telemetry.sdk.name` and the scope.
 pub const SDK_NAME: &str = "tracecar";
 
-/// gRPC status codes Envoy counts as errors (A5), as the `grpc.status_code` tag holds them.
+/// gRPC status codes Envoy counts as errors (README, Tracing), as the `grpc.status_code` tag holds them.
 const GRPC_ERROR_CODES: [&str; 7] = ["2", "4", "8", "12", "13", "14", "15"];
 
 pub struct Otlp {
@@ -171,7 +171,7 @@ pub struct Mapped<'a> {
     pub error: Option<&'a str>,
 }
 
-/// The span's fields under A12's rules.
+/// The span's fields under the README's OTLP mapping rules.
 pub fn map(span: &Span) -> Mapped<'_> {
     let (id, parent) = ids(span);
     let mut flags = 0x01 | SpanFlags::ContextHasIsRemoteMask as u32;

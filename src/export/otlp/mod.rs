@@ -4,7 +4,7 @@
 //! queue, batching, drop counters and drain as every backend, OTLP's own retry rules, and
 //! partial success counted as `rejected`.
 //!
-//! - `encoding`: spans → `ExportTraceServiceRequest` (the mapping of the contract, A12).
+//! - `encoding`: spans → `ExportTraceServiceRequest` (the mapping the README's Export section states).
 //! - `wire`: the same request written straight to bytes (what the exporter sends).
 //! - `transport`: the two ways a payload travels, and which failures are retried.
 //! - here: the backend's configuration → an exporter target.

@@ -1,4 +1,4 @@
-//! MeshTrace, Kuma 2.x's tracing policy (contract A10): read, validated, selected by top-level
+//! MeshTrace, Kuma 2.x's tracing policy (README, MeshTrace): read, validated, selected by top-level
 //! `targetRef`, ordered by Kuma's comparator, merged as JSON Merge Patch, and resolved to the
 //! backend, sampling knobs and tags that the data path applies.
 
