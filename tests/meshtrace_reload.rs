@@ -142,3 +142,76 @@ async fn removing_the_meshtrace_returns_to_the_traffic_trace_within_2s() {
     assert_eq!(dump["meshTrace"], Value::Null);
     assert_eq!(dump["trafficTrace"]["name"], "trace-all-traffic");
 }
+
+fn mesh_trace_opentelemetry(endpoint: &str) -> String {
+    format!(
+        "type: MeshTrace\nname: all\nmesh: default\nspec:\n  targetRef: {{kind: Mesh}}\n  default:\n    backends: [{{type: OpenTelemetry, openTelemetry: {{endpoint: '{endpoint}'}}}}]\n"
+    )
+}
+
+/// Sends a few requests through the sidecar's inbound.
+async fn some_requests(setup: &Setup) {
+    let mut client = harness::Client::connect(setup.files.inbound)
+        .await
+        .expect("connect");
+    for _ in 0..5 {
+        client.get("/echo").await.expect("request");
+    }
+}
+
+#[tokio::test]
+async fn a_meshtrace_backend_switches_between_zipkin_and_opentelemetry_without_restart() {
+    let setup = Setup::start().await;
+    let otlp = harness::otlp::Receiver::start().await;
+    replace_file(
+        &setup.mesh_trace_file(),
+        &mesh_trace(&setup.zipkin.url(), 100),
+    );
+    config_dump_until(&setup.sidecar, |d| {
+        d["backend"]["name"] == "meshtrace:zipkin"
+    })
+    .await;
+
+    // Zipkin → OpenTelemetry: new spans go out over OTLP/gRPC.
+    replace_file(
+        &setup.mesh_trace_file(),
+        &mesh_trace_opentelemetry(&otlp.grpc.to_string()),
+    );
+    let dump = config_dump_until(&setup.sidecar, |d| {
+        d["backend"]["name"] == "meshtrace:opentelemetry"
+    })
+    .await;
+    assert_eq!(
+        dump["backend"]["name"],
+        "meshtrace:opentelemetry",
+        "not applied within 2 s:\n{}",
+        setup.sidecar.log()
+    );
+    some_requests(&setup).await;
+    let spans = otlp.wait_for_spans(1).await;
+    assert!(
+        spans.iter().all(|(service, _)| service == "web"),
+        "{spans:?}"
+    );
+
+    // And back: the next spans reach the Zipkin collector again.
+    let at_zipkin = setup.zipkin.spans();
+    replace_file(
+        &setup.mesh_trace_file(),
+        &mesh_trace(&setup.zipkin.url(), 100),
+    );
+    config_dump_until(&setup.sidecar, |d| {
+        d["backend"]["name"] == "meshtrace:zipkin"
+    })
+    .await;
+    some_requests(&setup).await;
+    assert!(
+        setup
+            .zipkin
+            .wait_for_spans(at_zipkin + 1, Duration::from_secs(3))
+            .await
+            > at_zipkin,
+        "no span back at Zipkin:\n{}",
+        setup.sidecar.log()
+    );
+}

@@ -379,7 +379,7 @@ pub fn apply_mesh_trace(effective: &mut Effective, outcome: super::meshtrace::Ou
         return;
     };
     effective.traffic_trace = None;
-    // An OpenTelemetry backend shows but traces nothing until its exporter exists.
+    // A backend that did not resolve shows its reason and traces nothing.
     let traced = outcome.backend.is_some() && outcome.reason.is_none();
     effective.backend = outcome.backend;
     effective.reason = outcome.reason;
