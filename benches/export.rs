@@ -17,12 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::runtime::Runtime;
@@ -70,40 +64,6 @@ enum Kind {
     Otlp(OtlpProtocol),
 }
 
-/// An OTLP/gRPC receiver (`opentelemetry-proto`'s tonic server) that accepts everything.
-struct Accepting;
-
-#[tonic::async_trait]
-impl TraceService for Accepting {
-    async fn export(
-        &self,
-        _request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-async fn start_grpc_receiver() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind a loopback port");
-    let addr = listener.local_addr().expect("local address");
-    let service = TraceServiceServer::new(Accepting);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            let service = hyper_util::service::TowerToHyperService::new(service.clone());
-            tokio::spawn(async move {
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-            });
-        }
-    });
-    addr
-}
-
 /// One exporter on a single-threaded runtime, with its collector.
 struct Pipeline {
     runtime: Runtime,
@@ -140,7 +100,7 @@ impl Pipeline {
                 let addr = match protocol {
                     // The Zipkin receiver answers 202 with no body: full success for OTLP/HTTP.
                     OtlpProtocol::Http => runtime.block_on(common::start_receiver(false)).0,
-                    OtlpProtocol::Grpc => runtime.block_on(start_grpc_receiver()),
+                    OtlpProtocol::Grpc => runtime.block_on(common::grpc::start_receiver()).0,
                 };
                 BackendConf::OpenTelemetry(OpenTelemetryBackend {
                     endpoint: addr.to_string(),

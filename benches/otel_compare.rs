@@ -17,75 +17,21 @@
 
 mod common;
 
-use std::borrow::Cow;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind as OtelKind, Status, TraceFlags, TraceId, TraceState,
-};
-use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
+use common::otel::{median, spread, to_otel};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use opentelemetry_zipkin::ZipkinExporter;
 use serde_json::Value;
 use tracecar::export::client::ExportClient;
 use tracecar::export::zipkin::Zipkin;
 use tracecar::export::{Encode, Payload};
 use tracecar::policy::effective::ApiVersion;
-use tracecar::trace::{Span, SpanKind};
+use tracecar::trace::Span;
 
 const BATCH: usize = 512;
 const BATCHES_PER_ROUND: usize = 32;
 const ROUNDS: usize = 7;
-
-/// The same span in OpenTelemetry's terms, as an OTel-instrumented proxy would record it.
-fn to_otel(span: &Span, scope: &InstrumentationScope) -> SpanData {
-    let trace = (u128::from(span.trace_id.high) << 64) | u128::from(span.trace_id.low);
-    let start = UNIX_EPOCH + Duration::from_micros(span.timestamp_us);
-    let mut attributes: Vec<KeyValue> = span
-        .tags
-        .iter()
-        .map(|(k, v)| KeyValue::new(*k, v.as_str().to_string()))
-        .collect();
-    if let Some(remote) = &span.remote_service {
-        // OpenTelemetry's way to name the remote service.
-        attributes.push(KeyValue::new("peer.service", remote.to_string()));
-    }
-    SpanData {
-        span_context: SpanContext::new(
-            TraceId::from_bytes(trace.to_be_bytes()),
-            SpanId::from_bytes(span.id.0.to_be_bytes()),
-            // OpenTelemetry has no debug flag: sampled is all it can say.
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::default(),
-        ),
-        parent_span_id: span
-            .parent_id
-            .map_or(SpanId::INVALID, |p| SpanId::from_bytes(p.0.to_be_bytes())),
-        parent_span_is_remote: span.kind == SpanKind::Server && span.parent_id.is_some(),
-        span_kind: match span.kind {
-            SpanKind::Server => OtelKind::Server,
-            SpanKind::Client => OtelKind::Client,
-        },
-        name: Cow::Owned(span.name.clone()),
-        start_time: start,
-        end_time: start + Duration::from_micros(span.duration_us),
-        attributes,
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status: if span.error {
-            Status::error(format!(
-                "HTTP {}",
-                span.tag("http.status_code").unwrap_or("")
-            ))
-        } else {
-            Status::Unset
-        },
-        instrumentation_scope: scope.clone(),
-    }
-}
 
 struct Ours {
     encoder: Zipkin,
@@ -112,11 +58,6 @@ async fn theirs_export(exporter: &ZipkinExporter, batch: Vec<SpanData>) {
     if let Err(e) = exporter.export(batch).await {
         panic!("opentelemetry-zipkin export failed: {e}");
     }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// `path = value` leaves of a JSON object, in document order.
@@ -216,10 +157,8 @@ async fn run() {
         .with_collector_endpoint(format!("http://{addr}/theirs"))
         .build()
         .expect("the opentelemetry-zipkin exporter");
-    theirs.set_resource(&Resource::builder().with_service_name("web").build());
-    let scope = InstrumentationScope::builder("tracecar")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build();
+    theirs.set_resource(&common::otel::resource());
+    let scope = common::otel::scope();
 
     // (a) Throughput, rounds alternating between the two.
     let batches: Vec<Vec<Span>> = (0..BATCHES_PER_ROUND)
@@ -254,7 +193,7 @@ async fn run() {
         theirs_rates.push(spans_per_round / started.elapsed().as_secs_f64());
         theirs_bytes = received.bytes.load(std::sync::atomic::Ordering::Relaxed) - middle;
     }
-    let (o, t) = (median(ours_rates.clone()), median(theirs_rates.clone()));
+    let (o, t) = (median(&ours_rates), median(&theirs_rates));
     let per_span = |bytes: u64| bytes as f64 / spans_per_round;
     println!("## (a) Throughput: encode + POST to a loopback collector, one core\n");
     println!(
@@ -263,17 +202,13 @@ async fn run() {
     );
     println!("| exporter | spans/s | JSON bytes/span |\n|---|---|---|");
     println!(
-        "| tracecar `httpJson` + `ExportClient` | {:.0} ({:.0}–{:.0}) | {:.0} |",
-        o,
-        ours_rates.iter().copied().fold(f64::MAX, f64::min),
-        ours_rates.iter().copied().fold(0.0, f64::max),
+        "| tracecar `httpJson` + `ExportClient` | {} | {:.0} |",
+        spread(&ours_rates),
         per_span(ours_bytes)
     );
     println!(
-        "| opentelemetry-zipkin 0.32 `export` (reqwest, rustls) | {:.0} ({:.0}–{:.0}) | {:.0} |",
-        t,
-        theirs_rates.iter().copied().fold(f64::MAX, f64::min),
-        theirs_rates.iter().copied().fold(0.0, f64::max),
+        "| opentelemetry-zipkin 0.32 `export` (reqwest, rustls) | {} | {:.0} |",
+        spread(&theirs_rates),
         per_span(theirs_bytes)
     );
     println!("\ntracecar / opentelemetry-zipkin: {:.2}×", o / t);
@@ -286,63 +221,19 @@ async fn run() {
     );
 
     // (b) The same spans, side by side.
-    let sidecar = common::Sidecar::default();
-    let mut ids = common::Ids::new(42);
-    let [root, client] = common::request_spans(
-        &sidecar,
-        &mut ids,
-        0,
-        common::Shape {
-            incoming: true,
-            caller_parent: false,
-            wide: false,
-            debug: true,
-            grpc: false,
-            status: 503,
-        },
-    );
-    let [child, _] = common::request_spans(
-        &sidecar,
-        &mut ids,
-        1,
-        common::Shape {
-            incoming: true,
-            caller_parent: true,
-            wide: true,
-            debug: false,
-            grpc: true,
-            status: 0,
-        },
-    );
-    let samples = vec![root, client, child];
-    ours.export(&samples).await;
-    theirs_export(
-        &theirs,
-        samples.iter().map(|s| to_otel(s, &scope)).collect(),
-    )
-    .await;
+    let samples = common::otel::samples();
+    let spans: Vec<Span> = samples.iter().map(|(span, _)| span.clone()).collect();
+    ours.export(&spans).await;
+    theirs_export(&theirs, spans.iter().map(|s| to_otel(s, &scope)).collect()).await;
     let bodies = received.last.lock().expect("captured bodies").clone();
     let parse = |path: &str| -> Value {
         serde_json::from_slice(&bodies[path]).expect("a JSON body from the exporter")
     };
     let (ours_body, theirs_body) = (parse("/ours"), parse("/theirs"));
-    let described = [
-        (
-            "SERVER span, root of its trace (caller sent `b3: <64-bit trace>-<span>-d`), shared, \
-             debug, 64-bit trace id, answered 503",
-            false,
-        ),
-        (
-            "CLIENT span of the same request (remote service `backend`), 503",
-            true,
-        ),
-        (
-            "SERVER span, shared, with a parent, 128-bit trace id, gRPC OK",
-            true,
-        ),
-    ];
+    // The root in full; the others only where the two differ.
+    let only_differences = [false, true, true];
     println!("## (b) Field by field: the JSON each sent for the same span\n");
-    for (span, (what, only_differences)) in samples.iter().zip(described) {
+    for ((span, what), only_differences) in samples.iter().zip(only_differences) {
         let id = span.id.to_hex();
         let (table, same, differ) = diff_table(
             find_span(&ours_body, id.as_str()),

@@ -1,8 +1,14 @@
 //! Shared by the export benches: realistic spans as the data path records them (README, Tracing),
-//! and a loopback collector that reads and discards each body, answering 202 like Zipkin.
+//! and a loopback collector that reads and discards each body, answering 202 like Zipkin
+//! (`grpc`: the OTLP/gRPC one).
 
 // Each bench uses its own part of this module.
 #![allow(dead_code)]
+
+pub mod grpc;
+// Only the `otel-compare` benches have OpenTelemetry's crates.
+#[cfg(feature = "otel-compare")]
+pub mod otel;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
