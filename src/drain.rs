@@ -1,9 +1,12 @@
 //! Shutdown: the signals that start it, and the drain that carries it out.
 //!
 //! A drain has one [`Trigger`] and any number of [`Watcher`]s. Whatever must finish before the
-//! drain completes holds a watcher (a listener, each of its connections, the admin server),
-//! asks it whether a drain began, and drops it once it has finished. [`Trigger::drain`] tells
-//! every watcher at once and waits, up to a deadline, for the last one to be dropped.
+//! drain completes holds a watcher (a listener, each of its connections, the admin server, each
+//! exporter's worker), asks it whether a drain began, and drops it once it has finished.
+//! [`Trigger::drain`] tells every watcher at once and waits, up to a deadline, for the last one
+//! to be dropped. `run` drains in stages, each with its own trigger: the data path first (its
+//! requests still record spans), then the exporters (they flush those spans), then the admin
+//! server (it answers until the end).
 
 use std::time::Duration;
 
@@ -27,6 +30,13 @@ pub(crate) fn channel() -> (Trigger, Watcher) {
 }
 
 impl Trigger {
+    /// A new watcher of this trigger, e.g. for a worker started after the first.
+    pub(crate) fn watcher(&self) -> Watcher {
+        Watcher {
+            rx: self.tx.subscribe(),
+        }
+    }
+
     /// Tells every watcher to finish and waits until all are dropped, at most `deadline`.
     /// Returns whether everything finished in time.
     pub(crate) async fn drain(self, deadline: Duration) -> bool {

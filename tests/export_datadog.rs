@@ -16,7 +16,7 @@ use harness::export::{
     Chain, DatadogAgent, Policy, datadog_backend, http_get, mesh_with_backend, metric,
 };
 use tracecar::export::datadog::Datadog;
-use tracecar::export::{Encode, ExportSettings, Exporter, Target, client::ExportClient};
+use tracecar::export::{Encode, ExportSettings, Exporters, Target, client::ExportClient};
 use tracecar::metrics::Metrics;
 use tracecar::policy::effective::Direction;
 use tracecar::trace::id::{SpanId, TraceId};
@@ -399,14 +399,14 @@ async fn split_payloads_reach_the_agent_and_oversize_traces_are_counted() {
         interval: Duration::from_millis(100),
         ..ExportSettings::default()
     };
-    let exporter = Exporter::start(target, &settings, &metrics);
-    let handle = exporter.handle().expect("a live exporter");
+    let exporters = Exporters::new(settings, metrics.clone());
+    let handle = exporters.start_target(target).expect("a live exporter");
     for t in 1..=20 {
         handle.try_send(span(t, 200));
     }
     handle.try_send(span(99, 5_000));
     drop(handle);
-    exporter.shutdown(Duration::from_secs(5)).await;
+    exporters.shutdown(Duration::from_secs(5)).await;
 
     let spans = agent.wait_for_spans(20).await;
     assert_eq!(spans.len(), 20);

@@ -804,6 +804,37 @@ async fn what_a_slow_collector_holds_past_the_deadline_is_counted_as_shutdown() 
 }
 
 #[tokio::test]
+async fn a_retired_exporter_whose_handle_is_still_held_is_drained_at_shutdown_too() {
+    // A policy change retired the slow backend while a request still held its handle: the
+    // drain reaches the retired worker anyway, and what it held is counted, not waited for.
+    let slow = Receiver::scripted(Vec::new(), Some(Reply::Slow(Duration::from_secs(30)))).await;
+    let next = Receiver::start().await;
+    let metrics = Metrics::new();
+    let exporters = Exporters::new(settings(), metrics.clone());
+    let held = exporters
+        .use_backend(Some(&slow.backend(BACKEND, OtlpProtocol::Grpc)))
+        .expect("resolves")
+        .expect("an exporter");
+    for span in some_spans(10) {
+        tracecar::trace::SpanSink::try_send(&*held, span);
+    }
+    exporters
+        .use_backend(Some(&next.backend("next", OtlpProtocol::Grpc)))
+        .expect("resolves");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        exporters.shutdown(Duration::from_millis(300)),
+    )
+    .await
+    .expect("shutdown ends at its deadline, handle or not");
+    assert_eq!(
+        exported(&metrics) + dropped(&metrics, "shutdown") + dropped(&metrics, "export_failed"),
+        10.0
+    );
+    drop(held);
+}
+
+#[tokio::test]
 async fn switching_backends_sends_new_spans_to_the_new_one_and_queued_ones_to_the_old() {
     let zipkin = Collector::start().await;
     let receiver = Receiver::start().await;

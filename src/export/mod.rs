@@ -25,10 +25,11 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use self::client::Failure;
+use crate::drain;
 use crate::metrics::{BackendLabels, DropReason, DroppedLabels, ExportLabels, Metrics};
 use crate::policy::effective::{Backend, BackendConf, redact_userinfo};
 use crate::trace::{Span, SpanSink};
@@ -219,11 +220,10 @@ impl SpanSink for Handle {
 }
 
 /// One backend's queue and worker.
-pub struct Exporter {
+struct Exporter {
     /// `None` once retired: the data path holds the last handles.
     handle: Option<Arc<Handle>>,
     worker: JoinHandle<()>,
-    closing: Arc<Notify>,
     metrics: Arc<BackendMetrics>,
 }
 
@@ -277,16 +277,21 @@ fn join_host_port(host: &str, port: u16) -> String {
 }
 
 impl Exporter {
-    pub fn start(target: Target, settings: &ExportSettings, metrics: &Metrics) -> Exporter {
+    /// Starts the worker; it flushes and stops when `drain` begins.
+    fn start(
+        target: Target,
+        settings: &ExportSettings,
+        metrics: &Metrics,
+        drain: drain::Watcher,
+    ) -> Exporter {
         let backend_metrics = Arc::new(BackendMetrics::new(metrics, &target.name));
         let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
-        let closing = Arc::new(Notify::new());
         let worker = Worker {
             target,
             settings: settings.clone(),
             metrics: backend_metrics.clone(),
             rx,
-            closing: closing.clone(),
+            drain,
             failures_since_warn: 0,
             last_warn: None,
         };
@@ -296,12 +301,11 @@ impl Exporter {
                 metrics: backend_metrics.clone(),
             })),
             worker: tokio::spawn(worker.run()),
-            closing,
             metrics: backend_metrics,
         }
     }
 
-    pub fn handle(&self) -> Option<Arc<Handle>> {
+    fn handle(&self) -> Option<Arc<Handle>> {
         self.handle.clone()
     }
 
@@ -312,25 +316,18 @@ impl Exporter {
         self
     }
 
-    /// Flushes what is queued within `deadline`; what is left then is counted as `shutdown`.
-    pub async fn shutdown(self, deadline: Duration) {
-        let Exporter {
-            handle,
-            mut worker,
-            closing,
-            metrics,
-        } = self;
-        drop(handle);
-        // Wakes the worker now, or at its next wait if it is busy sending.
-        closing.notify_one();
-        if tokio::time::timeout(deadline, &mut worker).await.is_err() {
-            worker.abort();
-            let _ = worker.await;
-            let left = metrics.pending.get().max(0);
-            metrics.dropped_shutdown.inc_by(left as u64);
-            metrics.pending.set(0);
-            metrics.queued.set(0);
+    /// Stops a worker that outlived the drain's deadline; what it still held is counted as
+    /// `shutdown`.
+    async fn abandon(self) {
+        if self.worker.is_finished() {
+            return;
         }
+        self.worker.abort();
+        let _ = self.worker.await;
+        let left = self.metrics.pending.get().max(0);
+        self.metrics.dropped_shutdown.inc_by(left as u64);
+        self.metrics.pending.set(0);
+        self.metrics.queued.set(0);
     }
 }
 
@@ -339,7 +336,8 @@ struct Worker {
     settings: ExportSettings,
     metrics: Arc<BackendMetrics>,
     rx: mpsc::Receiver<Span>,
-    closing: Arc<Notify>,
+    /// Dropped with the worker: the drain waits for that.
+    drain: drain::Watcher,
     failures_since_warn: u64,
     last_warn: Option<Instant>,
 }
@@ -350,7 +348,6 @@ impl Worker {
         let mut batch: Vec<Span> = Vec::with_capacity(batch_size);
         let mut ticker = tokio::time::interval(self.settings.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let closing = self.closing.clone();
         let mut closed = false;
         let linger = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(linger);
@@ -359,7 +356,7 @@ impl Worker {
             let room = batch_size - batch.len();
             tokio::select! {
                 biased;
-                _ = closing.notified(), if !closed => {
+                () = self.drain.draining(), if !closed => {
                     // Take nothing new; flush what is queued.
                     closed = true;
                     lingering = false;
@@ -497,6 +494,8 @@ pub struct Exporters {
     client: client::ExportClient,
     active: Mutex<HashMap<String, Exporter>>,
     retired: Mutex<Vec<Exporter>>,
+    /// Tells every worker, active or retired, to flush and stop; `None` once shut down.
+    drain: Mutex<Option<drain::Trigger>>,
 }
 
 impl Exporters {
@@ -507,7 +506,35 @@ impl Exporters {
             client: client::ExportClient::new(),
             active: Mutex::new(HashMap::new()),
             retired: Mutex::new(Vec::new()),
+            // Workers take their watchers from the trigger as they start.
+            drain: Mutex::new(Some(drain::channel().0)),
         }
+    }
+
+    /// A watcher for a new worker. After shutdown there is no trigger: the watcher of a
+    /// drain whose trigger is gone reports the drain at once, so a late worker flushes and
+    /// stops.
+    fn watcher(&self) -> drain::Watcher {
+        match self.drain.lock().as_deref() {
+            Ok(Some(trigger)) => trigger.watcher(),
+            _ => drain::channel().1,
+        }
+    }
+
+    fn start(&self, target: Target) -> Exporter {
+        Exporter::start(target, &self.settings, &self.metrics, self.watcher())
+    }
+
+    /// Starts an exporter for a target of the caller's own (a test's collector, a bench's
+    /// encoder), beside the policy's; it drains with the rest.
+    pub fn start_target(&self, target: Target) -> Option<Arc<Handle>> {
+        let exporter = self.start(target);
+        let handle = exporter.handle();
+        if let Ok(mut retired) = self.retired.lock() {
+            // Kept with the retired ones: a policy change must not retire it again.
+            retired.push(exporter);
+        }
+        handle
     }
 
     /// The sink for `backend`, starting its exporter if it is new. The exporters of other
@@ -533,32 +560,31 @@ impl Exporters {
         if let Some(existing) = active.get(&key) {
             return Ok(existing.handle());
         }
-        let exporter = Exporter::start(
-            Target::for_backend(backend, &self.client)?,
-            &self.settings,
-            &self.metrics,
-        );
+        let exporter = self.start(Target::for_backend(backend, &self.client)?);
         let handle = exporter.handle();
         active.insert(key, exporter);
         Ok(handle)
     }
 
-    /// Flushes every exporter within `deadline`.
+    /// Drains every exporter: each takes nothing new, flushes what it holds and stops, all
+    /// within one `deadline`; what is left then is counted as `shutdown`.
     pub async fn shutdown(&self, deadline: Duration) {
         let mut all: Vec<Exporter> = Vec::new();
         if let Ok(mut active) = self.active.lock() {
-            all.extend(active.drain().map(|(_, e)| e));
+            all.extend(active.drain().map(|(_, e)| e.retire()));
         }
         if let Ok(mut retired) = self.retired.lock() {
-            all.append(&mut retired);
+            all.extend(retired.drain(..).map(Exporter::retire));
         }
-        // One deadline for all: they flush concurrently.
-        let waits: Vec<_> = all
-            .into_iter()
-            .map(|e| tokio::spawn(e.shutdown(deadline)))
-            .collect();
-        for wait in waits {
-            let _ = wait.await;
+        let trigger = self.drain.lock().ok().and_then(|mut d| d.take());
+        let finished = match trigger {
+            Some(trigger) => trigger.drain(deadline).await,
+            None => true,
+        };
+        if !finished {
+            for exporter in all {
+                exporter.abandon().await;
+            }
         }
     }
 }
