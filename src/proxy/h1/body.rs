@@ -1,6 +1,6 @@
 //! Phase 6 of the fast path: the response body, passed through as the upstream frames it.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::proxy::limits::{COALESCE, READ_SIZE};
@@ -132,11 +132,13 @@ pub(super) async fn caller_gone<S: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     limit: usize,
 ) {
-    let mut chunk = [0u8; 1024];
+    // Read straight into `buf`: a scratch array here would live in every connection's task,
+    // busy or idle.
     while buf.len() < limit {
-        match io.read(&mut chunk).await {
+        let room = limit - buf.len();
+        match io.read_buf(&mut BufMut::limit(&mut *buf, room)).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
         }
     }
     std::future::pending().await
