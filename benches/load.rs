@@ -40,7 +40,8 @@ usage: cargo bench --bench load -- [options]
   --quick               smoke test: 2 s runs, 1 round, 2 s fixed-rate run
   --only NAME[,NAME]    only these configurations and/or loads (repeatable):
                         direct, nginx, tracecar, tracecar-s0, tracecar-s100, tracecar-s0-w1,
-                        tracecar-s100-w2, tracecar-down, …; http1, http1-b3, http1-w3c, h2c, grpc
+                        tracecar-s100-w2, tracecar-down, …; http1, http1-b3, http1-w3c,
+                        http1-t1c32, http1-t1c8, h2c, grpc
                         (grpc-unary, grpc-stream),
                         conns, fixed-rate, redirect (the redirected HTTP/1.1 leg; root)
   --out FILE            where to write the results (default benches/results/load-<date>.md)
@@ -58,16 +59,23 @@ pub enum Load {
     /// HTTP/1.1 whose caller sends a sampled W3C `traceparent` (the same ids): against
     /// `Http1B3`, the cost of the W3C format on the data path.
     Http1W3c,
+    /// HTTP/1.1 from one wrk thread over 32 connections: fewer requests in flight than
+    /// `Http1`, so the latency of each one (and of the work around it) shows in the rate.
+    Http1T1C32,
+    /// As `Http1T1C32` with 8 connections: the proxy often waits, and wakes for each request.
+    Http1T1C8,
     H2c,
     GrpcUnary,
     GrpcStream,
 }
 
 impl Load {
-    pub const ALL: [Load; 6] = [
+    pub const ALL: [Load; 8] = [
         Load::Http1,
         Load::Http1B3,
         Load::Http1W3c,
+        Load::Http1T1C32,
+        Load::Http1T1C8,
         Load::H2c,
         Load::GrpcUnary,
         Load::GrpcStream,
@@ -78,9 +86,26 @@ impl Load {
             Load::Http1 => "http1",
             Load::Http1B3 => "http1-b3",
             Load::Http1W3c => "http1-w3c",
+            Load::Http1T1C32 => "http1-t1c32",
+            Load::Http1T1C8 => "http1-t1c8",
             Load::H2c => "h2c",
             Load::GrpcUnary => "grpc-unary",
             Load::GrpcStream => "grpc-stream",
+        }
+    }
+
+    /// wrk's threads and connections for the HTTP/1.1 loads.
+    pub fn wrk_shape(&self) -> tools::WrkShape {
+        match self {
+            Load::Http1T1C32 => tools::WrkShape {
+                threads: 1,
+                connections: 32,
+            },
+            Load::Http1T1C8 => tools::WrkShape {
+                threads: 1,
+                connections: 8,
+            },
+            _ => tools::WrkShape::DEFAULT,
         }
     }
 }
@@ -406,35 +431,17 @@ async fn measure(
 
     for &load in &options.loads {
         let address = match load {
-            Load::Http1 | Load::Http1B3 | Load::Http1W3c => target.h1,
             Load::H2c => target.h2c,
             Load::GrpcUnary | Load::GrpcStream => match target.grpc {
                 Some(address) => address,
                 None => continue,
             },
+            _ => target.h1,
         };
         eprintln!("round {round}: {} {}", config.name(), load.name());
         let url = format!("http://{address}{}", nginx::PATH);
         let meter = CpuMeter::start(pid);
         let sample = match load {
-            Load::Http1 | Load::Http1B3 | Load::Http1W3c | Load::H2c => {
-                let run = match load {
-                    Load::H2c => tools::h2load(&url, options.duration).await?,
-                    _ => tools::wrk(&url, tools::caller_headers(load), options.duration).await?,
-                };
-                let cpu = meter.micros();
-                Sample {
-                    round,
-                    config,
-                    load,
-                    rate: run.rps,
-                    p50_us: run.p50_us,
-                    p99_us: run.p99_us,
-                    cpu_us: cpu.map(|c| c / run.requests.max(1) as f64),
-                    completed: run.requests,
-                    errors: run.errors,
-                }
-            }
             Load::GrpcUnary | Load::GrpcStream => {
                 let kind = if load == Load::GrpcUnary {
                     grpc::Kind::Unary
@@ -452,6 +459,28 @@ async fn measure(
                     p99_us: None,
                     cpu_us: cpu.map(|c| c / run.messages.max(1) as f64),
                     completed: run.messages,
+                    errors: run.errors,
+                }
+            }
+            // HTTP/1.1 (wrk) and h2c (h2load).
+            _ => {
+                let run = match load {
+                    Load::H2c => tools::h2load(&url, options.duration).await?,
+                    _ => {
+                        let headers = tools::caller_headers(load);
+                        tools::wrk(&url, headers, load.wrk_shape(), options.duration).await?
+                    }
+                };
+                let cpu = meter.micros();
+                Sample {
+                    round,
+                    config,
+                    load,
+                    rate: run.rps,
+                    p50_us: run.p50_us,
+                    p99_us: run.p99_us,
+                    cpu_us: cpu.map(|c| c / run.requests.max(1) as f64),
+                    completed: run.requests,
                     errors: run.errors,
                 }
             }

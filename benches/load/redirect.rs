@@ -65,9 +65,13 @@ impl Namespace {
         };
         let n = ns.name.as_str();
         ip(&["-n", n, "link", "set", "lo", "up"])?;
-        // The VIP needs a route out of the namespace for the output hook to see it.
-        ip(&["-n", n, "link", "add", "d0", "type", "dummy"])?;
+        // The VIP needs a route out of the namespace for the output hook to see it. A veth
+        // pair with both ends inside gives it one (not every kernel has the dummy device).
+        ip(&[
+            "-n", n, "link", "add", "d0", "type", "veth", "peer", "name", "d1",
+        ])?;
         ip(&["-n", n, "addr", "add", "10.202.0.1/24", "dev", "d0"])?;
+        ip(&["-n", n, "link", "set", "d1", "up"])?;
         ip(&["-n", n, "link", "set", "d0", "up"])?;
         ip(&["-n", n, "route", "add", "10.96.0.0/16", "dev", "d0"])?;
         Ok(ns)

@@ -199,7 +199,7 @@ pub fn render(
          medians over rounds; CPU is the proxy process's utime+stime from /proc per request \
          (per message for gRPC).\n",
         crate::nginx::BODY_LEN,
-        tools::wrk_args("URL", &[], options.duration).join(" "),
+        tools::wrk_args("URL", &[], tools::WrkShape::DEFAULT, options.duration).join(" "),
         tools::h2load_args("URL", options.duration).join(" "),
         grpc::CHANNELS,
         grpc::UNARY_PER_CHANNEL,
@@ -267,6 +267,36 @@ pub fn render(
                     view.cpu(c, Load::Http1B3)
                 )),
             );
+        }
+        let _ = writeln!(w);
+    }
+
+    if options.loads.contains(&Load::Http1T1C32) || options.loads.contains(&Load::Http1T1C8) {
+        let _ = writeln!(w, "## HTTP/1.1 from one wrk thread\n");
+        let _ = writeln!(
+            w,
+            "`wrk -t1 -c32` and `wrk -t1 -c8`: fewer requests in flight than the main shape, so \
+             what each request waits for shows in the rate. Ratios are against nginx in the same \
+             rounds (CPU < 1 and rate > 1 are better).\n"
+        );
+        let _ = writeln!(
+            w,
+            "| configuration | c32 req/s | p99 | CPU µs/req | CPU ÷ nginx | req/s ÷ nginx | c8 req/s | p99 | CPU µs/req | CPU ÷ nginx | req/s ÷ nginx |"
+        );
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for &c in configs.iter().filter(|c| c.is_proxy()) {
+            let mut row = format!("| {} |", c.name());
+            for load in [Load::Http1T1C32, Load::Http1T1C8] {
+                row.push_str(&format!(
+                    " {} | {} | {} | {} | {} |",
+                    rate(view.rate(c, load)),
+                    micros(view.p99(c, load)),
+                    cpu(view.cpu(c, load)),
+                    fmt_ratio(ratio(view.cpu(c, load), view.cpu(Config::Nginx, load))),
+                    fmt_ratio(ratio(view.rate(c, load), view.rate(Config::Nginx, load))),
+                ));
+            }
+            let _ = writeln!(w, "{row}");
         }
         let _ = writeln!(w);
     }

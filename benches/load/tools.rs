@@ -17,15 +17,28 @@ pub struct HttpRun {
     pub errors: u64,
 }
 
-pub const WRK_THREADS: u32 = 2;
-pub const WRK_CONNECTIONS: u32 = 64;
+/// wrk's threads and connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WrkShape {
+    pub threads: u32,
+    pub connections: u32,
+}
+
+impl WrkShape {
+    /// The shape of the main HTTP/1.1 loads.
+    pub const DEFAULT: WrkShape = WrkShape {
+        threads: 2,
+        connections: 64,
+    };
+}
+
 pub const H2LOAD_CLIENTS: u32 = 16;
 pub const H2LOAD_STREAMS: u32 = 16;
 
-pub fn wrk_args(url: &str, headers: &[&str], duration: Duration) -> Vec<String> {
+pub fn wrk_args(url: &str, headers: &[&str], shape: WrkShape, duration: Duration) -> Vec<String> {
     let mut args = vec![
-        format!("-t{WRK_THREADS}"),
-        format!("-c{WRK_CONNECTIONS}"),
+        format!("-t{}", shape.threads),
+        format!("-c{}", shape.connections),
         format!("-d{}s", duration.as_secs().max(1)),
         "--latency".to_string(),
     ];
@@ -62,8 +75,13 @@ pub fn h2load_args(url: &str, duration: Duration) -> Vec<String> {
     ]
 }
 
-pub async fn wrk(url: &str, headers: &[&str], duration: Duration) -> anyhow::Result<HttpRun> {
-    let out = run("wrk", &wrk_args(url, headers, duration)).await?;
+pub async fn wrk(
+    url: &str,
+    headers: &[&str],
+    shape: WrkShape,
+    duration: Duration,
+) -> anyhow::Result<HttpRun> {
+    let out = run("wrk", &wrk_args(url, headers, shape, duration)).await?;
     parse_wrk(&out).with_context(|| format!("unexpected wrk output:\n{out}"))
 }
 
@@ -72,7 +90,7 @@ pub async fn wrk_via(prefix: &[String], url: &str, duration: Duration) -> anyhow
     let (program, first) = prefix.split_first().context("an empty command prefix")?;
     let mut args = first.to_vec();
     args.push("wrk".to_string());
-    args.extend(wrk_args(url, &[], duration));
+    args.extend(wrk_args(url, &[], WrkShape::DEFAULT, duration));
     let out = run(program, &args).await?;
     parse_wrk(&out).with_context(|| format!("unexpected wrk output:\n{out}"))
 }
