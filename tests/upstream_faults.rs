@@ -165,6 +165,10 @@ enum H2Fault {
     ResetMidBody,
     /// Accepts the stream and never answers.
     Hang,
+    /// Answers the first stream of each connection with 200 and refuses every later one
+    /// (`REFUSED_STREAM`), as a server does that takes a set number of requests per
+    /// connection.
+    RefuseAfterFirst,
 }
 
 /// An h2c upstream that commits `fault` on every stream.
@@ -178,8 +182,16 @@ async fn h2_upstream(fault: H2Fault) -> SocketAddr {
                     return;
                 };
                 let mut hanging = Vec::new();
+                let mut streams = 0;
                 while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    streams += 1;
                     match fault {
+                        H2Fault::RefuseAfterFirst if streams > 1 => {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        }
+                        H2Fault::RefuseAfterFirst => {
+                            let _ = respond.send_response(Response::new(()), true);
+                        }
                         H2Fault::ResetBeforeResponse => {
                             respond.send_reset(h2::Reason::INTERNAL_ERROR);
                         }
@@ -223,6 +235,28 @@ async fn h2_upstream_resetting_streams_before_the_response_gives_503_uc() {
     for end in ends(&observed, 10).await {
         assert_eq!((end.status, end.flags.as_str()), (503, "UC"), "{end:?}");
         assert!(!end.aborted, "a local reply ends normally: {end:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_get_the_h2_upstream_refused_goes_again_on_a_new_connection() {
+    // A refused stream was never processed (RFC 9113 §8.7): the caller gets the answer of a
+    // new connection, not a 503. Servers that close a connection after N requests (nginx's
+    // default is 1,000) refuse the streams that were already on their way.
+    let upstream = h2_upstream(H2Fault::RefuseAfterFirst).await;
+    let (proxy, observed) =
+        observed_proxy(&[upstream.to_string()], "http2", &ProxyConfig::default()).await;
+    let mut client = harness::Client::connect(proxy.address(0))
+        .await
+        .expect("connect");
+    for i in 0..10 {
+        let answer = tokio::time::timeout(Duration::from_secs(5), client.get("/"))
+            .await
+            .expect("an answer within 5 s");
+        assert_eq!(answer.map(|a| a.0), Ok(200), "request {i}");
+    }
+    for end in ends(&observed, 10).await {
+        assert_eq!((end.status, end.flags.as_str()), (200, "-"), "{end:?}");
     }
 }
 

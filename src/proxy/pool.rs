@@ -36,6 +36,22 @@ fn unanswered(error: &hyper::Error) -> bool {
     false
 }
 
+/// Whether the upstream refused the stream before processing it: `REFUSED_STREAM`, or a
+/// graceful GOAWAY whose last stream id is below it.
+fn refused(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away()
+                    && h2.is_remote()
+                    && h2.reason() == Some(h2::Reason::NO_ERROR));
+        }
+        source = cause.source();
+    }
+    false
+}
+
 fn reset(error: hyper::Error) -> SendError {
     SendError::Reset(Box::new(error))
 }
@@ -204,11 +220,49 @@ impl Pool {
         }
     }
 
+    /// Sends on the shared h2 connection. A stream the upstream refused (`REFUSED_STREAM`, or
+    /// above the last stream id of its GOAWAY, as a server that closes connections after N
+    /// requests sends) was never processed, so it goes once more on a new connection (RFC 9113
+    /// §8.7) — if what it carried is still at hand: a head with no body.
     async fn send_h2(
         &self,
-        request: Request<RequestBody>,
+        mut request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        let mut sender = match self.current_h2() {
+        let mut head = http_body::Body::is_end_stream(request.body()).then(|| {
+            copy_head(
+                request.method(),
+                request.uri(),
+                request.version(),
+                request.headers(),
+            )
+        });
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut sender = self.h2_sender().await?;
+            let mut e = match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response),
+                Err(e) => e,
+            };
+            let unsent = e.take_message();
+            if tries > 2 || !(unsent.is_some() || refused(e.error())) {
+                return Err(reset(e.into_error()));
+            }
+            // That connection takes no new streams: the next request opens another.
+            if let Ok(mut h2) = self.h2.lock() {
+                *h2 = None;
+            }
+            request = match (unsent, head.take()) {
+                (Some(unsent), _) => unsent,
+                (None, Some(head)) => Request::from_parts(head, RequestBody::empty()),
+                (None, None) => return Err(reset(e.into_error())),
+            };
+        }
+    }
+
+    /// The shared h2 connection, opened if there is none.
+    async fn h2_sender(&self) -> Result<http2::SendRequest<RequestBody>, SendError> {
+        let sender = match self.current_h2() {
             Some(sender) => sender,
             None => {
                 let _one = self.h2_connecting.lock().await;
@@ -224,7 +278,7 @@ impl Pool {
                 }
             }
         };
-        sender.send_request(request).await.map_err(reset)
+        Ok(sender)
     }
 
     fn current_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
