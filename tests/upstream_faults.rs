@@ -216,11 +216,11 @@ async fn h2_upstream(fault: H2Fault) -> SocketAddr {
     address
 }
 
-#[tokio::test]
-async fn h2_upstream_resetting_streams_before_the_response_gives_503_uc() {
-    // Envoy's "upstream reset before response started": a local 503 with UC, and the shared
-    // h2 connection to the upstream keeps serving the next streams.
-    let upstream = h2_upstream(H2Fault::ResetBeforeResponse).await;
+/// Ten GETs, one after another on one keep-alive connection, through a proxy to an h2
+/// upstream committing `fault`: each is answered with `status` within 5 s. Returns how the ten
+/// exchanges ended.
+async fn ten_gets_answered(fault: H2Fault, status: u16) -> Vec<Ended> {
+    let upstream = h2_upstream(fault).await;
     let (proxy, observed) =
         observed_proxy(&[upstream.to_string()], "http2", &ProxyConfig::default()).await;
     let mut client = harness::Client::connect(proxy.address(0))
@@ -230,9 +230,16 @@ async fn h2_upstream_resetting_streams_before_the_response_gives_503_uc() {
         let answer = tokio::time::timeout(Duration::from_secs(5), client.get("/"))
             .await
             .expect("an answer within 5 s");
-        assert_eq!(answer.map(|a| a.0), Ok(503), "request {i}");
+        assert_eq!(answer.map(|a| a.0), Ok(status), "request {i}");
     }
-    for end in ends(&observed, 10).await {
+    ends(&observed, 10).await
+}
+
+#[tokio::test]
+async fn h2_upstream_resetting_streams_before_the_response_gives_503_uc() {
+    // Envoy's "upstream reset before response started": a local 503 with UC, and the shared
+    // h2 connection to the upstream keeps serving the next streams.
+    for end in ten_gets_answered(H2Fault::ResetBeforeResponse, 503).await {
         assert_eq!((end.status, end.flags.as_str()), (503, "UC"), "{end:?}");
         assert!(!end.aborted, "a local reply ends normally: {end:?}");
     }
@@ -243,19 +250,7 @@ async fn a_get_the_h2_upstream_refused_goes_again_on_a_new_connection() {
     // A refused stream was never processed (RFC 9113 §8.7): the caller gets the answer of a
     // new connection, not a 503. Servers that close a connection after N requests (nginx's
     // default is 1,000) refuse the streams that were already on their way.
-    let upstream = h2_upstream(H2Fault::RefuseAfterFirst).await;
-    let (proxy, observed) =
-        observed_proxy(&[upstream.to_string()], "http2", &ProxyConfig::default()).await;
-    let mut client = harness::Client::connect(proxy.address(0))
-        .await
-        .expect("connect");
-    for i in 0..10 {
-        let answer = tokio::time::timeout(Duration::from_secs(5), client.get("/"))
-            .await
-            .expect("an answer within 5 s");
-        assert_eq!(answer.map(|a| a.0), Ok(200), "request {i}");
-    }
-    for end in ends(&observed, 10).await {
+    for end in ten_gets_answered(H2Fault::RefuseAfterFirst, 200).await {
         assert_eq!((end.status, end.flags.as_str()), (200, "-"), "{end:?}");
     }
 }
