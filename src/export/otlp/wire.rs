@@ -37,7 +37,7 @@ pub fn encode_request(spans: &[Span]) -> Vec<u8> {
             None => groups.push((&span.local_service, vec![i])),
         }
     }
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(spans.len() * 1024);
     let mut body = Vec::new();
     let mut scratch = Vec::with_capacity(2048);
     let mut resource = Vec::with_capacity(256);
@@ -66,15 +66,10 @@ pub fn encode_request(spans: &[Span]) -> Vec<u8> {
         let scope_spans_len = delimited_len(scope.len()) + body.len();
         // ResourceSpans.resource = 1, .scope_spans = 2
         let resource_spans_len = delimited_len(resource.len()) + delimited_len(scope_spans_len);
-        if out.is_empty() {
-            out.reserve(spans.len() * 1024);
-        }
         // ExportTraceServiceRequest.resource_spans = 1
-        encode_varint(key(1, 2), &mut out);
-        encode_varint(resource_spans_len as u64, &mut out);
+        delimited_header(1, resource_spans_len, &mut out);
         length_delimited(1, &resource, &mut out);
-        encode_varint(key(2, 2), &mut out);
-        encode_varint(scope_spans_len as u64, &mut out);
+        delimited_header(2, scope_spans_len, &mut out);
         length_delimited(1, &scope, &mut out);
         out.extend_from_slice(&body);
     }
@@ -138,17 +133,13 @@ fn key_value(field: u64, k: &str, value: &Value<'_>, out: &mut Vec<u8>) {
     } + 1
         + encoded_len_varint(any_len as u64)
         + any_len;
-    encode_varint(key(field, 2), out);
-    encode_varint(kv_len as u64, out);
+    delimited_header(field, kv_len, out);
     string_field(1, k, out);
-    encode_varint(key(2, 2), out);
-    encode_varint(any_len as u64, out);
+    delimited_header(2, any_len, out);
     match value {
         // A oneof member is written even when empty.
         Value::Str(s) => {
-            encode_varint(key(1, 2), out);
-            encode_varint(s.len() as u64, out);
-            out.extend_from_slice(s.as_bytes());
+            length_delimited(1, s.as_bytes(), out);
         }
         Value::Int(i) => {
             encode_varint(key(3, 0), out);
@@ -174,9 +165,14 @@ fn encode_varint(value: u64, out: &mut Vec<u8>) {
     }
 }
 
-fn length_delimited(field: u64, bytes: &[u8], out: &mut Vec<u8>) {
+/// The key and length of a length-delimited field whose `len` bytes follow.
+fn delimited_header(field: u64, len: usize, out: &mut Vec<u8>) {
     encode_varint(key(field, 2), out);
-    encode_varint(bytes.len() as u64, out);
+    encode_varint(len as u64, out);
+}
+
+fn length_delimited(field: u64, bytes: &[u8], out: &mut Vec<u8>) {
+    delimited_header(field, bytes.len(), out);
     out.extend_from_slice(bytes);
 }
 
