@@ -4,7 +4,8 @@
 //!   Envoy's full tag set, some gRPC, some errors) through each of our encoders.
 //! - `export_e2e/*`: on ONE core (a `current_thread` runtime), an `Exporter` started by
 //!   `Exporters::use_backend` for a Zipkin or OpenTelemetry backend sends to a loopback
-//!   collector in the same runtime (for OTLP/gRPC, `opentelemetry-proto`'s tonic server). Each iteration feeds N spans through the handle's `try_send`, yielding while
+//!   collector in the same runtime that reads each request whole and only counts it (for
+//!   OTLP/gRPC, an h2 server answering `grpc-status: 0`). Each iteration feeds N spans through the handle's `try_send`, yielding while
 //!   `tracecar_export_queue_spans` is at the queue's capacity (so nothing is dropped), and ends
 //!   when `tracecar_spans_exported_total` has grown by N. Timed with `iter_custom`: building
 //!   the spans is outside the measurement, everything from the first `try_send` to the last
@@ -100,7 +101,9 @@ impl Pipeline {
                 let addr = match protocol {
                     // The Zipkin receiver answers 202 with no body: full success for OTLP/HTTP.
                     OtlpProtocol::Http => runtime.block_on(common::start_receiver(false)).0,
-                    OtlpProtocol::Grpc => runtime.block_on(common::grpc::start_receiver()).0,
+                    OtlpProtocol::Grpc => {
+                        runtime.block_on(common::grpc::start_counting_receiver()).0
+                    }
                 };
                 BackendConf::OpenTelemetry(OpenTelemetryBackend {
                     endpoint: addr.to_string(),

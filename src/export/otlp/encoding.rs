@@ -156,19 +156,59 @@ pub enum Value<'a> {
     Int(i64),
 }
 
-/// What a span record becomes in OTLP, attributes aside (see [`attributes`]).
+/// The tags the mapping reads, found while the tags are written (the first of a name wins,
+/// as [`Span::tag`] finds it).
+#[derive(Default)]
+struct Known<'a> {
+    method: Option<&'a str>,
+    /// `http.status_code`, when it is a positive number.
+    status: Option<i64>,
+    protocol: Option<&'a str>,
+    url: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    grpc_status: Option<&'a str>,
+    grpc_message: Option<&'a str>,
+    response_flags: Option<&'a str>,
+}
+
+/// An OTLP span name: `ingress`, or `egress <host>`.
+#[derive(Clone, Copy)]
+pub enum Name<'a> {
+    Ingress,
+    Egress(&'a str),
+}
+
+impl Name<'_> {
+    pub const EGRESS: &'static str = "egress ";
+
+    pub fn byte_len(self) -> usize {
+        match self {
+            Name::Ingress => "ingress".len(),
+            Name::Egress(host) => Name::EGRESS.len() + host.len(),
+        }
+    }
+}
+
+impl std::fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Name::Ingress => f.write_str("ingress"),
+            Name::Egress(host) => write!(f, "{}{host}", Name::EGRESS),
+        }
+    }
+}
+
+/// What a span record becomes in OTLP, attributes and status aside (see [`attributes`]).
 pub struct Mapped<'a> {
     pub id: u64,
     pub parent: Option<u64>,
     pub trace_id: [u8; 16],
     pub trace_state: &'a str,
     pub flags: u32,
-    pub name: Cow<'a, str>,
+    pub name: Name<'a>,
     pub kind: OtlpKind,
     pub start: u64,
     pub end: u64,
-    /// `Some(message)` when the status is ERROR.
-    pub error: Option<&'a str>,
 }
 
 /// The span's fields under the README's OTLP mapping rules.
@@ -195,8 +235,8 @@ pub fn map(span: &Span) -> Mapped<'_> {
         trace_state: span.trace_state.as_deref().unwrap_or(""),
         flags,
         name: match span.direction {
-            Direction::Inbound => Cow::Borrowed("ingress"),
-            Direction::Outbound => Cow::Owned(format!("egress {}", span.name)),
+            Direction::Inbound => Name::Ingress,
+            Direction::Outbound => Name::Egress(&span.name),
         },
         kind: match span.kind {
             SpanKind::Server => OtlpKind::Server,
@@ -204,56 +244,63 @@ pub fn map(span: &Span) -> Mapped<'_> {
         },
         start,
         end: start.saturating_add(span.duration_us.saturating_mul(1000)),
-        error: is_error(span).then(|| span.tag("grpc.message").unwrap_or("")),
     }
-}
-
-fn status_code(span: &Span) -> Option<i64> {
-    span.tag("http.status_code")
-        .and_then(|s| s.parse::<i64>().ok())
-        .filter(|s| *s > 0)
-}
-
-fn http_error(span: &Span) -> bool {
-    let client = span.kind == SpanKind::Client;
-    status_code(span).is_some_and(|s| s >= 500 || (client && s >= 400))
-}
-
-/// 5xx on both kinds (and no response, and Envoy's gRPC error codes: `span.error`); 4xx on
-/// CLIENT spans too.
-fn is_error(span: &Span) -> bool {
-    span.error || http_error(span)
 }
 
 /// Calls `attribute` for each attribute of the span, in order: Envoy's tags as strings, then
-/// the stable HTTP semantic-convention attributes with their types.
-pub fn attributes<'a>(span: &'a Span, mut attribute: impl FnMut(&'a str, Value<'a>)) {
+/// the stable HTTP semantic-convention attributes with their types. Returns the span's
+/// status: `Some(message)` when it is ERROR. One pass over the tags writes them and finds
+/// those the rules read.
+pub fn attributes<'a>(
+    span: &'a Span,
+    mut attribute: impl FnMut(&'a str, Value<'a>),
+) -> Option<&'a str> {
+    let text = |s: &'a str| Value::Str(Cow::Borrowed(s));
+    let mut known = Known::default();
+    let mut status = None;
+    for (key, value) in &span.tags {
+        let value = value.as_str();
+        attribute(key, text(value));
+        let slot = match *key {
+            "http.method" => &mut known.method,
+            "http.status_code" => &mut status,
+            "http.protocol" => &mut known.protocol,
+            "http.url" => &mut known.url,
+            "user_agent" => &mut known.user_agent,
+            "grpc.status_code" => &mut known.grpc_status,
+            "grpc.message" => &mut known.grpc_message,
+            "response_flags" => &mut known.response_flags,
+            _ => continue,
+        };
+        slot.get_or_insert(value);
+    }
+    known.status = status
+        .and_then(|s| s.parse::<i64>().ok())
+        .filter(|s| *s > 0);
     let client = span.kind == SpanKind::Client;
-    let status_code = status_code(span);
-    let url = span.tag("http.url").unwrap_or("");
+    // 5xx on both kinds; 4xx on CLIENT spans too.
+    let http_error = known
+        .status
+        .is_some_and(|s| s >= 500 || (client && s >= 400));
+    // ... and no response, and Envoy's gRPC error codes: `span.error`.
+    let is_error = span.error || http_error;
+    let url = known.url.unwrap_or("");
     let (scheme, path_and_query) = split_url(url);
     let (host, port) = split_host_port(&span.name);
-    let text = |s: &'a str| Value::Str(Cow::Borrowed(s));
 
-    for (key, value) in &span.tags {
-        attribute(key, text(value.as_str()));
-    }
-    if let Some(method) = span.tag("http.method") {
+    if let Some(method) = known.method {
         attribute("http.request.method", text(method));
     }
-    if let Some(status) = status_code {
+    if let Some(status) = known.status {
         attribute("http.response.status_code", Value::Int(status));
     }
-    if let Some(version) = span
-        .tag("http.protocol")
-        .and_then(|p| p.strip_prefix("HTTP/"))
-    {
+    if let Some(version) = known.protocol.and_then(|p| p.strip_prefix("HTTP/")) {
         attribute("network.protocol.version", text(version));
     }
     if !host.is_empty() {
         attribute("server.address", text(host));
     }
-    if let Some(agent) = span.tag("user_agent") {
+    if let Some(agent) = known.user_agent {
         attribute("user_agent.original", text(agent));
     }
     if client {
@@ -281,16 +328,15 @@ pub fn attributes<'a>(span: &'a Span, mut attribute: impl FnMut(&'a str, Value<'
             attribute("url.query", text(query));
         }
     }
-    if is_error(span) {
-        let grpc_code = span
-            .tag("grpc.status_code")
-            .filter(|c| GRPC_ERROR_CODES.contains(c));
-        let kind = if http_error(span) {
-            status_code.map(|s| Cow::Owned(s.to_string()))
+    if is_error {
+        let grpc_code = known.grpc_status.filter(|c| GRPC_ERROR_CODES.contains(c));
+        let kind = if http_error {
+            known.status.map(|s| Cow::Owned(s.to_string()))
         } else if let Some(code) = grpc_code {
             Some(Cow::Borrowed(code))
         } else {
-            span.tag("response_flags")
+            known
+                .response_flags
                 .filter(|f| *f != "-")
                 .map(Cow::Borrowed)
         };
@@ -299,13 +345,14 @@ pub fn attributes<'a>(span: &'a Span, mut attribute: impl FnMut(&'a str, Value<'
             Value::Str(kind.unwrap_or(Cow::Borrowed("_OTHER"))),
         );
     }
+    is_error.then(|| known.grpc_message.unwrap_or(""))
 }
 
 /// The span as an `opentelemetry-proto` message.
 pub fn to_otlp(span: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
     let mapped = map(span);
     let mut list = Vec::with_capacity(span.tags.len() + 10);
-    attributes(span, |key, value| {
+    let error = attributes(span, |key, value| {
         list.push(match value {
             Value::Str(s) => string(key, &s),
             Value::Int(i) => int(key, i),
@@ -319,12 +366,12 @@ pub fn to_otlp(span: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
             .parent
             .map_or_else(Vec::new, |p| p.to_be_bytes().to_vec()),
         flags: mapped.flags,
-        name: mapped.name.into_owned(),
+        name: mapped.name.to_string(),
         kind: mapped.kind as i32,
         start_time_unix_nano: mapped.start,
         end_time_unix_nano: mapped.end,
         attributes: list,
-        status: mapped.error.map(|message| Status {
+        status: error.map(|message| Status {
             message: message.to_string(),
             code: OtlpStatus::Error as i32,
         }),
@@ -332,14 +379,17 @@ pub fn to_otlp(span: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
     }
 }
 
-/// `scheme://authority/path?query` → (`scheme`, `/path?query`).
+/// `scheme://authority/path?query` → (`scheme`, `/path?query`). Byte loops rather than
+/// `str` patterns: a substring search costs more to set up than these short URLs take.
 fn split_url(url: &str) -> (&str, &str) {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let bytes = url.as_bytes();
+    let Some(colon) = (0..bytes.len()).find(|&i| bytes[i..].starts_with(b"://")) else {
         return ("", url);
     };
-    match rest.find('/') {
-        Some(at) => (scheme, &rest[at..]),
-        None => (scheme, ""),
+    let rest = colon + 3;
+    match bytes[rest..].iter().position(|&b| b == b'/') {
+        Some(at) => (&url[..colon], &url[rest + at..]),
+        None => (&url[..colon], ""),
     }
 }
 
@@ -351,8 +401,11 @@ fn split_host_port(authority: &str) -> (&str, Option<u16>) {
             None => (authority, None),
         };
     }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => (host, port.parse().ok()),
+    let bytes = authority.as_bytes();
+    match bytes.iter().rposition(|&b| b == b':') {
+        Some(at) if !bytes[..at].contains(&b':') => {
+            (&authority[..at], authority[at + 1..].parse().ok())
+        }
         _ => (authority, None),
     }
 }
