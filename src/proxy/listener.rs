@@ -100,18 +100,23 @@ pub(crate) async fn serve(
                     };
                     match tls {
                         None => connection.serve(stream).await,
+                        // Boxed: a task is as large as its largest state, and a TLS session
+                        // would make every plain connection's task that large too.
                         Some(acceptor) => {
-                            let handshake = tokio::time::timeout(
-                                connection.limits.tls_handshake_timeout,
-                                acceptor.accept(stream),
-                            );
-                            match handshake.await {
-                                Ok(Ok(tls)) => connection.serve(tls).await,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            Box::pin(async move {
+                                let handshake = tokio::time::timeout(
+                                    connection.limits.tls_handshake_timeout,
+                                    acceptor.accept(stream),
+                                );
+                                match handshake.await {
+                                    Ok(Ok(tls)) => connection.serve(tls).await,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                                    }
+                                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                                 }
-                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                            }
+                            })
+                            .await
                         }
                     }
                 });
@@ -163,16 +168,19 @@ impl Connection {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let fast = self.limits.http1_fast_path && self.proxy.upstream.wire == Wire::Http1;
+        // The general path's connection (hyper's HTTP/1.1 and h2 state) is boxed, here and
+        // at the hand-off: a task is as large as its largest state, and an idle fast-path
+        // connection would otherwise carry that room unused.
         if !fast {
             let first_request = self.limits.header_read_timeout;
-            return serve_http(
+            return Box::pin(serve_http(
                 stream,
                 self.peer,
                 self.proxy,
                 &self.builder,
                 self.watcher,
                 first_request,
-            )
+            ))
             .await;
         }
         let exit = h1::serve(
@@ -184,14 +192,14 @@ impl Connection {
         )
         .await;
         if let h1::Exit::Handoff { read, remaining } = exit {
-            serve_http(
+            Box::pin(serve_http(
                 h1::Rewind::new(read, stream),
                 self.peer,
                 self.proxy,
                 &self.builder,
                 self.watcher,
                 remaining,
-            )
+            ))
             .await;
         }
     }

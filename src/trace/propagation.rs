@@ -61,6 +61,31 @@ pub fn order(native: Format) -> [Format; 3] {
 
 /// Reads every format. Never fails: what cannot be read is ignored.
 pub fn extract(headers: &HeaderMap, native: Format) -> Incoming {
+    if may_carry_context(headers) {
+        read_every_format(headers, native)
+    } else {
+        Incoming {
+            b3: native == Format::B3,
+            ..Incoming::default()
+        }
+    }
+}
+
+/// Whether a header that some format reads may be there. One pass over the names is a
+/// fraction of the dozen lookups, each hashing its name, that reading every format takes; a
+/// request that starts a trace (most at the edge, and every unsampled one from an
+/// application that does not trace) carries none of them.
+fn may_carry_context(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        let name = name.as_str();
+        name == "b3"
+            || name.starts_with("x-b3-")
+            || name.starts_with("trace")
+            || name.starts_with("x-datadog-")
+    })
+}
+
+fn read_every_format(headers: &HeaderMap, native: Format) -> Incoming {
     let b3 = b3::extract(headers);
     let w3c = w3c::extract(headers);
     let dd = datadog::extract(headers);
@@ -172,5 +197,53 @@ pub fn inject(headers: &mut HeaderMap, native: Format, incoming: &Incoming, out:
             carried.and_then(|c| c.dd_origin.as_ref()),
             carried.and_then(|c| c.dd_tags.as_ref()),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+    use super::{Format, extract, may_carry_context, read_every_format};
+    use crate::trace::{b3, datadog, w3c};
+
+    /// The shortcut must never skip a header a format reads.
+    #[test]
+    fn every_header_a_format_reads_counts_as_a_context_header() {
+        for name in [
+            b3::B3,
+            b3::TRACE_ID,
+            b3::SPAN_ID,
+            b3::PARENT_SPAN_ID,
+            b3::SAMPLED,
+            b3::FLAGS,
+            w3c::TRACEPARENT,
+            w3c::TRACESTATE,
+            datadog::TRACE_ID,
+            datadog::PARENT_ID,
+            datadog::SAMPLING_PRIORITY,
+            datadog::ORIGIN,
+            datadog::TAGS,
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(name.clone(), HeaderValue::from_static("x"));
+            assert!(may_carry_context(&headers), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_request_without_context_headers_reads_as_reading_every_format_would() {
+        let mut headers = HeaderMap::new();
+        // Near misses included: names that only begin like a format's.
+        for name in ["user-agent", "x-request-id", "accept", "x-b3", "b3-extra"] {
+            headers.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+        }
+        assert!(!may_carry_context(&headers));
+        for native in [Format::B3, Format::W3c, Format::Datadog] {
+            assert_eq!(
+                extract(&headers, native),
+                read_every_format(&headers, native)
+            );
+        }
     }
 }

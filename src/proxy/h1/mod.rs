@@ -70,6 +70,26 @@ struct Conn {
     fields: Vec<[u32; 4]>,
 }
 
+impl Conn {
+    /// Hands the buffers back while the connection waits for a request that has not come:
+    /// an idle keep-alive connection then holds [`IDLE_READ`] bytes instead of several KiB.
+    /// The next request is read into those and the rest grows from there.
+    fn release(&mut self) {
+        self.buf = BytesMut::with_capacity(IDLE_READ);
+        self.request = Vec::new();
+        self.response = Vec::new();
+        self.fields = Vec::new();
+    }
+}
+
+/// What an idle connection reads its next request into: a short GET fits.
+const IDLE_READ: usize = 512;
+
+/// How long a connection waits between requests with its buffers before it lets them go.
+/// Under load the next request comes well within it, so no buffer is given back and taken
+/// again per request.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
+
 /// A request read whole, judged plain, and its `http` view.
 struct Plain {
     head: RequestHead,
@@ -90,7 +110,12 @@ pub(crate) async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut conn = Conn::default();
+    // A new connection starts as an idle one does: its first request, most often a short
+    // one, is read without a full-size buffer.
+    let mut conn = Conn {
+        buf: BytesMut::with_capacity(IDLE_READ),
+        ..Conn::default()
+    };
     // One timer per connection, moved forward per request: extending a tokio deadline is
     // cheap, registering a new timer per request is not.
     let head_timer = tokio::time::sleep(limits.header_read_timeout);
@@ -182,8 +207,25 @@ async fn read_request<S: AsyncRead + Unpin>(
     mut head_timer: Pin<&mut Sleep>,
     drain: &mut drain::Watcher,
 ) -> Result<Plain, Exit> {
-    let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
-    head_timer.as_mut().reset(deadline);
+    let now = tokio::time::Instant::now();
+    let deadline = now + limits.header_read_timeout;
+    // Between requests (a connection that served one, with nothing of the next read), the
+    // wait for the next request's first bytes is cut at `IDLE_RELEASE` to let the buffers go.
+    let release_at = now + IDLE_RELEASE;
+    // The timer is moved to `deadline` only when a read has to wait for more: most requests
+    // arrive whole in the first read, and a reset costs a trip to the timer wheel.
+    let mut at_deadline = false;
+    if conn.buf.is_empty() && conn.buf.capacity() > IDLE_READ && release_at < deadline {
+        head_timer.as_mut().reset(release_at);
+        match read_more(io, &mut conn.buf, head_timer.as_mut(), Some(&mut *drain)).await {
+            More::Read => {}
+            More::Expired => conn.release(),
+            More::Closed => return Err(Exit::Closed),
+        }
+    } else {
+        head_timer.as_mut().reset(deadline);
+        at_deadline = true;
+    }
     let head = loop {
         if !conn.buf.is_empty() {
             match parse_request(&conn.buf, &mut conn.fields) {
@@ -195,13 +237,21 @@ async fn read_request<S: AsyncRead + Unpin>(
         // A drain closes connections that sit between requests, never one mid-head.
         let idle = conn.buf.is_empty();
         let draining = idle.then_some(&mut *drain);
-        if !read_more(io, &mut conn.buf, head_timer.as_mut(), draining).await {
+        if !at_deadline {
+            head_timer.as_mut().reset(deadline);
+            at_deadline = true;
+        }
+        if read_more(io, &mut conn.buf, head_timer.as_mut(), draining).await != More::Read {
             return Err(Exit::Closed);
         }
     };
     let whole = head.len + head.content_length as usize;
     while conn.buf.len() < whole {
-        if !read_more(io, &mut conn.buf, head_timer.as_mut(), None).await {
+        if !at_deadline {
+            head_timer.as_mut().reset(deadline);
+            at_deadline = true;
+        }
+        if read_more(io, &mut conn.buf, head_timer.as_mut(), None).await != More::Read {
             return Err(Exit::Closed);
         }
     }
@@ -355,15 +405,28 @@ fn handoff(read: Bytes, deadline: tokio::time::Instant) -> Exit {
     }
 }
 
-/// Reads more into `buf`. False when the peer closed, the read failed, the deadline passed,
-/// or (with `drain`) a drain began.
+/// How a read for more of a request ended.
+#[derive(Debug, PartialEq, Eq)]
+enum More {
+    /// Bytes came.
+    Read,
+    /// The deadline passed first.
+    Expired,
+    /// The peer closed, the read failed, or (when watching `drain`) a drain began.
+    Closed,
+}
+
+/// Reads more into `buf`. An empty buffer with room (an idle connection's, see
+/// [`Conn::release`]) is read into as it is; otherwise at least a quarter of `READ_SIZE` is
+/// made free first.
 async fn read_more<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
     deadline: Pin<&mut Sleep>,
     drain: Option<&mut drain::Watcher>,
-) -> bool {
-    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+) -> More {
+    let spare = buf.capacity() - buf.len();
+    if spare == 0 || (!buf.is_empty() && spare < READ_SIZE / 4) {
         buf.reserve(READ_SIZE);
     }
     let read = io.read_buf(buf);
@@ -371,7 +434,7 @@ async fn read_more<S: AsyncRead + Unpin>(
         Some(drain) => tokio::select! {
             biased;
             r = read => Some(r),
-            () = drain.draining() => None,
+            () = drain.draining() => return More::Closed,
             () = deadline => None,
         },
         None => tokio::select! {
@@ -380,7 +443,11 @@ async fn read_more<S: AsyncRead + Unpin>(
             () = deadline => None,
         },
     };
-    matches!(result, Some(Ok(n)) if n > 0)
+    match result {
+        Some(Ok(n)) if n > 0 => More::Read,
+        Some(_) => More::Closed,
+        None => More::Expired,
+    }
 }
 
 async fn write_out<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) -> io::Result<()> {

@@ -80,8 +80,9 @@ async fn send(
         let reused = pooled.is_some();
         let mut conn = match pooled {
             Some(conn) => conn,
-            None => pool
-                .connect_raw()
+            // Boxed: connecting (and a TLS handshake's state) is rare next to reusing, and
+            // would otherwise add its size to every connection's task for good.
+            None => Box::pin(pool.connect_raw())
                 .await
                 .map_err(|error| SendError::Connect { error, again: true })?,
         };
