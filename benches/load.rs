@@ -499,7 +499,7 @@ async fn measure(
         match idle::hold(target.h1, IDLE_CONNECTIONS, 50).await {
             Ok(held) => {
                 // Past the second after which an idle fast-path connection gives its buffers
-                // back (README, Operations): what is measured is idle connections.
+                // back (README, The data path): what is measured is idle connections.
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 conns_kib = pid.and_then(|p| procfs::status_kib(p, "VmRSS"));
                 conns_fds = pid.and_then(|p| {

@@ -229,7 +229,9 @@ async fn read_request<S: AsyncRead + Unpin>(
     let head = loop {
         if !conn.buf.is_empty() {
             match parse_request(&conn.buf, &mut conn.fields) {
-                Parsed::Plain(head) => break head,
+                // However the reads fell, a head over the limit goes to the general path,
+                // which refuses it (431), as it does one still incomplete at the limit.
+                Parsed::Plain(head) if head.len <= limits.max_header_bytes => break head,
                 Parsed::Partial if conn.buf.len() <= limits.max_header_bytes => {}
                 _ => return Err(handoff(conn.buf.split().freeze(), deadline)),
             }
