@@ -17,14 +17,7 @@ use tracecar::trace::{datadog, w3c};
 
 /// The headers `b3_extract` fills, chosen by the first byte of each input line (`byte % 6`, so
 /// the ASCII digits `0`–`5` name them in readable seeds).
-pub const B3_HEADERS: [HeaderName; 6] = [
-    b3::B3,
-    b3::TRACE_ID,
-    b3::SPAN_ID,
-    b3::PARENT_SPAN_ID,
-    b3::SAMPLED,
-    b3::FLAGS,
-];
+pub const B3_HEADERS: [HeaderName; 6] = b3::HEADERS;
 
 /// Turns fuzz input into request headers: each `\n`-separated line is one header, its first
 /// byte selecting the name and the rest the value. A header may repeat (the first value must

@@ -21,6 +21,8 @@ pub const SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
 pub const PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 pub const SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 pub const FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+/// Every header B3 reads.
+pub const HEADERS: [HeaderName; 6] = [B3, TRACE_ID, SPAN_ID, PARENT_SPAN_ID, SAMPLED, FLAGS];
 
 pub use super::context::{SamplingState, SpanContext};
 
@@ -38,9 +40,7 @@ pub struct Extracted {
 
 /// Any B3 header came in (valid or not).
 pub fn present(headers: &HeaderMap) -> bool {
-    [&B3, &TRACE_ID, &SPAN_ID, &PARENT_SPAN_ID, &SAMPLED, &FLAGS]
-        .into_iter()
-        .any(|name| headers.contains_key(name))
+    HEADERS.iter().any(|name| headers.contains_key(name))
 }
 
 /// Reads the caller's B3 context. Never fails: what cannot be read is ignored.

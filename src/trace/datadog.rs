@@ -19,6 +19,8 @@ pub const PARENT_ID: HeaderName = HeaderName::from_static("x-datadog-parent-id")
 pub const SAMPLING_PRIORITY: HeaderName = HeaderName::from_static("x-datadog-sampling-priority");
 pub const ORIGIN: HeaderName = HeaderName::from_static("x-datadog-origin");
 pub const TAGS: HeaderName = HeaderName::from_static("x-datadog-tags");
+/// Every header Datadog propagation reads.
+pub const HEADERS: [HeaderName; 5] = [TRACE_ID, PARENT_ID, SAMPLING_PRIORITY, ORIGIN, TAGS];
 
 /// Datadog's tracers refuse a longer `x-datadog-tags`.
 pub const MAX_TAGS_LEN: usize = 512;

@@ -24,6 +24,8 @@ use super::id::{SpanId, TraceId};
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// Every header W3C Trace Context reads.
+pub const HEADERS: [HeaderName; 2] = [TRACEPARENT, TRACESTATE];
 
 /// At most this many list members in `tracestate`.
 pub const MAX_MEMBERS: usize = 32;

@@ -214,7 +214,7 @@ async fn read_request<S: AsyncRead + Unpin>(
     let release_at = now + IDLE_RELEASE;
     // The timer is moved to `deadline` only when a read has to wait for more: most requests
     // arrive whole in the first read, and a reset costs a trip to the timer wheel.
-    let mut at_deadline = false;
+    let mut pending_reset = Some(deadline);
     if conn.buf.is_empty() && conn.buf.capacity() > IDLE_READ && release_at < deadline {
         head_timer.as_mut().reset(release_at);
         match read_more(io, &mut conn.buf, head_timer.as_mut(), Some(&mut *drain)).await {
@@ -224,7 +224,7 @@ async fn read_request<S: AsyncRead + Unpin>(
         }
     } else {
         head_timer.as_mut().reset(deadline);
-        at_deadline = true;
+        pending_reset = None;
     }
     let head = loop {
         if !conn.buf.is_empty() {
@@ -239,9 +239,8 @@ async fn read_request<S: AsyncRead + Unpin>(
         // A drain closes connections that sit between requests, never one mid-head.
         let idle = conn.buf.is_empty();
         let draining = idle.then_some(&mut *drain);
-        if !at_deadline {
+        if let Some(deadline) = pending_reset.take() {
             head_timer.as_mut().reset(deadline);
-            at_deadline = true;
         }
         if read_more(io, &mut conn.buf, head_timer.as_mut(), draining).await != More::Read {
             return Err(Exit::Closed);
@@ -249,9 +248,8 @@ async fn read_request<S: AsyncRead + Unpin>(
     };
     let whole = head.len + head.content_length as usize;
     while conn.buf.len() < whole {
-        if !at_deadline {
+        if let Some(deadline) = pending_reset.take() {
             head_timer.as_mut().reset(deadline);
-            at_deadline = true;
         }
         if read_more(io, &mut conn.buf, head_timer.as_mut(), None).await != More::Read {
             return Err(Exit::Closed);
