@@ -34,6 +34,8 @@ const USAGE: &str = "\
 usage: cargo bench --bench load -- [options]
 
   --duration SECS       length of each closed-loop run (default 10)
+  --idle-connections N  idle keep-alive connections held per round for the memory figures
+                        (default 1000; 10000 for the per-connection run of issue 18)
   --rounds N            rounds; each runs every configuration once, in order (default 3)
   --rate RPS            fixed-rate run: requests per second (default 1000)
   --rate-duration SECS  fixed-rate run: measured length (default 30), after a warm-up
@@ -164,6 +166,10 @@ fn parse_options(args: Vec<String>) -> anyhow::Result<Options> {
             // cargo bench passes --bench to every bench binary.
             "--bench" => {}
             "--duration" => duration = Some(value("--duration")?.parse::<u64>()?),
+            "--idle-connections" => {
+                let n = value("--idle-connections")?.parse::<usize>()?;
+                let _ = IDLE_CONNECTIONS.set(n);
+            }
             "--rounds" => rounds = Some(value("--rounds")?.parse::<u32>()?),
             "--rate" => rate = value("--rate")?.parse::<u32>()?,
             "--rate-duration" => rate_duration = Some(value("--rate-duration")?.parse::<u64>()?),
@@ -281,6 +287,10 @@ pub struct Memory {
     pub conns_kib: Option<u64>,
     /// Open file descriptors of the proxy while the connections were held.
     pub conns_fds: Option<usize>,
+    /// Connect to the end of the first response, over the held connections (opened 50 at a
+    /// time): median and 99th percentile, µs.
+    pub conns_first_p50_us: Option<u64>,
+    pub conns_first_p99_us: Option<u64>,
 }
 
 pub struct Export {
@@ -307,8 +317,12 @@ pub struct Results {
     pub failures: Vec<String>,
 }
 
-/// The number of held idle connections.
-pub const IDLE_CONNECTIONS: usize = 1000;
+/// The number of held idle connections: `--idle-connections`, else 1,000.
+pub static IDLE_CONNECTIONS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+pub fn idle_connections() -> usize {
+    *IDLE_CONNECTIONS.get_or_init(|| 1000)
+}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -320,8 +334,9 @@ fn main() -> anyhow::Result<()> {
     }
     let options = parse_options(args)?;
     let files = procfs::raise_open_files_limit();
-    if files < 4 * IDLE_CONNECTIONS as u64 {
-        eprintln!("warning: only {files} open files allowed; the 1,000-connection run may fail");
+    let held = idle_connections();
+    if files < 4 * held as u64 {
+        eprintln!("warning: only {files} open files allowed; the {held}-connection run may fail");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -491,13 +506,23 @@ async fn measure(
 
     let load_peak_kib = pid.and_then(|p| procfs::status_kib(p, "VmHWM"));
     let (mut conns_kib, mut conns_fds) = (None, None);
+    let (mut conns_first_p50_us, mut conns_first_p99_us) = (None, None);
     if options.conns && config.is_proxy() {
         eprintln!(
-            "round {round}: {} {IDLE_CONNECTIONS} idle connections",
-            config.name()
+            "round {round}: {} {} idle connections",
+            config.name(),
+            idle_connections()
         );
-        match idle::hold(target.h1, IDLE_CONNECTIONS, 50).await {
-            Ok(held) => {
+        match idle::hold(target.h1, idle_connections(), 50).await {
+            Ok((held, mut first)) => {
+                first.sort_unstable();
+                let at = |q: f64| {
+                    first
+                        .get(((first.len() as f64 * q) as usize).min(first.len().saturating_sub(1)))
+                        .map(|d| d.as_micros() as u64)
+                };
+                conns_first_p50_us = at(0.5);
+                conns_first_p99_us = at(0.99);
                 // Past the second after which an idle fast-path connection gives its buffers
                 // back (README, The data path): what is measured is idle connections.
                 tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -526,6 +551,8 @@ async fn measure(
             peak_kib,
             conns_kib,
             conns_fds,
+            conns_first_p50_us,
+            conns_first_p99_us,
         });
     }
     let stopped = target.stop().await;

@@ -17,8 +17,8 @@ pub async fn hold(
     address: SocketAddr,
     count: usize,
     parallel: usize,
-) -> anyhow::Result<Vec<TcpStream>> {
-    let results: Vec<anyhow::Result<TcpStream>> = futures_util::stream::iter(0..count)
+) -> anyhow::Result<(Vec<TcpStream>, Vec<Duration>)> {
+    let results: Vec<anyhow::Result<(TcpStream, Duration)>> = futures_util::stream::iter(0..count)
         .map(|_| async move {
             tokio::time::timeout(Duration::from_secs(10), one(address))
                 .await
@@ -27,10 +27,13 @@ pub async fn hold(
         .buffer_unordered(parallel)
         .collect()
         .await;
-    results.into_iter().collect()
+    let held: Vec<(TcpStream, Duration)> = results.into_iter().collect::<anyhow::Result<_>>()?;
+    Ok(held.into_iter().unzip())
 }
 
-async fn one(address: SocketAddr) -> anyhow::Result<TcpStream> {
+/// A connection whose one request was answered, and how long from connect to the answer.
+async fn one(address: SocketAddr) -> anyhow::Result<(TcpStream, Duration)> {
+    let started = std::time::Instant::now();
     let mut stream = TcpStream::connect(address).await?;
     stream.set_nodelay(true)?;
     let request = format!("GET {PATH} HTTP/1.1\r\nHost: bench.local\r\n\r\n");
@@ -56,7 +59,7 @@ async fn one(address: SocketAddr) -> anyhow::Result<TcpStream> {
             .and_then(|v| v.trim().parse().ok())
             .context("no content-length")?;
         if buf.len() >= end + 4 + length {
-            return Ok(stream);
+            return Ok((stream, started.elapsed()));
         }
     }
 }

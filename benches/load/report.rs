@@ -304,20 +304,27 @@ pub fn render(
     let _ = writeln!(w, "## Memory\n");
     let _ = writeln!(
         w,
-        "| configuration | RSS idle | RSS peak under load | RSS with {} idle connections | open fds then | RSS peak (end) |",
-        crate::IDLE_CONNECTIONS
+        "| configuration | RSS idle | RSS peak under load | RSS with {} idle connections | open fds then | first response p50 / p99 | RSS peak (end) |",
+        crate::idle_connections()
     );
-    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|");
     for &c in configs.iter().filter(|c| c.is_proxy()) {
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             c.name(),
             mib(view.memory(c, |m| m.idle_kib)),
             mib(view.memory(c, |m| m.load_peak_kib)),
             mib(view.memory(c, |m| m.conns_kib)),
             view.memory(c, |m| m.conns_fds.map(|n| n as u64))
                 .map_or("—".to_string(), |n| format!("{n:.0}")),
+            match (
+                view.memory(c, |m| m.conns_first_p50_us),
+                view.memory(c, |m| m.conns_first_p99_us),
+            ) {
+                (Some(p50), Some(p99)) => format!("{p50:.0} / {p99:.0} µs"),
+                _ => "—".to_string(),
+            },
             mib(view.memory(c, |m| m.peak_kib)),
         );
     }
@@ -325,8 +332,9 @@ pub fn render(
         w,
         "\nIdle: VmRSS after start, before any load. Peak under load: VmHWM after the loads, \
          before the held connections. Held connections: each sent one keep-alive request to the \
-         HTTP/1.1 listener and stays open while VmRSS and the fd count are read. Peak (end): \
-         VmHWM at the end of the round. MiB = 2^20 bytes.\n"
+         HTTP/1.1 listener (50 connecting at a time) and stays open while VmRSS and the fd count \
+         are read, 1.5 s after the last answer. First response: connect to the end of that \
+         request's answer. Peak (end): VmHWM at the end of the round. MiB = 2^20 bytes.\n"
     );
 
     if !results.fixed.is_empty() {
@@ -482,7 +490,7 @@ pub fn render(
         );
         let v = view.memory(s100, |m| m.conns_kib);
         row(
-            format!("{n100} RSS with 1,000 connections"),
+            format!("{n100} RSS with {} connections", crate::idle_connections()),
             v,
             mib(v),
             "≤ 30 MB",
@@ -570,7 +578,7 @@ pub fn render(
         );
         let _ = writeln!(
             w,
-            "| configuration | HTTP/1.1 CPU/req | HTTP/1.1 req/s | HTTP/1.1 p99 | h2c CPU/req | h2c req/s | gRPC unary msg/s | gRPC stream msg/s | RSS idle | RSS 1,000 conns |"
+            "| configuration | HTTP/1.1 CPU/req | HTTP/1.1 req/s | HTTP/1.1 p99 | h2c CPU/req | h2c req/s | gRPC unary msg/s | gRPC stream msg/s | RSS idle | RSS held conns |"
         );
         let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (t, b) in pairs {
