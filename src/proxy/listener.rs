@@ -130,15 +130,20 @@ pub(crate) async fn serve(
                     let _drain = drain;
                     match tls {
                         None => tcp::pass_through(stream, upstream).await,
+                        // Boxed, as for HTTP: a TLS session would make every plain
+                        // connection's task that large too.
                         Some(acceptor) => {
-                            if let Ok(Ok(tls)) = tokio::time::timeout(
-                                limits.tls_handshake_timeout,
-                                acceptor.accept(stream),
-                            )
+                            Box::pin(async move {
+                                if let Ok(Ok(tls)) = tokio::time::timeout(
+                                    limits.tls_handshake_timeout,
+                                    acceptor.accept(stream),
+                                )
+                                .await
+                                {
+                                    tcp::pass_through(tls, upstream).await;
+                                }
+                            })
                             .await
-                            {
-                                tcp::pass_through(tls, upstream).await;
-                            }
                         }
                     }
                 });

@@ -186,7 +186,9 @@ impl Pool {
             };
             let (mut sender, reused) = match pooled {
                 Some(sender) => (sender, true),
-                None => (self.connect_h1().await?, false),
+                // Boxed, as every connect is: a request's future is as large as its largest
+                // state, and connecting is rare next to sending on a pooled connection.
+                None => (Box::pin(self.connect_h1()).await?, false),
             };
             if let Err(e) = sender.ready().await {
                 match replay.again(reused, true, false) {
@@ -269,7 +271,7 @@ impl Pool {
                 match self.current_h2() {
                     Some(sender) => sender,
                     None => {
-                        let sender = self.connect_h2().await?;
+                        let sender = Box::pin(self.connect_h2()).await?;
                         if let Ok(mut h2) = self.h2.lock() {
                             *h2 = Some(sender.clone());
                         }

@@ -158,8 +158,9 @@ pub(crate) trait Attempt {
 
 /// Round robin over the endpoints: an endpoint that refuses the connection is marked down
 /// and the request goes to the next one while it is still whole; any other failure ends the
-/// exchange. `timer`, when given, limits each attempt to its duration (it is reset per
-/// attempt, not allocated). Both HTTP paths forward through this.
+/// exchange. `timer`, when given, limits each attempt to its duration: the caller sets it for
+/// the first attempt, and it is reset for each further one, not allocated. Both HTTP paths
+/// forward through this.
 pub(crate) async fn forward<'u, A: Attempt>(
     upstream: &'u Upstream,
     mut timer: Option<(Duration, Pin<&mut Sleep>)>,
@@ -168,10 +169,12 @@ pub(crate) async fn forward<'u, A: Attempt>(
     if upstream.is_empty() {
         return Err(Failure::NO_UPSTREAM);
     }
-    for endpoint in upstream.plan() {
+    for (tried, endpoint) in upstream.plan().enumerate() {
         let result = match &mut timer {
             Some((limit, sleep)) => {
-                sleep.as_mut().reset(tokio::time::Instant::now() + *limit);
+                if tried > 0 {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *limit);
+                }
                 tokio::select! {
                     biased;
                     r = attempt.send(endpoint) => r,

@@ -161,6 +161,20 @@ pub fn inject(
     debug: bool,
     single: bool,
 ) {
+    write(headers, context, sampled, debug, single, true);
+}
+
+/// [`inject`]; with `stale` false the caller knows no B3 header is there, and the lookups
+/// that remove the ones this hop does not send are skipped (three hashed lookups, about
+/// half of writing).
+pub(crate) fn write(
+    headers: &mut HeaderMap,
+    context: &SpanContext,
+    sampled: bool,
+    debug: bool,
+    single: bool,
+    stale: bool,
+) {
     // `insert` replaces every earlier value; only headers this hop does not send are removed.
     let trace = context.trace_id.to_hex();
     let span = context.span_id.to_hex();
@@ -199,23 +213,27 @@ pub fn inject(
     headers.insert(SPAN_ID, value(span_at));
     if parent.is_some() {
         headers.insert(PARENT_SPAN_ID, value(parent_at));
-    } else {
+    } else if stale {
         headers.remove(&PARENT_SPAN_ID);
     }
     if debug {
         // Debug implies accept: B3 sends the flag instead of a sampled state.
         headers.insert(FLAGS, HeaderValue::from_static("1"));
-        headers.remove(&SAMPLED);
+        if stale {
+            headers.remove(&SAMPLED);
+        }
     } else {
         headers.insert(
             SAMPLED,
             HeaderValue::from_static(if sampled { "1" } else { "0" }),
         );
-        headers.remove(&FLAGS);
+        if stale {
+            headers.remove(&FLAGS);
+        }
     }
     if single {
         headers.insert(B3, value(single_at));
-    } else {
+    } else if stale {
         headers.remove(&B3);
     }
 }

@@ -35,6 +35,8 @@ pub struct Incoming {
     pub invalid_b3: bool,
     pub invalid_w3c: bool,
     pub invalid_datadog: bool,
+    /// No header that any format reads came in: writing needs to remove nothing stale.
+    pub bare: bool,
 }
 
 impl Incoming {
@@ -66,6 +68,7 @@ pub fn extract(headers: &HeaderMap, native: Format) -> Incoming {
     } else {
         Incoming {
             b3: native == Format::B3,
+            bare: true,
             ..Incoming::default()
         }
     }
@@ -146,6 +149,7 @@ fn read_every_format(headers: &HeaderMap, native: Format) -> Incoming {
         invalid_b3: b3.invalid,
         invalid_w3c: w3c.context.is_invalid() || w3c.state_invalid,
         invalid_datadog: dd.context.is_invalid() || dd.tags_invalid,
+        bare: false,
     }
 }
 
@@ -174,7 +178,15 @@ pub struct Outgoing<'a> {
 pub fn inject(headers: &mut HeaderMap, native: Format, incoming: &Incoming, out: Outgoing<'_>) {
     let carried = out.continued.then_some(&incoming.context);
     if native == Format::B3 || incoming.b3 {
-        b3::inject(headers, out.hop, out.sampled, out.debug, incoming.b3_single);
+        let stale = !incoming.bare;
+        b3::write(
+            headers,
+            out.hop,
+            out.sampled,
+            out.debug,
+            incoming.b3_single,
+            stale,
+        );
     }
     if native == Format::W3c || incoming.w3c {
         // Newly created trace ids are random; a kept one is as random as its creator said.
@@ -204,7 +216,7 @@ pub fn inject(headers: &mut HeaderMap, native: Format, incoming: &Incoming, out:
 mod tests {
     use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-    use super::{Format, extract, may_carry_context, read_every_format};
+    use super::{Format, Incoming, extract, may_carry_context, read_every_format};
     use crate::trace::{b3, datadog, w3c};
 
     /// The shortcut must never skip a header a format reads.
@@ -230,8 +242,13 @@ mod tests {
         }
         assert!(!may_carry_context(&headers));
         for native in [Format::B3, Format::W3c, Format::Datadog] {
+            let short = extract(&headers, native);
+            assert!(short.bare);
             assert_eq!(
-                extract(&headers, native),
+                Incoming {
+                    bare: false,
+                    ..short
+                },
                 read_every_format(&headers, native)
             );
         }

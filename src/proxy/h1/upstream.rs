@@ -24,9 +24,13 @@ pub(super) async fn forward<'p>(
     method: &Method,
     bodyless: bool,
     response: &mut Vec<u8>,
-    timer: Pin<&mut Sleep>,
+    mut timer: Pin<&mut Sleep>,
 ) -> Result<(&'p std::sync::Arc<Pool>, RawConn, ResponseHead), Failure> {
-    let timer = proxy.request_timeout.map(|limit| (limit, timer));
+    // The connection's timer, moved to this request's deadline.
+    let timer = proxy.request_timeout.map(|limit| {
+        timer.as_mut().reset(tokio::time::Instant::now() + limit);
+        (limit, timer)
+    });
     let mut attempt = RawAttempt {
         request,
         method,
