@@ -319,8 +319,8 @@ pub fn attributes<'a>(
         if !scheme.is_empty() {
             attribute("url.scheme", text(scheme));
         }
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
+        let (path, query) = match path_and_query.bytes().position(|b| b == b'?') {
+            Some(at) => (&path_and_query[..at], Some(&path_and_query[at + 1..])),
             None => (path_and_query, None),
         };
         attribute("url.path", text(if path.is_empty() { "/" } else { path }));
@@ -402,8 +402,10 @@ fn split_host_port(authority: &str) -> (&str, Option<u16>) {
         };
     }
     let bytes = authority.as_bytes();
+    // One colon: the first is the last. (Not `contains`: a call to `memchr` costs more than
+    // these few bytes.)
     match bytes.iter().rposition(|&b| b == b':') {
-        Some(at) if !bytes[..at].contains(&b':') => {
+        Some(at) if bytes.iter().position(|&b| b == b':') == Some(at) => {
             (&authority[..at], authority[at + 1..].parse().ok())
         }
         _ => (authority, None),

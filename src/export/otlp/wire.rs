@@ -253,12 +253,13 @@ fn write_span(span: &Span, shared: &mut Out<'_>) {
 /// field `field`, lengths computed up front so nothing is copied twice.
 #[inline(always)]
 fn key_value(field: u64, k: &str, value: &Value<'_>, out: &mut Out<'_>) {
-    if let Value::Str(s) = value
-        && short_string_pair(field, k.as_bytes(), s.as_bytes(), out)
-    {
-        return;
+    let written = match value {
+        Value::Str(s) => short_string_pair(field, k.as_bytes(), s.as_bytes(), out),
+        Value::Int(i) => short_int_pair(field, k.as_bytes(), *i, out),
+    };
+    if !written {
+        any_key_value(field, k, value, out);
     }
-    any_key_value(field, k, value, out);
 }
 
 /// [`key_value`] for any pair, with lengths of any size.
@@ -321,32 +322,87 @@ fn short_string_pair(field: u64, k: &[u8], v: &[u8], out: &mut Out<'_>) -> bool 
     true
 }
 
+/// [`short_string_pair`] for an integer value that is not negative (status codes, ports).
+#[inline(always)]
+fn short_int_pair(field: u64, k: &[u8], value: i64, out: &mut Out<'_>) -> bool {
+    // KeyValue { key = 1 (2 + k), value = 2 (2 + AnyValue { int_value = 3 (1 + varint) }) }
+    let Ok(value) = u64::try_from(value) else {
+        return false;
+    };
+    let varint = encoded_len_varint(value);
+    let kv_len = 2 + k.len() + 2 + 1 + varint;
+    if k.is_empty() || kv_len >= 0x80 {
+        return false;
+    }
+    let Some(dst) = out.buf.get_mut(out.at..out.at + 2 + kv_len) else {
+        return false;
+    };
+    let (head, rest) = dst.split_at_mut(4);
+    head.copy_from_slice(&[
+        key(field, 2) as u8,
+        kv_len as u8,
+        key(1, 2) as u8,
+        k.len() as u8,
+    ]);
+    let (key_bytes, rest) = rest.split_at_mut(k.len());
+    copy_short(key_bytes, k);
+    let (middle, mut number) = rest.split_at_mut(3);
+    middle.copy_from_slice(&[key(2, 2) as u8, (1 + varint) as u8, key(3, 0) as u8]);
+    prost::encoding::encode_varint(value, &mut number);
+    out.at += 2 + kv_len;
+    true
+}
+
 /// `dst.copy_from_slice(src)` for the short keys and values of attributes, without a call to
-/// `memcpy`: fixed-size copies, the last one overlapping the one before. Up to 128 bytes
-/// (all that fits a short pair); the calls were a fifth of the encoder's time.
+/// `memcpy`: for each range of lengths up to 128 bytes (all that fits a short pair), copies of
+/// a fixed size from the start and from the end, overlapping in the middle. As loads and
+/// stores of integers, and no loop: LLVM turns a copying loop back into a call to `memcpy`,
+/// and merges the fixed-size copies of the branches into one call with a variable size.
+/// Those calls were a fifth of the encoder's time.
 #[inline(always)]
 fn copy_short(dst: &mut [u8], src: &[u8]) {
     let n = src.len();
-    if n > 128 {
-        dst.copy_from_slice(src);
-    } else if n >= 16 {
-        let mut at = 0;
-        while at + 16 < n {
-            dst[at..at + 16].copy_from_slice(&src[at..at + 16]);
-            at += 16;
+    match n {
+        0 => {}
+        // One to three bytes: first, middle and last cover them all.
+        1..4 => {
+            dst[0] = src[0];
+            dst[n / 2] = src[n / 2];
+            dst[n - 1] = src[n - 1];
         }
-        dst[n - 16..].copy_from_slice(&src[n - 16..]);
-    } else if n >= 8 {
-        dst[..8].copy_from_slice(&src[..8]);
-        dst[n - 8..].copy_from_slice(&src[n - 8..]);
-    } else if n >= 4 {
-        dst[..4].copy_from_slice(&src[..4]);
-        dst[n - 4..].copy_from_slice(&src[n - 4..]);
-    } else {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = *s;
+        4..8 => {
+            let (head, tail) = (word::<4>(src, 0), word::<4>(src, n - 4));
+            dst[..4].copy_from_slice(&head);
+            dst[n - 4..].copy_from_slice(&tail);
         }
+        8..16 => {
+            let (head, tail) = (word::<8>(src, 0), word::<8>(src, n - 8));
+            dst[..8].copy_from_slice(&head);
+            dst[n - 8..].copy_from_slice(&tail);
+        }
+        16..=128 => {
+            // Whole 16-byte words from the start, then the last 16 bytes.
+            let mut at = 0;
+            for _ in 0..7 {
+                if at + 16 >= n {
+                    break;
+                }
+                dst[at..at + 16].copy_from_slice(&word::<16>(src, at));
+                at += 16;
+            }
+            let tail = word::<16>(src, n - 16);
+            dst[n - 16..].copy_from_slice(&tail);
+        }
+        _ => dst.copy_from_slice(src),
     }
+}
+
+/// `N` bytes of `src` from `at`, as a value (an integer load).
+#[inline(always)]
+fn word<const N: usize>(src: &[u8], at: usize) -> [u8; N] {
+    let mut word = [0; N];
+    word.copy_from_slice(&src[at..at + N]);
+    word
 }
 
 /// The size of a string field (below 16) as [`string_field`] writes it.
