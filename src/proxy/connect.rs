@@ -97,34 +97,43 @@ pub(crate) struct EndpointConnector {
     connect_timeout: Duration,
 }
 
-/// A connection to an upstream, plain or TLS.
-pub(crate) enum Stream {
+/// A TCP connection, plain or TLS; `T` is the client's or the server's side of a session.
+/// One type for every connection of a side, rather than a type parameter: each type the
+/// data path is generic over gets its own copy of that code (hyper's server, the fast path),
+/// which the binary, and the memory its code takes, carried for nothing.
+pub(crate) enum Tcp<T> {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<T>),
 }
 
-impl AsyncRead for Stream {
+/// A connection to an upstream.
+pub(crate) type Stream = Tcp<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// A connection a listener accepted.
+pub(crate) type Accepted = Tcp<tokio_rustls::server::TlsStream<TcpStream>>;
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tcp<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Tcp::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Tcp::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for Stream {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tcp<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Tcp::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Tcp::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -134,29 +143,29 @@ impl AsyncWrite for Stream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Tcp::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Tcp::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
+            Tcp::Plain(s) => s.is_write_vectored(),
+            Tcp::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Tcp::Plain(s) => Pin::new(s).poll_flush(cx),
+            Tcp::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Tcp::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Tcp::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

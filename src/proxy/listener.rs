@@ -11,7 +11,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::connect::{EndpointConnector, Wire};
+use super::connect::{Accepted, EndpointConnector, Wire};
 use super::h1;
 use super::http::HttpProxy;
 use super::limits::{H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW, Limits};
@@ -99,7 +99,7 @@ pub(crate) async fn serve(
                         drain,
                     };
                     match tls {
-                        None => connection.serve(stream).await,
+                        None => connection.serve(Accepted::Plain(stream)).await,
                         // Boxed: a task is as large as its largest state, and a TLS session
                         // would make every plain connection's task that large too.
                         Some(acceptor) => {
@@ -109,7 +109,9 @@ pub(crate) async fn serve(
                                     acceptor.accept(stream),
                                 );
                                 match handshake.await {
-                                    Ok(Ok(tls)) => connection.serve(tls).await,
+                                    Ok(Ok(tls)) => {
+                                        connection.serve(Accepted::Tls(Box::new(tls))).await
+                                    }
                                     Ok(Err(e)) => {
                                         tracing::debug!(%peer, error = %e, "TLS handshake failed")
                                     }
@@ -129,7 +131,7 @@ pub(crate) async fn serve(
                 tokio::spawn(async move {
                     let _drain = drain;
                     match tls {
-                        None => tcp::pass_through(stream, upstream).await,
+                        None => tcp::pass_through(Accepted::Plain(stream), upstream).await,
                         // Boxed, as for HTTP: a TLS session would make every plain
                         // connection's task that large too.
                         Some(acceptor) => {
@@ -140,7 +142,7 @@ pub(crate) async fn serve(
                                 )
                                 .await
                                 {
-                                    tcp::pass_through(tls, upstream).await;
+                                    tcp::pass_through(Accepted::Tls(Box::new(tls)), upstream).await;
                                 }
                             })
                             .await
@@ -168,18 +170,16 @@ struct Connection {
 
 impl Connection {
     /// The fast path while requests are plain, the general path from the first that is not.
-    async fn serve<S>(mut self, mut stream: S)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
+    async fn serve(mut self, mut stream: Accepted) {
         let fast = self.limits.http1_fast_path && self.proxy.upstream.wire == Wire::Http1;
         // The general path's connection (hyper's HTTP/1.1 and h2 state) is boxed, here and
         // at the hand-off: a task is as large as its largest state, and an idle fast-path
-        // connection would otherwise carry that room unused.
+        // connection would otherwise carry that room unused. Both go through the hand-off's
+        // type, so that hyper's server is built once into the binary.
         if !fast {
             let first_request = self.limits.header_read_timeout;
             return Box::pin(serve_http(
-                stream,
+                h1::Rewind::new(bytes::Bytes::new(), stream),
                 self.peer,
                 self.proxy,
                 &self.builder,

@@ -15,17 +15,17 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::connect::EndpointConnector;
+use super::connect::{Accepted, EndpointConnector};
 use super::upstream::Upstream;
 
 /// Bytes read at a time, into the poll's stack.
 const READ_SIZE: usize = 8 * 1024;
 
 /// Connects to the next endpoint that accepts and copies bytes until either side closes.
-pub(crate) async fn pass_through<S>(mut downstream: S, upstream: Arc<Upstream<EndpointConnector>>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub(crate) async fn pass_through(
+    mut downstream: Accepted,
+    upstream: Arc<Upstream<EndpointConnector>>,
+) {
     for endpoint in upstream.plan() {
         match endpoint.client.connect().await {
             Ok(mut stream) => {
