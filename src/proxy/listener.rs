@@ -83,45 +83,38 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         match &handler {
             Handler::Http(proxy, builder) => {
-                let proxy = proxy.clone();
-                let builder = builder.clone();
-                let tls = tls.clone();
-                let limits = limits.clone();
-                let watcher = graceful.watcher();
-                let drain = drain.clone();
-                tokio::spawn(async move {
-                    let connection = Connection {
-                        peer,
-                        proxy,
-                        builder,
-                        watcher,
-                        limits,
-                        drain,
-                    };
-                    match tls {
-                        None => connection.serve(Accepted::Plain(stream)).await,
-                        // Boxed: a task is as large as its largest state, and a TLS session
-                        // would make every plain connection's task that large too.
-                        Some(acceptor) => {
-                            Box::pin(async move {
-                                let handshake = tokio::time::timeout(
-                                    connection.limits.tls_handshake_timeout,
-                                    acceptor.accept(stream),
-                                );
-                                match handshake.await {
-                                    Ok(Ok(tls)) => {
-                                        connection.serve(Accepted::Tls(Box::new(tls))).await
-                                    }
-                                    Ok(Err(e)) => {
-                                        tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                                    }
-                                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                                }
-                            })
-                            .await
-                        }
+                let connection = Connection {
+                    peer,
+                    proxy: proxy.clone(),
+                    builder: builder.clone(),
+                    watcher: graceful.watcher(),
+                    limits: limits.clone(),
+                    drain: drain.clone(),
+                };
+                // The connection's future is spawned as it is, not inside another: each layer
+                // of future keeps its own copy of what it was given, in every connection's task.
+                match tls.clone() {
+                    None => {
+                        tokio::spawn(connection.serve(Accepted::Plain(stream)));
                     }
-                });
+                    // Boxed: a task is as large as its largest state, and a TLS session would
+                    // make every plain connection's task that large too.
+                    Some(acceptor) => {
+                        tokio::spawn(Box::pin(async move {
+                            let handshake = tokio::time::timeout(
+                                connection.limits.tls_handshake_timeout,
+                                acceptor.accept(stream),
+                            );
+                            match handshake.await {
+                                Ok(Ok(tls)) => connection.serve(Accepted::Tls(Box::new(tls))).await,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                                }
+                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            }
+                        }));
+                    }
+                }
             }
             Handler::Tcp(upstream) => {
                 let upstream = upstream.clone();

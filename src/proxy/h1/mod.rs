@@ -36,6 +36,7 @@ use http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Sleep;
 
+use super::connect::{Accepted, Tcp};
 use super::exchange::Failure;
 use super::http::HttpProxy;
 use super::limits::{Limits, READ_SIZE};
@@ -72,11 +73,12 @@ struct Conn {
 }
 
 impl Conn {
-    /// Shrinks the read buffer while the connection waits for a request that has not come:
-    /// an idle keep-alive connection then holds [`IDLE_READ`] bytes instead of several KiB.
-    /// The next request is read into those and the buffer grows from there.
+    /// Frees the read buffer while the connection waits for a request that has not come: an
+    /// idle keep-alive connection then holds no buffer at all. The next request is read into
+    /// [`IDLE_READ`] bytes taken once it has arrived (see [`read_more`]), and the buffer
+    /// grows from there.
     fn release(&mut self) {
-        self.buf = BytesMut::with_capacity(IDLE_READ);
+        self.buf = BytesMut::new();
     }
 
     /// Takes the worker's spare exchange buffers, unless this connection holds some already.
@@ -91,8 +93,12 @@ impl Conn {
         }
     }
 
-    /// Gives the exchange buffers back to the worker between requests.
+    /// Gives the exchange buffers back to the worker between requests, and the read buffer
+    /// too when nothing of the next request is in it.
     fn lend(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() != 0 {
+            give_read_buffer(std::mem::take(&mut self.buf));
+        }
         if self.request.capacity() != 0 || self.response.capacity() != 0 {
             Scratch {
                 request: std::mem::take(&mut self.request),
@@ -130,6 +136,32 @@ const SPARE_BYTES: usize = 16 * 1024;
 
 thread_local! {
     static SPARE: std::cell::RefCell<Vec<Scratch>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Read buffers lent the same way: a connection holds one from the moment bytes of a
+    /// request are there to read until that exchange ends.
+    static SPARE_READ: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A read buffer from the worker's spares, or a new one of [`IDLE_READ`] bytes.
+fn take_read_buffer() -> BytesMut {
+    SPARE_READ
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| BytesMut::with_capacity(IDLE_READ))
+}
+
+/// Kept only when small: a TLS connection takes one as soon as it waits (it cannot tell
+/// whether bytes are there without reading), and keeps it while idle.
+fn give_read_buffer(buf: BytesMut) {
+    if buf.capacity() > 4 * IDLE_READ {
+        return;
+    }
+    let _ = SPARE_READ.try_with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_SETS {
+            spare.push(buf);
+        }
+    });
 }
 
 impl Scratch {
@@ -156,7 +188,23 @@ impl Scratch {
     }
 }
 
-/// What an idle connection reads its next request into: a short GET fits.
+/// A caller's connection that can wait for bytes without a buffer to read them into.
+pub(crate) trait ReadReady {
+    /// Ready when a read would not wait, or when that cannot be known without reading.
+    fn poll_read_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>>;
+}
+
+impl ReadReady for Accepted {
+    fn poll_read_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        match self {
+            Tcp::Plain(tcp) => tcp.poll_read_ready(cx),
+            // A TLS session may hold decrypted bytes already: it reads with a buffer.
+            Tcp::Tls(_) => std::task::Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// What a connection without a buffer reads its next request into: a short GET fits.
 const IDLE_READ: usize = 512;
 
 /// How long a connection waits between requests with its buffers before it lets them go.
@@ -182,7 +230,7 @@ pub(crate) async fn serve<S>(
     drain: &mut drain::Watcher,
 ) -> Exit
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + ReadReady + Unpin,
 {
     // A new connection starts as an idle one does: its first request, most often a short
     // one, is read without a full-size buffer.
@@ -198,45 +246,55 @@ where
         // Between requests the exchange buffers go back to the worker; the next request
         // borrows them once its first bytes are in.
         conn.lend();
-        // Phase 1: check. A whole request, and plain enough for this path.
-        let Plain {
-            head,
-            message,
-            mut parts,
-        } = match read_request(io, &mut conn, limits, head_timer.as_mut(), drain).await {
-            Ok(plain) => plain,
-            Err(exit) => return exit,
+        // Phases 1 to 3 in a block of their own: what they leave behind (the request as read,
+        // its `http` view) is then no part of the connection's task while it waits on the
+        // upstream and streams, and neither is the forwarding below once it is done. A task
+        // is as large as its largest state, idle or not.
+        let (head, started, close, mut tracker) = {
+            // Phase 1: check. A whole request, and plain enough for this path.
+            let Plain {
+                head,
+                message,
+                mut parts,
+            } = match read_request(io, &mut conn, limits, head_timer.as_mut(), drain).await {
+                Ok(plain) => plain,
+                Err(exit) => return exit,
+            };
+            let started = Instant::now();
+
+            // Phase 2: observe.
+            let tracker = proxy
+                .observer
+                .on_request(&proxy.info, peer, &mut parts)
+                .map(|e| Tracker::with_request_size(e, head.content_length));
+
+            // Phase 3: rewrite.
+            let close = head.close || drain.is_draining();
+            rewrite(proxy, &mut conn.request, parts, &message[head.len..]);
+            (head, started, close, tracker)
         };
-        let started = Instant::now();
-
-        // Phase 2: observe.
-        let mut tracker = proxy
-            .observer
-            .on_request(&proxy.info, peer, &mut parts)
-            .map(|e| Tracker::with_request_size(e, head.content_length));
-
-        // Phase 3: rewrite.
-        let close = head.close || drain.is_draining();
-        rewrite(proxy, &mut conn.request, parts, &message[head.len..]);
 
         // Phase 4: forward, while watching the caller: if it leaves, the upstream side (its
         // connection inside the dropped future) is closed, never pooled, and the tracker,
-        // dropped unfinished, records status 0 and `DC`.
+        // dropped unfinished, records status 0 and `DC`. The forwarding is boxed (a small
+        // allocation per request): its state is a third of this task's size, and a
+        // connection that waits for its next request would carry that room unused.
         let forwarded = tokio::select! {
             biased;
-            forwarded = upstream::forward(
+            forwarded = Box::pin(upstream::forward(
                 proxy,
                 &conn.request,
                 &head.method,
                 head.content_length == 0,
                 &mut conn.response,
                 upstream_timer.as_mut(),
-            ) => forwarded,
+            )) => forwarded,
             () = caller_gone(io, &mut conn.buf, limits.max_header_bytes) => {
                 let _stats = proxy.stats_guard(started, 0);
                 return Exit::Closed;
             }
         };
+        drop(head);
         let (pool, connection, response) = match forwarded {
             Ok(sent) => sent,
             Err(failure) => {
@@ -275,7 +333,7 @@ where
 
 /// Phase 1: reads until a whole request is in (head, and the body its Content-Length
 /// announces), and judges it. `Err`: the connection closed, or goes to the general path.
-async fn read_request<S: AsyncRead + Unpin>(
+async fn read_request<S: AsyncRead + ReadReady + Unpin>(
     io: &mut S,
     conn: &mut Conn,
     limits: &Limits,
@@ -290,7 +348,7 @@ async fn read_request<S: AsyncRead + Unpin>(
     // The timer is moved to `deadline` only when a read has to wait for more: most requests
     // arrive whole in the first read, and a reset costs a trip to the timer wheel.
     let mut pending_reset = Some(deadline);
-    if conn.buf.is_empty() && conn.buf.capacity() > IDLE_READ && release_at < deadline {
+    if conn.buf.is_empty() && conn.buf.capacity() > 0 && release_at < deadline {
         head_timer.as_mut().reset(release_at);
         match read_more(io, &mut conn.buf, head_timer.as_mut(), Some(&mut *drain)).await {
             More::Read => {}
@@ -495,17 +553,26 @@ enum More {
 /// Reads more into `buf`. An empty buffer with room (an idle connection's, see
 /// [`Conn::release`]) is read into as it is; otherwise at least a quarter of `READ_SIZE` is
 /// made free first.
-async fn read_more<S: AsyncRead + Unpin>(
+async fn read_more<S: AsyncRead + ReadReady + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
     deadline: Pin<&mut Sleep>,
     drain: Option<&mut drain::Watcher>,
 ) -> More {
-    let spare = buf.capacity() - buf.len();
-    if spare == 0 || (!buf.is_empty() && spare < READ_SIZE / 4) {
-        buf.reserve(READ_SIZE);
-    }
-    let read = io.read_buf(buf);
+    let read = async {
+        if buf.capacity() == 0 {
+            // A connection without a buffer (see `Conn::release`) takes one once bytes are
+            // there to read.
+            std::future::poll_fn(|cx| io.poll_read_ready(cx)).await?;
+            *buf = take_read_buffer();
+        } else {
+            let spare = buf.capacity() - buf.len();
+            if spare == 0 || (!buf.is_empty() && spare < READ_SIZE / 4) {
+                buf.reserve(READ_SIZE);
+            }
+        }
+        io.read_buf(buf).await
+    };
     let result = match drain {
         Some(drain) => tokio::select! {
             biased;
@@ -554,6 +621,18 @@ mod tests {
         conn.lend();
         assert_eq!(conn.request.capacity() + conn.response.capacity(), 0);
         assert_eq!(spare_sets(), 1);
+    }
+
+    #[test]
+    fn a_connection_between_requests_holds_no_read_buffer() {
+        let mut conn = Conn::default();
+        conn.buf = super::take_read_buffer();
+        conn.lend();
+        assert_eq!(conn.buf.capacity(), 0);
+        // ... and the next reader gets that one back rather than a new one.
+        let again = super::take_read_buffer();
+        assert!(again.capacity() >= super::IDLE_READ);
+        assert_eq!(super::SPARE_READ.with(|spare| spare.borrow().len()), 0);
     }
 
     #[test]
