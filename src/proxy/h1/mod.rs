@@ -73,14 +73,6 @@ struct Conn {
 }
 
 impl Conn {
-    /// Frees the read buffer while the connection waits for a request that has not come: an
-    /// idle keep-alive connection then holds no buffer at all. The next request is read into
-    /// [`IDLE_READ`] bytes taken once it has arrived (see [`read_more`]), and the buffer
-    /// grows from there.
-    fn release(&mut self) {
-        self.buf = BytesMut::new();
-    }
-
     /// Takes the worker's spare exchange buffers, unless this connection holds some already.
     fn borrow(&mut self) {
         if self.request.capacity() == 0 && self.response.capacity() == 0 {
@@ -150,10 +142,13 @@ fn take_read_buffer() -> BytesMut {
         .unwrap_or_else(|| BytesMut::with_capacity(IDLE_READ))
 }
 
-/// Kept only when small: a TLS connection takes one as soon as it waits (it cannot tell
-/// whether bytes are there without reading), and keeps it while idle.
-fn give_read_buffer(buf: BytesMut) {
-    if buf.capacity() > 4 * IDLE_READ {
+/// Kept when its whole allocation is free again (the request it held was split off and
+/// dropped) and small: a TLS connection takes one as soon as it waits (it cannot tell whether
+/// bytes are there without reading) and keeps it while idle. What is left after a split is
+/// only the tail of the allocation; reclaiming gives the next reader all of it, so that a
+/// short request still fits in one read.
+fn give_read_buffer(mut buf: BytesMut) {
+    if !buf.try_reclaim(IDLE_READ) || buf.capacity() > 4 * IDLE_READ {
         return;
     }
     let _ = SPARE_READ.try_with(|spare| {
@@ -207,11 +202,6 @@ impl ReadReady for Accepted {
 /// What a connection without a buffer reads its next request into: a short GET fits.
 const IDLE_READ: usize = 512;
 
-/// How long a connection waits between requests with its buffers before it lets them go.
-/// Under load the next request comes well within it, so no buffer is given back and taken
-/// again per request.
-const IDLE_RELEASE: Duration = Duration::from_secs(1);
-
 /// A request read whole, judged plain, and its `http` view.
 struct Plain {
     head: RequestHead,
@@ -234,8 +224,8 @@ where
 {
     // A new connection starts as an idle one does: its first request, most often a short
     // one, is read without a full-size buffer.
+    // No buffer until the first request's bytes are there (see `read_more`).
     let mut conn = Conn::default();
-    conn.release();
     // One timer per connection, moved forward per request: extending a tokio deadline is
     // cheap, registering a new timer per request is not.
     let head_timer = tokio::time::sleep(limits.header_read_timeout);
@@ -340,25 +330,10 @@ async fn read_request<S: AsyncRead + ReadReady + Unpin>(
     mut head_timer: Pin<&mut Sleep>,
     drain: &mut drain::Watcher,
 ) -> Result<Plain, Exit> {
-    let now = tokio::time::Instant::now();
-    let deadline = now + limits.header_read_timeout;
-    // Between requests (a connection that served one, with nothing of the next read), the
-    // wait for the next request's first bytes is cut at `IDLE_RELEASE` to let the buffers go.
-    let release_at = now + IDLE_RELEASE;
-    // The timer is moved to `deadline` only when a read has to wait for more: most requests
-    // arrive whole in the first read, and a reset costs a trip to the timer wheel.
+    let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+    // The timer is moved to `deadline` only when a read has to wait: a reset costs a trip to
+    // the timer wheel.
     let mut pending_reset = Some(deadline);
-    if conn.buf.is_empty() && conn.buf.capacity() > 0 && release_at < deadline {
-        head_timer.as_mut().reset(release_at);
-        match read_more(io, &mut conn.buf, head_timer.as_mut(), Some(&mut *drain)).await {
-            More::Read => {}
-            More::Expired => conn.release(),
-            More::Closed => return Err(Exit::Closed),
-        }
-    } else {
-        head_timer.as_mut().reset(deadline);
-        pending_reset = None;
-    }
     let head = loop {
         if !conn.buf.is_empty() {
             conn.borrow();
@@ -550,9 +525,9 @@ enum More {
     Closed,
 }
 
-/// Reads more into `buf`. An empty buffer with room (an idle connection's, see
-/// [`Conn::release`]) is read into as it is; otherwise at least a quarter of `READ_SIZE` is
-/// made free first.
+/// Reads more into `buf`. A connection without a buffer (one between requests, see
+/// [`Conn::lend`]) waits for bytes first and then takes one; an empty buffer with room is
+/// read into as it is; otherwise at least a quarter of `READ_SIZE` is made free first.
 async fn read_more<S: AsyncRead + ReadReady + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
@@ -561,8 +536,7 @@ async fn read_more<S: AsyncRead + ReadReady + Unpin>(
 ) -> More {
     let read = async {
         if buf.capacity() == 0 {
-            // A connection without a buffer (see `Conn::release`) takes one once bytes are
-            // there to read.
+            // No buffer is held while the caller sends nothing.
             std::future::poll_fn(|cx| io.poll_read_ready(cx)).await?;
             *buf = take_read_buffer();
         } else {
@@ -609,6 +583,7 @@ mod tests {
     /// The thread's spare sets emptied: tests may share a thread.
     fn no_spare_sets() {
         super::SPARE.with(|spare| spare.borrow_mut().clear());
+        super::SPARE_READ.with(|spare| spare.borrow_mut().clear());
     }
 
     #[test]
@@ -625,6 +600,7 @@ mod tests {
 
     #[test]
     fn a_connection_between_requests_holds_no_read_buffer() {
+        no_spare_sets();
         let mut conn = Conn::default();
         conn.buf = super::take_read_buffer();
         conn.lend();
@@ -633,6 +609,17 @@ mod tests {
         let again = super::take_read_buffer();
         assert!(again.capacity() >= super::IDLE_READ);
         assert_eq!(super::SPARE_READ.with(|spare| spare.borrow().len()), 0);
+    }
+
+    #[test]
+    fn a_read_buffer_comes_back_whole_after_a_request_was_split_off_it() {
+        no_spare_sets();
+        let mut conn = Conn::default();
+        conn.buf = super::take_read_buffer();
+        conn.buf.extend_from_slice(&[b'x'; 400]);
+        drop(conn.buf.split_to(400).freeze());
+        conn.lend();
+        assert!(super::take_read_buffer().capacity() >= super::IDLE_READ);
     }
 
     #[test]
