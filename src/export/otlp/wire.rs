@@ -323,6 +323,8 @@ fn short_string_pair(field: u64, k: &[u8], v: &[u8], out: &mut Out<'_>) -> bool 
 }
 
 /// [`short_string_pair`] for an integer value that is not negative (status codes, ports).
+/// Its own copy of the head rather than a helper both share: with one, LLVM merged the two
+/// callers' key copies back into calls to `memcpy` (see [`copy_short`]).
 #[inline(always)]
 fn short_int_pair(field: u64, k: &[u8], value: i64, out: &mut Out<'_>) -> bool {
     // KeyValue { key = 1 (2 + k), value = 2 (2 + AnyValue { int_value = 3 (1 + varint) }) }
