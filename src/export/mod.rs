@@ -12,6 +12,7 @@
 pub mod client;
 pub mod datadog;
 pub mod otlp;
+mod out;
 pub mod zipkin;
 
 use std::future::Future;

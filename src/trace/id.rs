@@ -125,11 +125,8 @@ impl<const N: usize> HexBuf<N> {
     }
 
     fn push_u64(&mut self, value: u64) {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        for shift in (0..16).rev() {
-            self.bytes[self.len] = DIGITS[((value >> (shift * 4)) & 0xf) as usize];
-            self.len += 1;
-        }
+        self.bytes[self.len..self.len + 16].copy_from_slice(&hex_u64(value));
+        self.len += 16;
     }
 
     pub fn as_str(&self) -> &str {
@@ -142,8 +139,59 @@ impl<const N: usize> HexBuf<N> {
     }
 }
 
+/// The 16 lower-case hex digits of `value`, eight at a time: a half's nibbles are spread one
+/// to a byte, then made ASCII digits with word arithmetic instead of a table lookup per digit
+/// (ids are written into headers on every request, sampled or not).
+fn hex_u64(value: u64) -> [u8; 16] {
+    let mut hex = [0; 16];
+    hex[..8].copy_from_slice(&hex_u32((value >> 32) as u32));
+    hex[8..].copy_from_slice(&hex_u32(value as u32));
+    hex
+}
+
+fn hex_u32(value: u32) -> [u8; 8] {
+    const BYTES: u64 = 0x0101_0101_0101_0101;
+    let mut x = u64::from(value);
+    x = (x | x << 16) & 0x0000_ffff_0000_ffff;
+    x = (x | x << 8) & 0x00ff_00ff_00ff_00ff;
+    x = (x | x << 4) & 0x0f0f_0f0f_0f0f_0f0f;
+    // 1 in each byte that holds 10 or more (10 + 6 carries into the byte's bit 4), which
+    // then gets `b'a' - b'0' - 10` more than a decimal digit.
+    let letters = ((x + 6 * BYTES) >> 4) & BYTES;
+    (x + u64::from(b'0') * BYTES + letters * u64::from(b'a' - b'0' - 10)).to_be_bytes()
+}
+
 impl<const N: usize> fmt::Debug for HexBuf<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SpanId, TraceId};
+
+    proptest::proptest! {
+        #[test]
+        fn ids_are_written_as_zero_padded_lower_hex(high: u64, low: u64) {
+            proptest::prop_assert_eq!(SpanId(low).to_string(), format!("{low:016x}"));
+            let wide = TraceId { high, low, wide: true };
+            proptest::prop_assert_eq!(wide.to_string(), format!("{high:016x}{low:016x}"));
+            let narrow = TraceId { high: 0, low, wide: false };
+            proptest::prop_assert_eq!(narrow.to_string(), format!("{low:016x}"));
+        }
+    }
+
+    #[test]
+    fn every_digit_is_written() {
+        assert_eq!(
+            SpanId(0x0123_4567_89ab_cdef).to_hex().as_str(),
+            "0123456789abcdef"
+        );
+        assert_eq!(SpanId(u64::MAX).to_hex().as_str(), "ffffffffffffffff");
+        assert_eq!(
+            SpanId(0xa09f_0000_0000_0001).to_hex().as_str(),
+            "a09f000000000001"
+        );
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use prost::encoding::encoded_len_varint;
 
 use super::encoding::{Name, SDK_NAME, Value, attributes, map};
+use crate::export::out::{Out, copy_short, written};
 use crate::trace::Span;
 
 // Wire types: 0 varint, 1 fixed64, 2 length-delimited, 5 fixed32.
@@ -44,28 +45,6 @@ pub fn encode_request(spans: &[Span]) -> Vec<u8> {
     written(spans.len() * SPAN_BYTES, |out| {
         write_request(spans, &groups, out)
     })
-}
-
-/// What `write` writes, into `size` bytes if it fits, else once more into as many as it took.
-fn written(mut size: usize, write: impl Fn(&mut Out<'_>)) -> Vec<u8> {
-    loop {
-        let mut buf = vec![0; size];
-        let mut out = Out {
-            buf: &mut buf,
-            at: 0,
-            short: false,
-            reach: 0,
-        };
-        write(&mut out);
-        if !out.short {
-            let written = out.at;
-            buf.truncate(written);
-            return buf;
-        }
-        // `at` counted every byte, written or not; a length written in fewer bytes than
-        // guessed took some back, after the content had reached further.
-        size = out.reach.max(out.at);
-    }
 }
 
 fn write_request(spans: &[Span], groups: &[(&Arc<str>, Vec<usize>)], out: &mut Out<'_>) {
@@ -102,38 +81,8 @@ fn write_request(spans: &[Span], groups: &[(&Arc<str>, Vec<usize>)], out: &mut O
     }
 }
 
-/// Zeroed bytes, written from the start. A write past the end is counted in `at` but not
-/// made, and marks the output `short`: the caller then writes it all again into `at` bytes.
-/// So no write can fail or grow a vector, and the hot functions copy the position into a
-/// local [`Out`] of their own, where it stays in a register (a `Vec::push` loads and stores
-/// the vector's length at every byte, since the byte written might alias it).
-struct Out<'a> {
-    buf: &'a mut [u8],
-    at: usize,
-    short: bool,
-    /// The furthest `at` was before a length took bytes back (see [`Out::nested`]).
-    reach: usize,
-}
-
+/// The protobuf pieces of the shared output.
 impl Out<'_> {
-    /// The same output, for a function to write through with its own position.
-    #[inline(always)]
-    fn local(&mut self) -> Out<'_> {
-        Out {
-            buf: self.buf,
-            at: self.at,
-            short: self.short,
-            reach: 0,
-        }
-    }
-
-    /// Takes back a local output's position.
-    #[inline(always)]
-    fn take(&mut self, at: usize, short: bool) {
-        self.at = at;
-        self.short = short;
-    }
-
     /// Field `field` (below 16: a one-byte key) holding what `write` writes, behind its
     /// length. The length gets `guess` bytes before `write` runs; when it needs another
     /// number of bytes, the content moves once.
@@ -157,25 +106,6 @@ impl Out<'_> {
             self.at = end;
         }
         prost::encoding::encode_varint(len as u64, &mut &mut self.buf[at..at + needed]);
-    }
-
-    #[inline(always)]
-    fn byte(&mut self, byte: u8) {
-        match self.buf.get_mut(self.at) {
-            Some(slot) => *slot = byte,
-            None => self.short = true,
-        }
-        self.at += 1;
-    }
-
-    #[inline(always)]
-    fn bytes(&mut self, bytes: &[u8]) {
-        let end = self.at + bytes.len();
-        match self.buf.get_mut(self.at..end) {
-            Some(slots) => slots.copy_from_slice(bytes),
-            None => self.short = true,
-        }
-        self.at = end;
     }
 
     /// A varint, as prost writes it; most are one byte (keys, short lengths).
@@ -353,58 +283,6 @@ fn short_int_pair(field: u64, k: &[u8], value: i64, out: &mut Out<'_>) -> bool {
     prost::encoding::encode_varint(value, &mut number);
     out.at += 2 + kv_len;
     true
-}
-
-/// `dst.copy_from_slice(src)` for the short keys and values of attributes, without a call to
-/// `memcpy`: for each range of lengths up to 128 bytes (all that fits a short pair), copies of
-/// a fixed size from the start and from the end, overlapping in the middle. As loads and
-/// stores of integers, and no loop: LLVM turns a copying loop back into a call to `memcpy`,
-/// and merges the fixed-size copies of the branches into one call with a variable size.
-/// Those calls were a fifth of the encoder's time.
-#[inline(always)]
-fn copy_short(dst: &mut [u8], src: &[u8]) {
-    let n = src.len();
-    match n {
-        0 => {}
-        // One to three bytes: first, middle and last cover them all.
-        1..4 => {
-            dst[0] = src[0];
-            dst[n / 2] = src[n / 2];
-            dst[n - 1] = src[n - 1];
-        }
-        4..8 => {
-            let (head, tail) = (word::<4>(src, 0), word::<4>(src, n - 4));
-            dst[..4].copy_from_slice(&head);
-            dst[n - 4..].copy_from_slice(&tail);
-        }
-        8..16 => {
-            let (head, tail) = (word::<8>(src, 0), word::<8>(src, n - 8));
-            dst[..8].copy_from_slice(&head);
-            dst[n - 8..].copy_from_slice(&tail);
-        }
-        16..=128 => {
-            // Whole 16-byte words from the start, then the last 16 bytes.
-            let mut at = 0;
-            for _ in 0..7 {
-                if at + 16 >= n {
-                    break;
-                }
-                dst[at..at + 16].copy_from_slice(&word::<16>(src, at));
-                at += 16;
-            }
-            let tail = word::<16>(src, n - 16);
-            dst[n - 16..].copy_from_slice(&tail);
-        }
-        _ => dst.copy_from_slice(src),
-    }
-}
-
-/// `N` bytes of `src` from `at`, as a value (an integer load).
-#[inline(always)]
-fn word<const N: usize>(src: &[u8], at: usize) -> [u8; N] {
-    let mut word = [0; N];
-    word.copy_from_slice(&src[at..at + N]);
-    word
 }
 
 /// The size of a string field (below 16) as [`string_field`] writes it.

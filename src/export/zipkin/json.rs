@@ -4,94 +4,138 @@
 
 use bytes::Bytes;
 
+use crate::export::out::{Out, copy_short, word, written};
 use crate::trace::{Span, SpanKind};
+
+/// Bytes a span takes, for the output's first size (one with Envoy's tags takes 700–900); a
+/// batch of larger spans is written again into as many bytes as the first try counted.
+const SPAN_BYTES: usize = 1024;
 
 /// A JSON array of spans.
 pub fn encode(spans: &[Span]) -> Bytes {
-    let mut out = Vec::with_capacity(spans.len() * 900 + 2);
-    out.push(b'[');
-    for (i, span) in spans.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+    written(spans.len() * SPAN_BYTES + 2, |out| {
+        out.byte(b'[');
+        for (i, span) in spans.iter().enumerate() {
+            if i > 0 {
+                out.byte(b',');
+            }
+            write_span(span, out);
         }
-        write_span(&mut out, span);
-    }
-    out.push(b']');
-    out.into()
+        out.byte(b']');
+    })
+    .into()
 }
 
-fn write_span(out: &mut Vec<u8>, span: &Span) {
-    out.extend_from_slice(b"{\"traceId\":\"");
-    out.extend_from_slice(span.trace_id.to_hex().as_bytes());
-    out.push(b'"');
+fn write_span(span: &Span, shared: &mut Out<'_>) {
+    let mut local = shared.local();
+    let out = &mut local;
+    out.bytes(b"{\"traceId\":\"");
+    out.text(span.trace_id.to_hex().as_bytes());
+    out.byte(b'"');
     if let Some(parent) = span.parent_id {
-        out.extend_from_slice(b",\"parentId\":\"");
-        out.extend_from_slice(parent.to_hex().as_bytes());
-        out.push(b'"');
+        out.bytes(b",\"parentId\":\"");
+        out.text(parent.to_hex().as_bytes());
+        out.byte(b'"');
     }
-    out.extend_from_slice(b",\"id\":\"");
-    out.extend_from_slice(span.id.to_hex().as_bytes());
-    out.extend_from_slice(match span.kind {
+    out.bytes(b",\"id\":\"");
+    out.text(span.id.to_hex().as_bytes());
+    out.bytes(match span.kind {
         SpanKind::Server => b"\",\"kind\":\"SERVER\",\"name\":",
         SpanKind::Client => b"\",\"kind\":\"CLIENT\",\"name\":",
     });
     write_str(out, &span.name);
-    out.extend_from_slice(b",\"timestamp\":");
+    out.bytes(b",\"timestamp\":");
     write_u64(out, span.timestamp_us);
-    out.extend_from_slice(b",\"duration\":");
+    out.bytes(b",\"duration\":");
     write_u64(out, span.duration_us);
-    out.extend_from_slice(b",\"localEndpoint\":{\"serviceName\":");
+    out.bytes(b",\"localEndpoint\":{\"serviceName\":");
     write_str(out, &span.local_service);
-    out.push(b'}');
+    out.byte(b'}');
     if let Some(remote) = &span.remote_service {
-        out.extend_from_slice(b",\"remoteEndpoint\":{\"serviceName\":");
+        out.bytes(b",\"remoteEndpoint\":{\"serviceName\":");
         write_str(out, remote);
-        out.push(b'}');
+        out.byte(b'}');
     }
     if !span.tags.is_empty() {
-        out.extend_from_slice(b",\"tags\":{");
-        for (i, (key, value)) in span.tags.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_key(out, key);
-            write_str(out, value.as_str());
+        out.bytes(b",\"tags\":{");
+        for (key, value) in &span.tags {
+            write_tag(out, key, value.as_str());
         }
-        out.push(b'}');
+        // The last tag's comma becomes the closing brace.
+        out.at -= 1;
+        out.byte(b'}');
     }
     if span.debug {
-        out.extend_from_slice(b",\"debug\":true");
+        out.bytes(b",\"debug\":true");
     }
     if span.shared {
-        out.extend_from_slice(b",\"shared\":true");
+        out.bytes(b",\"shared\":true");
     }
-    out.push(b'}');
+    out.byte(b'}');
+    let (at, short) = (local.at, local.short);
+    shared.take(at, short);
 }
 
-/// A tag key and its colon. Keys are tracecar's own constants (`http.url`, …): nothing in
-/// them needs escaping, so they are copied, not scanned.
-fn write_key(out: &mut Vec<u8>, key: &'static str) {
-    debug_assert!(!needs_escape(key.as_bytes()), "tag key {key:?}");
-    out.reserve(key.len() + 3);
-    out.push(b'"');
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b"\":");
+/// `"key":"value",`. Keys are tracecar's own constants (`http.url`, …): nothing in them
+/// needs escaping, so they are copied, not scanned. Most values need no escaping either and
+/// are short: the pair is then written with one bounds check and no call to `memcpy`.
+#[inline(always)]
+fn write_tag(out: &mut Out<'_>, key: &'static str, value: &str) {
+    let (k, v) = (key.as_bytes(), value.as_bytes());
+    debug_assert!(!needs_escape(k), "tag key {key:?}");
+    if k.len() <= SHORT && v.len() <= SHORT && !needs_escape(v) {
+        let end = out.at + 1 + k.len() + 3 + v.len() + 2;
+        if let Some(dst) = out.buf.get_mut(out.at..end) {
+            dst[0] = b'"';
+            let (key_bytes, rest) = dst[1..].split_at_mut(k.len());
+            copy_short(key_bytes, k);
+            let (colon, rest) = rest.split_at_mut(3);
+            colon.copy_from_slice(b"\":\"");
+            let (value_bytes, close) = rest.split_at_mut(v.len());
+            copy_short(value_bytes, v);
+            close.copy_from_slice(b"\",");
+            out.at = end;
+            return;
+        }
+    }
+    out.byte(b'"');
+    out.text(k);
+    out.bytes(b"\":");
+    write_str(out, value);
+    out.byte(b',');
 }
 
-fn write_u64(out: &mut Vec<u8>, value: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+/// Text up to this long is copied without a call to `memcpy` (see [`copy_short`]).
+const SHORT: usize = 128;
+
+fn write_u64(out: &mut Out<'_>, value: u64) {
+    out.text(itoa::Buffer::new().format(value).as_bytes());
 }
 
 /// A JSON string (RFC 8259): quotes, backslashes and control characters escaped; any other
-/// UTF-8 passes as it is.
-pub fn write_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
+/// UTF-8 passes as it is. The common case (short, nothing to escape) is one scan, one bounds
+/// check and one copy.
+#[inline(always)]
+fn write_str(out: &mut Out<'_>, s: &str) {
     let bytes = s.as_bytes();
-    if !needs_escape(bytes) {
-        out.extend_from_slice(bytes);
-        out.push(b'"');
+    let n = bytes.len();
+    if n <= SHORT
+        && !needs_escape(bytes)
+        && let Some(dst) = out.buf.get_mut(out.at..out.at + n + 2)
+    {
+        dst[0] = b'"';
+        copy_short(&mut dst[1..=n], bytes);
+        dst[n + 1] = b'"';
+        out.at += n + 2;
         return;
     }
+    write_escaped(out, bytes);
+}
+
+/// [`write_str`] for any string: long, needing escapes, or past the end of the output.
+#[inline(never)]
+fn write_escaped(out: &mut Out<'_>, bytes: &[u8]) {
+    out.byte(b'"');
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escape: &[u8] = match b {
@@ -103,54 +147,82 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
             0x00..=0x1f => b"",
             _ => continue,
         };
-        out.extend_from_slice(&bytes[start..i]);
+        out.text(&bytes[start..i]);
         if escape.is_empty() {
             const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
+            out.bytes(b"\\u00");
+            out.byte(HEX[usize::from(b >> 4)]);
+            out.byte(HEX[usize::from(b & 0xf)]);
         } else {
-            out.extend_from_slice(escape);
+            out.text(escape);
         }
         start = i + 1;
     }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    out.text(&bytes[start..]);
+    out.byte(b'"');
 }
 
 /// Whether any byte is `"`, `\\` or below 0x20, eight bytes at a time (SWAR: a byte-wise
-/// compare on a whole word; tag values rarely need escaping, so this is the common path).
+/// compare on a whole word; tag values rarely need escaping, so this is the common path). The
+/// bytes past the last whole word are checked as one more word: the last eight bytes, or for
+/// shorter text its bytes padded with spaces.
+#[inline(always)]
 fn needs_escape(bytes: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let n = bytes.len();
     let mut words = bytes.chunks_exact(8);
     for chunk in &mut words {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word);
-        // Bytes below 0x20 (bytes of 0x80 and up never count: their high bit is masked out).
-        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0;
-        if control
-            || has_zero(x ^ (ONES * u64::from(b'"')))
-            || has_zero(x ^ (ONES * u64::from(b'\\')))
-        {
+        if word_needs_escape(u64::from_le_bytes(word(chunk, 0))) {
             return true;
         }
     }
-    words
-        .remainder()
-        .iter()
-        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    if words.remainder().is_empty() {
+        return false;
+    }
+    let last = match n {
+        8.. => u64::from_le_bytes(word(bytes, n - 8)),
+        4..8 => {
+            // Two words of four, overlapping in the middle.
+            let head = u32::from_le_bytes(word(bytes, 0));
+            let tail = u32::from_le_bytes(word(bytes, n - 4));
+            u64::from(head) | u64::from(tail) << 32
+        }
+        _ => u64::from_le_bytes([
+            bytes[0],
+            bytes[n / 2],
+            bytes[n - 1],
+            b' ',
+            b' ',
+            b' ',
+            b' ',
+            b' ',
+        ]),
+    };
+    word_needs_escape(last)
+}
+
+#[inline(always)]
+fn word_needs_escape(x: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    // Bytes below 0x20 (bytes of 0x80 and up never count: their high bit is masked out).
+    let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0;
+    control || has_zero(x ^ (ONES * u64::from(b'"'))) || has_zero(x ^ (ONES * u64::from(b'\\')))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::write_str;
+    use std::sync::Arc;
+
+    use super::{encode, needs_escape, write_str};
+    use crate::export::out::written;
+    use crate::policy::effective::Direction;
+    use crate::trace::id::{SpanId, TraceId};
+    use crate::trace::{Span, SpanKind, TagValue};
 
     fn json(s: &str) -> String {
-        let mut out = Vec::new();
-        write_str(&mut out, s);
+        // A first size too small for most strings: the second write must give the same.
+        let out = written(4, |out| write_str(out, s));
         String::from_utf8(out).unwrap_or_default()
     }
 
@@ -173,11 +245,175 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_character_to_escape_is_found_at_any_place_in_text_of_any_length() {
+        // The scan reads words of eight, then the tail as one more word: every place of it.
+        for len in 0..=24 {
+            let plain = "a".repeat(len);
+            assert!(!needs_escape(plain.as_bytes()), "{len}");
+            for at in 0..len {
+                for c in ['"', '\\', '\n', '\u{1f}'] {
+                    let mut text = plain.clone();
+                    text.replace_range(at..=at, &c.to_string());
+                    assert!(needs_escape(text.as_bytes()), "{text:?}");
+                }
+            }
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn any_string_round_trips_through_json(s in ".*") {
             let parsed: String = serde_json::from_str(&json(&s)).unwrap_or_default();
             proptest::prop_assert_eq!(parsed, s);
         }
+    }
+
+    /// What a span should read as, built with serde_json rather than written by hand.
+    fn expected(span: &Span) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "traceId": span.trace_id.to_hex().as_str(),
+            "id": span.id.to_hex().as_str(),
+            "kind": match span.kind { SpanKind::Server => "SERVER", SpanKind::Client => "CLIENT" },
+            "name": span.name,
+            "timestamp": span.timestamp_us,
+            "duration": span.duration_us,
+            "localEndpoint": { "serviceName": &*span.local_service },
+        });
+        if let Some(parent) = span.parent_id {
+            v["parentId"] = parent.to_hex().as_str().into();
+        }
+        if let Some(remote) = &span.remote_service {
+            v["remoteEndpoint"] = serde_json::json!({ "serviceName": &**remote });
+        }
+        if !span.tags.is_empty() {
+            let tags: serde_json::Map<_, _> = span
+                .tags
+                .iter()
+                .map(|(k, t)| (k.to_string(), t.as_str().into()))
+                .collect();
+            v["tags"] = tags.into();
+        }
+        if span.debug {
+            v["debug"] = true.into();
+        }
+        if span.shared {
+            v["shared"] = true.into();
+        }
+        v
+    }
+
+    const KEYS: [&str; 4] = [
+        "http.url",
+        "user_agent",
+        "guid:x-request-id",
+        "a.tag.key.of.some.length.beyond.sixteen",
+    ];
+
+    fn any_span() -> impl proptest::strategy::Strategy<Value = Span> {
+        use proptest::prelude::*;
+        (
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<bool>(),
+                any::<u64>(),
+                any::<Option<u64>>(),
+            ),
+            (
+                ".{0,40}",
+                "\\PC{0,200}",
+                ".{0,20}",
+                proptest::option::of(".{0,20}"),
+            ),
+            proptest::collection::vec((0..KEYS.len(), "(.|\\PC){0,150}"), 0..5),
+            (
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+                any::<u64>(),
+                any::<u64>(),
+            ),
+        )
+            .prop_map(
+                |(
+                    (high, low, wide, id, parent),
+                    (name, url, local, remote),
+                    tags,
+                    (server, debug, shared, ts, dur),
+                )| Span {
+                    trace_id: TraceId { high, low, wide },
+                    id: SpanId(id),
+                    parent_id: parent.map(SpanId),
+                    kind: if server {
+                        SpanKind::Server
+                    } else {
+                        SpanKind::Client
+                    },
+                    direction: Direction::Inbound,
+                    name,
+                    timestamp_us: ts,
+                    duration_us: dur,
+                    local_service: Arc::from(local),
+                    remote_service: remote.map(Arc::from),
+                    shared,
+                    debug,
+                    error: false,
+                    tags: std::iter::once(("http.url", TagValue::Owned(url)))
+                        .chain(tags.into_iter().map(|(k, v)| (KEYS[k], TagValue::Owned(v))))
+                        .collect(),
+                    trace_state: None,
+                },
+            )
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_batch_reads_back_as_the_spans_it_was_written_from(
+            spans in proptest::collection::vec(any_span(), 0..6)
+        ) {
+            // Long and escaped values, and batches past the first size, take the slow paths.
+            let read: serde_json::Value = serde_json::from_slice(&encode(&spans)).unwrap_or_default();
+            let want: Vec<serde_json::Value> = spans.iter().map(expected).collect();
+            proptest::prop_assert_eq!(read, serde_json::Value::Array(want));
+        }
+    }
+
+    #[test]
+    fn a_span_is_written_in_a_fixed_field_order() {
+        let span = Span {
+            trace_id: TraceId {
+                high: 0,
+                low: 0xab,
+                wide: false,
+            },
+            id: SpanId(0xcd),
+            parent_id: Some(SpanId(0xef)),
+            kind: SpanKind::Client,
+            direction: Direction::Outbound,
+            name: "backend".into(),
+            timestamp_us: 1_700_000_000_000_000,
+            duration_us: 42,
+            local_service: Arc::from("web"),
+            remote_service: Some(Arc::from("backend")),
+            shared: true,
+            debug: true,
+            error: false,
+            tags: vec![
+                ("component", TagValue::Static("proxy")),
+                ("http.method", TagValue::Static("GET")),
+            ],
+            trace_state: None,
+        };
+        let text = String::from_utf8(encode(&[span]).to_vec()).unwrap_or_default();
+        assert_eq!(
+            text,
+            concat!(
+                r#"[{"traceId":"00000000000000ab","parentId":"00000000000000ef","id":"00000000000000cd","#,
+                r#""kind":"CLIENT","name":"backend","timestamp":1700000000000000,"duration":42,"#,
+                r#""localEndpoint":{"serviceName":"web"},"remoteEndpoint":{"serviceName":"backend"},"#,
+                r#""tags":{"component":"proxy","http.method":"GET"},"debug":true,"shared":true}]"#
+            )
+        );
     }
 }
