@@ -47,6 +47,10 @@ usage: cargo bench --bench load -- [options]
                         (grpc-unary, grpc-stream),
                         conns, fixed-rate, redirect (the redirected HTTP/1.1 leg; root)
   --out FILE            where to write the results (default benches/results/load-<date>.md)
+  --pin                 the proxy under test (tracecar or nginx) on CPU 1, everything else
+                        (load tools, upstream, collector, this process) on CPU 0
+  --binary BINARY       run the tracecar-* configurations from BINARY (default: the release
+                        build, made by `cargo build --release` into target/load-bench)
   --baseline BINARY     also run every tracecar configuration from BINARY (an earlier build),
                         as baseline-s*-w*, right after its twin in each round; the report then
                         compares the two (selecting tracecar-… with --only selects its twin too)
@@ -176,6 +180,14 @@ fn parse_options(args: Vec<String>) -> anyhow::Result<Options> {
             "--quick" => quick = true,
             "--only" => only.extend(value("--only")?.split(',').map(|s| s.trim().to_string())),
             "--out" => out = Some(value("--out")?.into()),
+            "--pin" => target::set_pinned(),
+            "--binary" => {
+                let binary = std::path::PathBuf::from(value("--binary")?);
+                if !binary.is_file() {
+                    bail!("--binary {}: no such file", binary.display());
+                }
+                target::set_binary(binary);
+            }
             "--baseline" => {
                 let binary = std::path::PathBuf::from(value("--baseline")?);
                 if !binary.is_file() {
@@ -333,10 +345,17 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let options = parse_options(args)?;
+    // Built (or named) before anything is measured; the report names it.
+    let binary = target::binary()?;
+    eprintln!("tracecar under test: {}", binary.display());
     let files = procfs::raise_open_files_limit();
     let held = idle_connections();
     if files < 4 * held as u64 {
         eprintln!("warning: only {files} open files allowed; the {held}-connection run may fail");
+    }
+    if target::pinned() {
+        // Before any thread or child exists: all of them inherit CPU 0.
+        target::pin_this_process()?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

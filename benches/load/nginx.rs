@@ -82,7 +82,13 @@ fn start(name: &str, server: &str, ports: &[u16]) -> anyhow::Result<Nginx> {
     let conf_file = prefix.join("nginx.conf");
     std::fs::write(&conf_file, conf)?;
     let error_log = prefix.join("error.log");
-    let child = Command::new("nginx")
+    // The upstream runs beside the load tools; the reverse proxy is a proxy under test.
+    let mut nginx = if name == "nginx-proxy" {
+        crate::target::command("nginx")
+    } else {
+        Command::new("nginx")
+    };
+    let child = nginx
         .arg("-p")
         .arg(prefix)
         .arg("-c")

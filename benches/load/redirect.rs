@@ -20,7 +20,6 @@ use crate::nginx::{self, Nginx};
 use crate::procfs::{CpuMeter, Managed};
 use crate::{Options, tools, zipkin};
 
-const TRACECAR: &str = env!("CARGO_BIN_EXE_tracecar");
 const UPSTREAM_H1: u16 = 18080;
 const UPSTREAM_H2C: u16 = 18081;
 const EXPLICIT: &str = "127.0.0.1:15101";
@@ -176,8 +175,10 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<LegSample>> {
     std::fs::write(&dp_file, dataplane())?;
     std::fs::write(&policy_file, policy(receiver.address))?;
     let stderr = std::fs::File::create(dir.path().join("stderr.log"))?;
+    let tracecar = crate::target::binary()?;
+    let program = tracecar.clone();
     let child = ns.within(move || {
-        Command::new(TRACECAR)
+        Command::new(&program)
             .arg("run")
             .arg("--dataplane")
             .arg(&dp_file)
@@ -217,7 +218,8 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<LegSample>> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut install = ns.exec_prefix(false);
-    install.extend([TRACECAR, "redirect", "install", "--uid", "0"].map(String::from));
+    install.push(tracecar.display().to_string());
+    install.extend(["redirect", "install", "--uid", "0"].map(String::from));
     let out = Command::new(&install[0]).args(&install[1..]).output()?;
     if !out.status.success() {
         bail!(

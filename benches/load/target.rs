@@ -37,6 +37,114 @@ pub enum Config {
 /// The `--baseline` binary, when one was given.
 static BASELINE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
+/// `--pin`: the proxy under test on a CPU of its own (see [`command`]).
+static PINNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The CPU the proxy under test gets with `--pin`; everything else runs on CPU 0.
+const PROXY_CPU: &str = "1";
+
+pub fn set_pinned() {
+    PINNED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn pinned() -> bool {
+    PINNED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Puts this process (the load tools' parent, the gRPC client and the collector) on CPU 0.
+/// On two shared cores, a proxy's CPU per request otherwise moves by ±15 % from round to
+/// round with how the scheduler happens to interleave it with the load tools and the upstream
+/// (how many requests each wake-up finds); with a core of its own it mostly does not.
+pub fn pin_this_process() -> anyhow::Result<()> {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", "0"])
+        .arg(std::process::id().to_string())
+        .stdout(Stdio::null())
+        .status()
+        .context("taskset (util-linux)")?;
+    if !status.success() {
+        bail!("taskset -p -c 0 failed ({status})");
+    }
+    Ok(())
+}
+
+/// A command for a proxy under test: on [`PROXY_CPU`] with `--pin` (`taskset` execs the
+/// program, so the pid is the proxy's own), as it is otherwise.
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if pinned() {
+        let mut command = Command::new("taskset");
+        command.args(["-c", PROXY_CPU]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// The binary the `tracecar-*` configurations run (see [`binary`]).
+static UNDER_TEST: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Runs the `tracecar-*` configurations from `binary` (`--binary`) instead of a fresh build.
+pub fn set_binary(binary: std::path::PathBuf) {
+    let _ = UNDER_TEST.set(binary);
+}
+
+/// The tracecar the `tracecar-*` configurations run: `--binary`, else the release build as a
+/// user makes it. The one `cargo bench` builds for its benches is another program: the
+/// dev-dependencies' features are unified into it (the fuzz entry points, tokio's process
+/// driver, …), which made it 5 % larger. So the benchmark builds the binary itself, into a
+/// target directory of its own (`target/load-bench`), with `cargo build --release`.
+pub fn binary() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(binary) = UNDER_TEST.get() {
+        return Ok(binary.clone());
+    }
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target_dir = manifest.join("target/load-bench");
+    eprintln!(
+        "building the release binary under test into {}",
+        target_dir.display()
+    );
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(manifest)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--bin",
+            "tracecar",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .status()
+        .context("run cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release failed ({status})");
+    }
+    let binary = target_dir.join("release/tracecar");
+    let _ = UNDER_TEST.set(binary.clone());
+    Ok(binary)
+}
+
+/// Drops `binary`'s pages from the page cache, so that every start reads it from disk as on a
+/// node that never ran it. Idle RSS is mostly the binary's code, mapped in 64 KiB blocks
+/// around each page start-up touches, but only from pages the cache already holds: the same
+/// binary measured 0.9 MB more when freshly written (wholly cached) than when it had been
+/// partly evicted. A build and an older baseline would otherwise differ by their cache state.
+pub fn evict_from_page_cache(binary: &std::path::Path) {
+    let mut input = std::ffi::OsString::from("if=");
+    input.push(binary);
+    let evicted = Command::new("dd")
+        .arg(input)
+        .args(["iflag=nocache", "count=0", "status=none"])
+        .status();
+    if !matches!(evicted, Ok(s) if s.success()) {
+        eprintln!(
+            "warning: could not drop {} from the page cache",
+            binary.display()
+        );
+    }
+}
+
 /// Adds the `baseline-*` configurations, run from `binary`.
 pub fn set_baseline(binary: std::path::PathBuf) {
     let _ = BASELINE.set(binary);
@@ -276,9 +384,10 @@ async fn start_tracecar(
     let stderr = std::fs::File::create(dir.path().join("stderr.log"))?;
     let binary = match config {
         Config::Baseline { .. } => BASELINE.get().context("no --baseline binary")?.clone(),
-        _ => std::path::PathBuf::from(env!("CARGO_BIN_EXE_tracecar")),
+        _ => binary()?,
     };
-    let child = Command::new(binary)
+    evict_from_page_cache(&binary);
+    let child = command(binary)
         .arg("run")
         .arg("--dataplane")
         .arg(&dataplane_file)
