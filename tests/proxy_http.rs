@@ -390,7 +390,7 @@ async fn tcp_passthrough_echoes_100_mib_byte_exact() {
 #[tokio::test]
 async fn upstream_down_answers_503_with_uf_in_under_a_second() {
     let observed = Observed::default();
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", harness::refused_port());
     let proxy = harness::proxy_with_observer(
         &harness::outbound_yaml(&[dead], "http"),
         Arc::new(observed.clone()),
@@ -418,7 +418,7 @@ async fn upstream_down_answers_503_with_uf_in_under_a_second() {
 #[tokio::test]
 async fn all_endpoints_down_answers_503() {
     let dead: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .map(|_| format!("127.0.0.1:{}", harness::refused_port()))
         .collect();
     let proxy = outbound_proxy(&dead, "http").await;
     let mut client = h1_connection(proxy.address(0)).await;
@@ -436,7 +436,7 @@ async fn all_endpoints_down_answers_503() {
 #[tokio::test]
 async fn a_refusing_endpoint_is_skipped_and_the_request_goes_to_the_next() {
     let app = Upstream::start().await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", harness::refused_port());
     let proxy = outbound_proxy(&[dead, app.address.to_string()], "http").await;
     let mut client = h1_connection(proxy.address(0)).await;
     for i in 0..10 {

@@ -11,7 +11,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::net::TcpStream;
 
-use harness::{Collected, Upstream, free_port, inbound_yaml, outbound_yaml, proxy_with_observer};
+use harness::{Collected, Upstream, inbound_yaml, outbound_yaml, proxy_with_observer};
 use tracecar::trace::{SpanKind, TraceConfig, TracedBackend, Tracer};
 
 fn tracer(node: &str, sink: &Arc<Collected>, percent: f64, shared: bool) -> Arc<Tracer> {
@@ -369,7 +369,7 @@ async fn http_url_path_is_cut_at_256_characters() {
 #[tokio::test]
 async fn an_unreachable_upstream_gives_an_error_span_with_503_uf() {
     let sink = Arc::new(Collected::default());
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", harness::refused_port());
     let proxy = proxy_with_observer(
         &outbound_yaml(&[dead], "http"),
         tracer("default.web-1", &sink, 100.0, true),

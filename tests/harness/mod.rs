@@ -41,6 +41,28 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A loopback port where every connection is refused, for as long as the test binary runs. A
+/// port that was merely free a moment ago (`free_port`) can be taken meanwhile by any bind to
+/// port 0 or any outgoing connection's source port, and a "down" collector or endpoint then
+/// answers, or hangs. Here a TCP socket stays bound to the port without listening: the kernel
+/// gives the port to no one else, and a connection to it gets a reset.
+pub fn refused_port() -> u16 {
+    static HELD: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("a TCP socket");
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind an ephemeral port");
+    let port = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("a bound address")
+        .port();
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(socket);
+    port
+}
+
 /// Deterministic bytes, so corruption anywhere shows.
 pub fn pattern(len: usize) -> Bytes {
     (0..len)
@@ -543,9 +565,9 @@ impl Collector {
     }
 }
 
-/// The URL of a collector that is down: a free port nobody listens on.
+/// The URL of a collector that is down: every connection to it is refused ([`refused_port`]).
 pub fn down_collector_url() -> String {
-    format!("http://127.0.0.1:{}/api/v2/spans", free_port())
+    format!("http://127.0.0.1:{}/api/v2/spans", refused_port())
 }
 
 /// A keep-alive HTTP/1.1 client connection.
