@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use crate::export::out::{Out, copy_short, word, written};
+use crate::export::out::{Out, SHORT, copy_short, word, written};
 use crate::trace::{Span, SpanKind};
 
 /// Bytes a span takes, for the output's first size (one with Envoy's tags takes 700–900); a
@@ -104,9 +104,6 @@ fn write_tag(out: &mut Out<'_>, key: &'static str, value: &str) {
     write_str(out, value);
     out.byte(b',');
 }
-
-/// Text up to this long is copied without a call to `memcpy` (see [`copy_short`]).
-const SHORT: usize = 128;
 
 fn write_u64(out: &mut Out<'_>, value: u64) {
     out.text(itoa::Buffer::new().format(value).as_bytes());
