@@ -161,7 +161,6 @@ fn bench(c: &mut Criterion) {
 fn meshtrace_tags(c: &mut Criterion) {
     use tracecar::trace::meshtrace::{MeshTraceSettings, TagRule};
     use tracecar::trace::sampler::{Knobs, decide_knobs};
-    use tracecar::trace::span::TagValue;
 
     let knobs = Knobs {
         overall: basis_points(100.0),
@@ -202,7 +201,7 @@ fn meshtrace_tags(c: &mut Criterion) {
     let mut group = c.benchmark_group("trace_path");
     group.bench_function("meshtrace_header_tags", |b| {
         b.iter_batched(
-            || Vec::<(&'static str, TagValue)>::with_capacity(24),
+            || tracecar::trace::Tags::with_capacity(24, 256),
             |mut tags| {
                 let headers = black_box(&headers);
                 let decision = decide_knobs(

@@ -20,7 +20,7 @@ use tracecar::export::{Encode, ExportSettings, Exporters, Target, client::Export
 use tracecar::metrics::Metrics;
 use tracecar::policy::effective::Direction;
 use tracecar::trace::id::{SpanId, TraceId};
-use tracecar::trace::{Span, SpanKind, SpanSink, TagValue};
+use tracecar::trace::{Span, SpanKind, SpanSink};
 
 async fn chain(agent: &DatadogAgent, split_service: bool) -> (Chain, Policy) {
     let policy = Policy::new(&mesh_with_backend(&datadog_backend(agent, split_service)));
@@ -329,7 +329,7 @@ fn span(trace: u64, url_len: usize) -> Span {
         shared: false,
         debug: false,
         error: false,
-        tags: vec![("http.url", TagValue::Owned("u".repeat(url_len)))],
+        tags: [("http.url", "u".repeat(url_len))].into_iter().collect(),
         trace_state: None,
     }
 }

@@ -18,7 +18,7 @@ use tracecar::export::{Encode, ExportSettings, Exporters};
 use tracecar::metrics::Metrics;
 use tracecar::policy::effective::{Direction, OtlpProtocol};
 use tracecar::trace::id::{SpanId, TraceId};
-use tracecar::trace::{Span, SpanKind, TagValue};
+use tracecar::trace::{Span, SpanKind};
 
 const BACKEND: &str = "otel";
 
@@ -347,14 +347,13 @@ fn span(service: &str, direction: Direction) -> Span {
         shared: false,
         debug: false,
         error: false,
-        tags: vec![
-            ("http.method", TagValue::Static("GET")),
-            (
-                "http.url",
-                TagValue::Owned("https://backend.mesh:8080/a".into()),
-            ),
-            ("http.status_code", TagValue::Static("200")),
-        ],
+        tags: [
+            ("http.method", "GET"),
+            ("http.url", "https://backend.mesh:8080/a"),
+            ("http.status_code", "200"),
+        ]
+        .into_iter()
+        .collect(),
         trace_state: None,
     }
 }
@@ -453,7 +452,7 @@ fn envoys_grpc_error_codes_are_errors_with_the_code_as_error_type() {
     ] {
         let mut record = span("web", Direction::Outbound);
         record.error = error; // as the tracing layer sets it for these codes (README, Tracing)
-        record.tags.push(("grpc.status_code", TagValue::text(code)));
+        record.tags.push("grpc.status_code", code);
         let otlp = only_span(std::slice::from_ref(&record));
         assert_eq!(is_error(&otlp), error, "grpc-status {code}");
         assert_eq!(
@@ -467,11 +466,13 @@ fn envoys_grpc_error_codes_are_errors_with_the_code_as_error_type() {
 #[test]
 fn no_response_is_an_error_named_by_its_response_flags() {
     let mut record = span("web", Direction::Outbound);
-    record.tags.retain(|(k, _)| *k != "http.status_code");
-    record
+    record.tags = record
         .tags
-        .push(("http.status_code", TagValue::Static("0")));
-    record.tags.push(("response_flags", TagValue::Static("UF")));
+        .iter()
+        .filter(|(k, _)| *k != "http.status_code")
+        .collect();
+    record.tags.push("http.status_code", "0");
+    record.tags.push("response_flags", "UF");
     record.error = true;
     let otlp = only_span(std::slice::from_ref(&record));
     assert!(is_error(&otlp));
@@ -482,9 +483,7 @@ fn no_response_is_an_error_named_by_its_response_flags() {
 #[test]
 fn a_batch_over_the_size_limit_is_split_and_a_span_that_alone_is_too_large_is_counted() {
     let mut batch: Vec<Span> = (0..10).map(|_| span("web", Direction::Inbound)).collect();
-    batch[3]
-        .tags
-        .push(("http.url", TagValue::Owned("u".repeat(20_000))));
+    batch[3].tags.push("http.url", &"u".repeat(20_000));
     let encoded = Otlp::with_max_payload(2_000).encode(&batch);
     assert_eq!(encoded.too_large, 1);
     assert!(encoded.payloads.len() > 1);

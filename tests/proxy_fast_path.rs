@@ -317,7 +317,7 @@ fn shape(span: &Span) -> SpanShape {
             .tags
             .iter()
             .filter(|(k, _)| *k != "guid:x-request-id")
-            .map(|(k, v)| (k.to_string(), v.as_str().to_string()))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
     }
 }

@@ -23,7 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tracecar::policy::effective::Direction;
 use tracecar::trace::id::{SpanId, TraceId};
-use tracecar::trace::{Span, SpanKind, TagValue};
+use tracecar::trace::{Span, SpanKind, Tags};
 
 /// A reproducible id stream (splitmix64), never zero.
 pub struct Ids(u64);
@@ -151,57 +151,37 @@ pub fn request_spans(sidecar: &Sidecar, ids: &mut Ids, i: usize, shape: Shape) -
             "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
         )
     };
-    let tags = |direction: Direction| -> Vec<(&'static str, TagValue)> {
+    let tags = |direction: Direction| -> Tags {
         let (host, peer, cluster) = match direction {
-            Direction::Inbound => (
-                "web.mesh:80",
-                "10.42.0.17",
-                TagValue::Shared(sidecar.inbound_cluster.clone()),
-            ),
-            Direction::Outbound => (
-                "backend.mesh:8080",
-                "127.0.0.1",
-                TagValue::Shared(sidecar.remote.clone()),
-            ),
+            Direction::Inbound => ("web.mesh:80", "10.42.0.17", &sidecar.inbound_cluster),
+            Direction::Outbound => ("backend.mesh:8080", "127.0.0.1", &sidecar.remote),
         };
-        let mut tags: Vec<(&'static str, TagValue)> = Vec::with_capacity(17);
-        tags.push(("node_id", TagValue::Shared(sidecar.node_id.clone())));
-        tags.push(("component", TagValue::Static("proxy")));
-        tags.push(("guid:x-request-id", TagValue::Owned(request_id.clone())));
-        tags.push(("http.url", TagValue::Owned(format!("http://{host}{path}"))));
-        tags.push(("http.method", TagValue::Owned(method.to_string())));
-        tags.push(("http.protocol", TagValue::Static(protocol)));
-        tags.push(("user_agent", TagValue::Owned(agent.to_string())));
-        tags.push(("peer.address", TagValue::Owned(peer.to_string())));
+        let mut tags = Tags::with_capacity(17, 512);
+        tags.push("node_id", &sidecar.node_id);
+        tags.push("component", "proxy");
+        tags.push("guid:x-request-id", &request_id);
+        tags.push_parts("http.url", &["http://", host, &path]);
+        tags.push("http.method", method);
+        tags.push("http.protocol", protocol);
+        tags.push("user_agent", agent);
+        tags.push("peer.address", peer);
         if shape.grpc {
-            tags.push(("grpc.path", TagValue::Owned(path.clone())));
+            tags.push("grpc.path", &path);
         }
-        tags.push((
-            "request_size",
-            TagValue::Owned((if method == "POST" { 412 } else { 0 }).to_string()),
-        ));
-        tags.push((
-            "response_size",
-            TagValue::Owned((1_843 + i % 97).to_string()),
-        ));
-        tags.push(("upstream_cluster", cluster));
+        tags.push_u64("request_size", if method == "POST" { 412 } else { 0 });
+        tags.push_u64("response_size", 1_843 + i as u64 % 97);
+        tags.push("upstream_cluster", cluster);
         let http_status = if shape.grpc { 200 } else { shape.status };
-        tags.push(("http.status_code", TagValue::Owned(http_status.to_string())));
-        tags.push(("response_flags", TagValue::Owned("-".to_string())));
+        tags.push_u64("http.status_code", u64::from(http_status));
+        tags.push("response_flags", "-");
         if shape.grpc {
-            tags.push((
-                "grpc.status_code",
-                TagValue::Owned(shape.status.to_string()),
-            ));
+            tags.push_u64("grpc.status_code", u64::from(shape.status));
             if shape.status != 0 {
-                tags.push((
-                    "grpc.message",
-                    TagValue::Owned("upstream connect error".to_string()),
-                ));
+                tags.push("grpc.message", "upstream connect error");
             }
         }
         if shape.error() {
-            tags.push(("error", TagValue::Static("true")));
+            tags.push("error", "true");
         }
         tags
     };

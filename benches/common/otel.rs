@@ -33,7 +33,7 @@ pub fn to_otel(span: &Span, scope: &InstrumentationScope) -> SpanData {
     let mut attributes: Vec<KeyValue> = span
         .tags
         .iter()
-        .map(|(k, v)| KeyValue::new(*k, v.as_str().to_string()))
+        .map(|(k, v)| KeyValue::new(k, v.to_string()))
         .collect();
     if let Some(remote) = &span.remote_service {
         // OpenTelemetry's way to name the remote service.

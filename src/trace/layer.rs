@@ -21,7 +21,7 @@ use super::SpanSink;
 use super::context::{Format, SpanContext};
 use super::id::{SpanId, TraceId};
 use super::propagation::{self, Outgoing};
-use super::span::{Span, SpanKind, TagValue};
+use super::span::{Span, SpanKind, Tags};
 use crate::metrics::FormatLabels;
 use crate::policy::effective::Direction;
 use crate::proxy::observe::{End, Exchange, ListenerInfo, Observer, ResponseFlags};
@@ -146,8 +146,12 @@ impl Observer for Tracer {
                 &head.headers,
             ),
         };
-        // Taken before the context is written into the headers; only a span needs it.
-        let id_tag = request_id.filter(|_| decision.sampled).and_then(value_text);
+        // A span's first tags, the request id among them, are taken before the context is
+        // written into the headers.
+        let tags = decision.sampled.then(|| {
+            let grpc = crate::proxy::observe::is_grpc(&head.headers);
+            (grpc, first_tags(self, backend, head, grpc, request_id))
+        });
         let inbound = listener.direction == Direction::Inbound;
         let (context, shared) = match incoming.context.ids {
             Some(caller) if inbound && backend.shared_span_context => (caller, true),
@@ -179,9 +183,7 @@ impl Observer for Tracer {
                 continued: incoming.context.ids.is_some(),
             },
         );
-        if !decision.sampled {
-            return None;
-        }
+        let (grpc, tags) = tags?;
         let trace_state = incoming
             .context
             .trace_state
@@ -189,7 +191,6 @@ impl Observer for Tracer {
             .and_then(|v| v.to_str().ok())
             .map(Box::from);
         Some(Box::new(Recording::start(
-            self,
             listener,
             backend,
             peer,
@@ -198,7 +199,8 @@ impl Observer for Tracer {
             shared,
             decision.debug,
             trace_state,
-            id_tag,
+            grpc,
+            tags,
         )))
     }
 }
@@ -211,6 +213,29 @@ fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut buf).as_bytes())
         .unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// A sampled span's tag list with its first three tags, `node_id`, `component` and
+/// `guid:x-request-id`, sized for all it will get: the index for each tag it can get (14 for
+/// HTTP, three more for gRPC, and the MeshTrace tags), the text for the node id and the
+/// path, and room for the rest (host, user agent, UUID, address, cluster, numbers).
+fn first_tags(
+    tracer: &Tracer,
+    backend: &TracedBackend,
+    head: &http::request::Parts,
+    grpc: bool,
+    request_id: Option<&HeaderValue>,
+) -> Tags {
+    let user_tags = backend.meshtrace.as_ref().map_or(0, |m| m.tags.len());
+    let grpc = if grpc { 3 } else { 0 };
+    let path = head.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let mut tags = Tags::with_capacity(14 + grpc + user_tags, tracer.node_id.len() + path + 320);
+    tags.push("node_id", &tracer.node_id);
+    tags.push("component", "proxy");
+    if let Some(id) = request_id {
+        push_header(&mut tags, "guid:x-request-id", id);
+    }
+    tags
 }
 
 /// A sampled request's span under way.
@@ -229,7 +254,6 @@ struct Recording {
 impl Recording {
     #[allow(clippy::too_many_arguments)]
     fn start(
-        tracer: &Tracer,
         listener: &ListenerInfo,
         backend: &TracedBackend,
         peer: SocketAddr,
@@ -238,7 +262,8 @@ impl Recording {
         shared: bool,
         debug: bool,
         trace_state: Option<Box<str>>,
-        id_tag: Option<TagValue>,
+        grpc: bool,
+        mut tags: Tags,
     ) -> Recording {
         let timestamp_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -250,42 +275,24 @@ impl Recording {
             .or_else(|| head.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
             .unwrap_or("");
         let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
-        let grpc = crate::proxy::observe::is_grpc(&head.headers);
 
-        // Room for every tag the span can get, and no more: eight here, gRPC's path, the
-        // MeshTrace tags, then five at the end, gRPC's two and `error`. An HTTP span's 14
-        // take 896 bytes, which the allocator serves from its per-thread cache (up to about
-        // 1 KiB); a fixed 17 took its slower general path on every sampled request.
-        let user_tags = backend.meshtrace.as_ref().map_or(0, |m| m.tags.len());
-        let mut tags: Vec<(&'static str, TagValue)> =
-            Vec::with_capacity(14 + if grpc { 3 } else { 0 } + user_tags);
-        tags.push(("node_id", TagValue::Shared(tracer.node_id.clone())));
-        tags.push(("component", TagValue::Static("proxy")));
-        if let Some(id) = id_tag {
-            tags.push(("guid:x-request-id", id));
-        }
         let scheme = if listener.tls { "https://" } else { "http://" };
-        let mut url =
-            String::with_capacity(scheme.len() + host.len() + path.len().min(MAX_PATH_CHARS));
-        url.push_str(scheme);
-        url.push_str(host);
-        url.push_str(cut_chars(path, MAX_PATH_CHARS));
-        tags.push(("http.url", TagValue::Owned(url)));
-        tags.push(("http.method", method_tag(&head.method)));
-        tags.push((
+        tags.push_parts("http.url", &[scheme, host, cut_chars(path, MAX_PATH_CHARS)]);
+        tags.push("http.method", head.method.as_str());
+        tags.push(
             "http.protocol",
-            TagValue::Static(match head.version {
+            match head.version {
                 Version::HTTP_2 => "HTTP/2",
                 Version::HTTP_10 => "HTTP/1.0",
                 _ => "HTTP/1.1",
-            }),
-        ));
-        if let Some(agent) = header_text(&head.headers, &header::USER_AGENT) {
-            tags.push(("user_agent", agent));
+            },
+        );
+        if let Some(agent) = head.headers.get(header::USER_AGENT) {
+            push_header(&mut tags, "user_agent", agent);
         }
-        tags.push(("peer.address", ip_text(peer.ip())));
+        push_ip(&mut tags, "peer.address", peer.ip());
         if grpc {
-            tags.push(("grpc.path", TagValue::Owned(head.uri.path().to_string())));
+            tags.push("grpc.path", head.uri.path());
         }
         if let Some(meshtrace) = &backend.meshtrace {
             meshtrace.push_tags(&head.headers, &mut tags);
@@ -346,18 +353,15 @@ impl Exchange for Recording {
         } = *self;
         span.duration_us = (started.elapsed().as_micros() as u64).max(1);
         let tags = &mut span.tags;
-        tags.push(("request_size", number(end.request_bytes)));
-        tags.push(("response_size", number(end.response_bytes)));
-        tags.push(("upstream_cluster", TagValue::Shared(upstream_cluster)));
-        tags.push(("http.status_code", number(u64::from(end.status))));
-        tags.push((
-            "response_flags",
-            if end.response_flags.is_empty() {
-                TagValue::Static("-")
-            } else {
-                TagValue::text(&end.response_flags.to_string())
-            },
-        ));
+        tags.push_u64("request_size", end.request_bytes);
+        tags.push_u64("response_size", end.response_bytes);
+        tags.push("upstream_cluster", &upstream_cluster);
+        tags.push_u64("http.status_code", u64::from(end.status));
+        if end.response_flags.is_empty() {
+            tags.push("response_flags", "-");
+        } else {
+            tags.push("response_flags", &end.response_flags.to_string());
+        }
         let mut grpc_error = false;
         if grpc {
             // Trailers carry the status; a trailers-only response carries it in its headers.
@@ -371,10 +375,10 @@ impl Exchange for Recording {
                 .or(grpc_message.as_ref());
             if let Some(code) = status.filter(|v| !v.is_empty()) {
                 grpc_error = GRPC_ERROR_CODES.contains(&code.as_bytes());
-                tags.push(("grpc.status_code", TagValue::Owned(lossy(code))));
+                push_header(tags, "grpc.status_code", code);
             }
             if let Some(message) = message.filter(|v| !v.is_empty()) {
-                tags.push(("grpc.message", TagValue::Owned(lossy(message))));
+                push_header(tags, "grpc.message", message);
             }
         }
         // A caller that left is an error, as in Envoy, but a cancelled gRPC call is not.
@@ -382,35 +386,14 @@ impl Exchange for Recording {
         let no_response = end.status == 0 && !left;
         span.error = end.status >= 500 || no_response || grpc_error || (left && !grpc);
         if span.error {
-            span.tags.push(("error", TagValue::Static("true")));
+            span.tags.push("error", "true");
         }
         sink.try_send(span);
     }
 }
 
-fn number(value: u64) -> TagValue {
-    TagValue::text(itoa::Buffer::new().format(value))
-}
-
-/// The standard methods need no allocation.
-fn method_tag(method: &http::Method) -> TagValue {
-    use http::Method;
-    TagValue::Static(match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => return TagValue::Owned(method.as_str().to_string()),
-    })
-}
-
-/// An address as text; IPv4 (the common case) in place, without the formatting machinery.
-fn ip_text(ip: std::net::IpAddr) -> TagValue {
+/// An address as text; IPv4 (the common case) without the formatting machinery.
+fn push_ip(tags: &mut Tags, key: &'static str, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
             let mut text = [0u8; 15];
@@ -425,31 +408,22 @@ fn ip_text(ip: std::net::IpAddr) -> TagValue {
                 text[len..len + digits.len()].copy_from_slice(digits);
                 len += digits.len();
             }
-            TagValue::text(std::str::from_utf8(&text[..len]).unwrap_or(""))
+            tags.push(key, std::str::from_utf8(&text[..len]).unwrap_or(""));
         }
-        std::net::IpAddr::V6(v6) => TagValue::Owned(v6.to_string()),
+        std::net::IpAddr::V6(v6) => tags.push(key, &v6.to_string()),
     }
 }
 
-/// A header's value as a tag: valid UTF-8 (nearly always) is taken as it is, in place when
-/// short; anything else is made valid.
-fn header_text(headers: &HeaderMap, name: &HeaderName) -> Option<TagValue> {
-    value_text(headers.get(name)?)
-}
-
-/// [`header_text`] of a value in hand; `None` when it is empty.
-fn value_text(value: &HeaderValue) -> Option<TagValue> {
-    if value.is_empty() {
-        return None;
+/// A header's value as a tag, left out when empty: valid UTF-8 (nearly always) is taken as
+/// it is; anything else is made valid.
+pub(crate) fn push_header(tags: &mut Tags, key: &'static str, value: &HeaderValue) {
+    // `from_utf8` first: `from_utf8_lossy` walks even valid text in chunks, several times
+    // slower.
+    match std::str::from_utf8(value.as_bytes()) {
+        Ok("") => {}
+        Ok(text) => tags.push(key, text),
+        Err(_) => tags.push(key, &String::from_utf8_lossy(value.as_bytes())),
     }
-    Some(match std::str::from_utf8(value.as_bytes()) {
-        Ok(text) => TagValue::text(text),
-        Err(_) => TagValue::Owned(lossy(value)),
-    })
-}
-
-fn lossy(value: &HeaderValue) -> String {
-    String::from_utf8_lossy(value.as_bytes()).into_owned()
 }
 
 /// The first `max` characters of `s`.

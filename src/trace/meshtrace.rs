@@ -1,6 +1,7 @@
 //! MeshTrace's per-proxy settings in the data path: the sampling knobs and the user tags.
 //! Built once per policy; per request only the decision and the header lookups remain.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -10,7 +11,7 @@ use http::header::HeaderName;
 use super::b3::SamplingState;
 use super::layer::TracedBackend;
 use super::sampler::{self, Decision, Knobs};
-use super::span::TagValue;
+use super::span::Tags;
 
 /// Envoy's header that asks for client sampling.
 pub const X_CLIENT_TRACE_ID: HeaderName = HeaderName::from_static("x-client-trace-id");
@@ -74,25 +75,27 @@ impl MeshTraceSettings {
     }
 
     /// Appends the user and automatic tags for one request (empty values left out).
-    pub fn push_tags(&self, headers: &HeaderMap, out: &mut Vec<(&'static str, TagValue)>) {
+    pub fn push_tags(&self, headers: &HeaderMap, out: &mut Tags) {
         for tag in &self.tags {
             let value = match &tag.source {
-                TagSource::Literal(v) => TagValue::Shared(v.clone()),
+                TagSource::Literal(v) => Cow::Borrowed(&**v),
                 TagSource::Header { name, default } => {
                     match headers.get(name).map(|v| v.as_bytes()) {
+                        // `from_utf8` first: `from_utf8_lossy` walks even valid text in
+                        // chunks, several times slower.
                         Some(bytes) if !bytes.is_empty() => match std::str::from_utf8(bytes) {
-                            Ok(text) => TagValue::text(text),
-                            Err(_) => TagValue::Owned(String::from_utf8_lossy(bytes).into_owned()),
+                            Ok(text) => Cow::Borrowed(text),
+                            Err(_) => String::from_utf8_lossy(bytes),
                         },
                         _ => match default {
-                            Some(d) => TagValue::Shared(d.clone()),
+                            Some(d) => Cow::Borrowed(&**d),
                             None => continue,
                         },
                     }
                 }
             };
-            if !value.as_str().is_empty() {
-                out.push((tag.name, value));
+            if !value.is_empty() {
+                out.push(tag.name, &value);
             }
         }
     }

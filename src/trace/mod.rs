@@ -14,7 +14,7 @@ pub mod w3c;
 
 pub use context::Format;
 pub use layer::{TraceConfig, TracedBackend, Tracer};
-pub use span::{Span, SpanKind, TagValue};
+pub use span::{Span, SpanKind, Tags};
 
 /// Where finished spans go. Implemented by the exporter; must never block or wait: the data
 /// path calls it as a request ends.

@@ -74,7 +74,7 @@ impl Serialize for Meta<'_> {
         let wide = span.trace_id.wide;
         let mut map = serializer.serialize_map(Some(span.tags.len() + 1 + usize::from(wide)))?;
         for (key, value) in &span.tags {
-            map.serialize_entry(key, value.as_str())?;
+            map.serialize_entry(key, value)?;
         }
         map.serialize_entry(
             "span.kind",

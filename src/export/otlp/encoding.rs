@@ -259,9 +259,8 @@ pub fn attributes<'a>(
     let mut known = Known::default();
     let mut status = None;
     for (key, value) in &span.tags {
-        let value = value.as_str();
         attribute(key, text(value));
-        let slot = match *key {
+        let slot = match key {
             "http.method" => &mut known.method,
             "http.status_code" => &mut status,
             "http.protocol" => &mut known.protocol,

@@ -311,36 +311,30 @@ mod tests {
     use crate::export::otlp::encoding::request;
     use crate::policy::effective::Direction;
     use crate::trace::id::{SpanId, TraceId};
-    use crate::trace::{Span, SpanKind, TagValue};
+    use crate::trace::{Span, SpanKind, Tags};
 
     fn span(n: u64) -> Span {
         let inbound = n.is_multiple_of(2);
-        let mut tags = vec![
-            ("node_id", TagValue::Static("default.web-1")),
-            ("component", TagValue::Static("proxy")),
-            (
-                "http.url",
-                TagValue::Owned(format!("http://backend.mesh/p/{n}?q={n}")),
-            ),
-            ("http.method", TagValue::Static("POST")),
-            ("http.protocol", TagValue::Static("HTTP/2")),
-            ("user_agent", TagValue::Static("")),
-            (
-                "http.status_code",
-                TagValue::text(
-                    &(if n.is_multiple_of(5) {
-                        503
-                    } else {
-                        200 + n % 300
-                    })
-                    .to_string(),
-                ),
-            ),
-            ("response_flags", TagValue::Static("-")),
-        ];
+        let mut tags: Tags = [
+            ("node_id", "default.web-1"),
+            ("component", "proxy"),
+            ("http.url", &format!("http://backend.mesh/p/{n}?q={n}")),
+            ("http.method", "POST"),
+            ("http.protocol", "HTTP/2"),
+            ("user_agent", ""),
+        ]
+        .into_iter()
+        .collect();
+        let status = if n.is_multiple_of(5) {
+            503
+        } else {
+            200 + n % 300
+        };
+        tags.push_u64("http.status_code", status);
+        tags.push("response_flags", "-");
         if n.is_multiple_of(3) {
-            tags.push(("grpc.status_code", TagValue::Static("14")));
-            tags.push(("grpc.message", TagValue::Static("upstream gone")));
+            tags.push("grpc.status_code", "14");
+            tags.push("grpc.message", "upstream gone");
         }
         Span {
             trace_id: TraceId {
@@ -406,8 +400,7 @@ mod tests {
         tiny.trace_state = None;
         tiny.name = "a".into();
         let mut huge = span(2);
-        huge.tags
-            .push(("http.url", TagValue::Owned("x".repeat(20_000))));
+        huge.tags.push("http.url", &"x".repeat(20_000));
         let spans = [tiny, huge, span(3)];
         let lengths: Vec<usize> = request(&spans).resource_spans[0].scope_spans[0]
             .spans
@@ -441,7 +434,7 @@ mod tests {
                 .map(|(i, (key_len, value_len))| {
                     let mut span = span(i as u64 % services + 1);
                     let key: &'static str = "k".repeat(*key_len).leak();
-                    span.tags.push((key, TagValue::Owned("v".repeat(*value_len))));
+                    span.tags.push(key, &"v".repeat(*value_len));
                     span
                 })
                 .collect();

@@ -43,23 +43,23 @@ fn write_span(span: &Span, shared: &mut Out<'_>) {
         SpanKind::Server => b"\",\"kind\":\"SERVER\",\"name\":",
         SpanKind::Client => b"\",\"kind\":\"CLIENT\",\"name\":",
     });
-    write_str(out, &span.name);
+    write_str(out, span.name.as_bytes());
     out.bytes(b",\"timestamp\":");
     write_u64(out, span.timestamp_us);
     out.bytes(b",\"duration\":");
     write_u64(out, span.duration_us);
     out.bytes(b",\"localEndpoint\":{\"serviceName\":");
-    write_str(out, &span.local_service);
+    write_str(out, span.local_service.as_bytes());
     out.byte(b'}');
     if let Some(remote) = &span.remote_service {
         out.bytes(b",\"remoteEndpoint\":{\"serviceName\":");
-        write_str(out, remote);
+        write_str(out, remote.as_bytes());
         out.byte(b'}');
     }
     if !span.tags.is_empty() {
         out.bytes(b",\"tags\":{");
-        for (key, value) in &span.tags {
-            write_tag(out, key, value.as_str());
+        for (key, value) in span.tags.iter_bytes() {
+            write_tag(out, key, value);
         }
         // The last tag's comma becomes the closing brace.
         out.at -= 1;
@@ -80,8 +80,8 @@ fn write_span(span: &Span, shared: &mut Out<'_>) {
 /// needs escaping, so they are copied, not scanned. Most values need no escaping either and
 /// are short: the pair is then written with one bounds check and no call to `memcpy`.
 #[inline(always)]
-fn write_tag(out: &mut Out<'_>, key: &'static str, value: &str) {
-    let (k, v) = (key.as_bytes(), value.as_bytes());
+fn write_tag(out: &mut Out<'_>, key: &'static str, v: &[u8]) {
+    let k = key.as_bytes();
     debug_assert!(!needs_escape(k), "tag key {key:?}");
     if k.len() <= SHORT && v.len() <= SHORT && !needs_escape(v) {
         let end = out.at + 1 + k.len() + 3 + v.len() + 2;
@@ -101,7 +101,7 @@ fn write_tag(out: &mut Out<'_>, key: &'static str, value: &str) {
     out.byte(b'"');
     out.text(k);
     out.bytes(b"\":");
-    write_str(out, value);
+    write_str(out, v);
     out.byte(b',');
 }
 
@@ -109,12 +109,11 @@ fn write_u64(out: &mut Out<'_>, value: u64) {
     out.text(itoa::Buffer::new().format(value).as_bytes());
 }
 
-/// A JSON string (RFC 8259): quotes, backslashes and control characters escaped; any other
-/// UTF-8 passes as it is. The common case (short, nothing to escape) is one scan, one bounds
-/// check and one copy.
+/// A JSON string (RFC 8259) from UTF-8 text: quotes, backslashes and control characters
+/// escaped; any other UTF-8 passes as it is. The common case (short, nothing to escape) is one
+/// scan, one bounds check and one copy.
 #[inline(always)]
-fn write_str(out: &mut Out<'_>, s: &str) {
-    let bytes = s.as_bytes();
+fn write_str(out: &mut Out<'_>, bytes: &[u8]) {
     let n = bytes.len();
     if n <= SHORT
         && !needs_escape(bytes)
@@ -215,11 +214,11 @@ mod tests {
     use crate::export::out::written;
     use crate::policy::effective::Direction;
     use crate::trace::id::{SpanId, TraceId};
-    use crate::trace::{Span, SpanKind, TagValue};
+    use crate::trace::{Span, SpanKind};
 
     fn json(s: &str) -> String {
         // A first size too small for most strings: the second write must give the same.
-        let out = written(4, |out| write_str(out, s));
+        let out = written(4, |out| write_str(out, s.as_bytes()));
         String::from_utf8(out).unwrap_or_default()
     }
 
@@ -287,7 +286,7 @@ mod tests {
             let tags: serde_json::Map<_, _> = span
                 .tags
                 .iter()
-                .map(|(k, t)| (k.to_string(), t.as_str().into()))
+                .map(|(k, t)| (k.to_string(), t.into()))
                 .collect();
             v["tags"] = tags.into();
         }
@@ -356,8 +355,8 @@ mod tests {
                     shared,
                     debug,
                     error: false,
-                    tags: std::iter::once(("http.url", TagValue::Owned(url)))
-                        .chain(tags.into_iter().map(|(k, v)| (KEYS[k], TagValue::Owned(v))))
+                    tags: std::iter::once(("http.url", url))
+                        .chain(tags.into_iter().map(|(k, v)| (KEYS[k], v)))
                         .collect(),
                     trace_state: None,
                 },
@@ -396,10 +395,9 @@ mod tests {
             shared: true,
             debug: true,
             error: false,
-            tags: vec![
-                ("component", TagValue::Static("proxy")),
-                ("http.method", TagValue::Static("GET")),
-            ],
+            tags: [("component", "proxy"), ("http.method", "GET")]
+                .into_iter()
+                .collect(),
             trace_state: None,
         };
         let text = String::from_utf8(encode(&[span]).to_vec()).unwrap_or_default();

@@ -96,7 +96,7 @@ pub fn to_proto(span: &Span) -> ProtoSpan {
         tags: span
             .tags
             .iter()
-            .map(|(k, v)| ((*k).to_string(), v.as_str().to_string()))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         debug: span.debug,
         shared: span.shared,
