@@ -865,6 +865,43 @@ async fn an_upstream_too_slow_for_the_request_timeout_gets_504_ut_and_the_connec
     assert_eq!((ends[0].status, ends[0].flags.as_str()), (504, "UT"));
 }
 
+#[tokio::test]
+async fn the_head_read_and_the_upstream_keep_their_own_deadlines_from_request_to_request() {
+    // A connection's head read deadline and its upstream deadline are moved per request:
+    // after an idle wait the upstream's (300 ms) must not be the head read's (2 s from the
+    // start of the wait), and after a forwarded request the head read's must not be the
+    // upstream's, long past.
+    let upstream = Scripted::start(|r| match r.path.as_str() {
+        "/hang" => Reply::Hang,
+        _ => ok("fine"),
+    })
+    .await;
+    let mut config = config(true);
+    config.request_timeout = Some(Duration::from_millis(300));
+    config.limits.header_read_timeout = Duration::from_secs(2);
+    let (proxy, _observed) = inbound_with(upstream.address, &config).await;
+
+    let mut client = Raw::connect(proxy.address(0)).await;
+    assert_eq!(client.exchange(&get("/fine")).await.data, b"fine");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(client.exchange(&get("/hang")).await.status, 504);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1_500),
+        "504 after {waited:?}"
+    );
+
+    let started = std::time::Instant::now();
+    client.send(b"GET /fine HTTP/1.1\r\nhost: a\r\n").await;
+    assert!(client.closes().await, "a head never finished is cut off");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1_800),
+        "cut off after {waited:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Drain
 // ---------------------------------------------------------------------------------------------
