@@ -839,18 +839,24 @@ async fn a_garbage_response_head_gives_503_uc_and_the_proxy_serves_on() {
     assert_eq!((ends[0].status, ends[0].flags.as_str()), (503, "UC"));
 }
 
-#[tokio::test]
-async fn an_upstream_too_slow_for_the_request_timeout_gets_504_ut_and_the_connection_goes_on() {
-    // The request timeout bounds the wait for a response head on the fast path too; the
-    // client's connection survives it.
+/// A proxy with a 300 ms request timeout in front of an upstream that never answers `/hang`
+/// and answers `fine` to anything else.
+async fn with_a_hanging_path(mut config: ProxyConfig) -> (Scripted, harness::Proxy, Observed) {
     let upstream = Scripted::start(|r| match r.path.as_str() {
         "/hang" => Reply::Hang,
         _ => ok("fine"),
     })
     .await;
-    let mut config = config(true);
     config.request_timeout = Some(Duration::from_millis(300));
     let (proxy, observed) = inbound_with(upstream.address, &config).await;
+    (upstream, proxy, observed)
+}
+
+#[tokio::test]
+async fn an_upstream_too_slow_for_the_request_timeout_gets_504_ut_and_the_connection_goes_on() {
+    // The request timeout bounds the wait for a response head on the fast path too; the
+    // client's connection survives it.
+    let (_upstream, proxy, observed) = with_a_hanging_path(config(true)).await;
     let mut client = Raw::connect(proxy.address(0)).await;
     let started = std::time::Instant::now();
     let slow = client.exchange(&get("/hang")).await;
@@ -871,15 +877,9 @@ async fn the_head_read_and_the_upstream_keep_their_own_deadlines_from_request_to
     // after an idle wait the upstream's (300 ms) must not be the head read's (2 s from the
     // start of the wait), and after a forwarded request the head read's must not be the
     // upstream's, long past.
-    let upstream = Scripted::start(|r| match r.path.as_str() {
-        "/hang" => Reply::Hang,
-        _ => ok("fine"),
-    })
-    .await;
     let mut config = config(true);
-    config.request_timeout = Some(Duration::from_millis(300));
     config.limits.header_read_timeout = Duration::from_secs(2);
-    let (proxy, _observed) = inbound_with(upstream.address, &config).await;
+    let (_upstream, proxy, _observed) = with_a_hanging_path(config).await;
 
     let mut client = Raw::connect(proxy.address(0)).await;
     assert_eq!(client.exchange(&get("/fine")).await.data, b"fine");
