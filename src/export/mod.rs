@@ -93,6 +93,33 @@ pub struct Encoded {
 /// A wire format.
 pub trait Encode: Send + Sync + 'static {
     fn encode(&self, spans: &[Span]) -> Encoded;
+
+    /// The same format written a few spans at a time, when a payload is its spans one after
+    /// another between a fixed start and end (Zipkin's list of spans).
+    fn pieces(&self) -> Option<&dyn Pieces> {
+        None
+    }
+}
+
+/// A wire format whose payload can be written in pieces: `open`, `append` as many times as
+/// there are pieces, `close`. The same bytes as [`Encode::encode`] of all the spans at once.
+pub trait Pieces: Send + Sync {
+    /// Starts a payload of `spans` spans, and makes room for them.
+    fn open(&self, body: &mut Vec<u8>, spans: usize);
+    fn append(&self, body: &mut Vec<u8>, spans: &[Span]);
+    fn close(&self, body: &mut Vec<u8>);
+    fn headers(&self) -> Vec<(HeaderName, HeaderValue)>;
+}
+
+/// Spans a worker encodes, or drops, before it lets the other tasks of its thread run. With
+/// one worker thread the exporter shares it with the data path: a request that arrives during
+/// a flush then waits for one piece (tens of microseconds), not for a whole batch of hundreds
+/// of spans.
+const PIECE: usize = 32;
+
+/// Lets the thread's other tasks (the data path's) run before going on.
+async fn let_others_run() {
+    tokio::task::yield_now().await;
 }
 
 /// What the collector made of a payload it accepted.
@@ -392,7 +419,30 @@ impl Worker {
         if batch.is_empty() {
             return;
         }
-        let encoded = self.target.encoder.encode(batch);
+        let encoded = match self.target.encoder.pieces() {
+            Some(pieces) if batch.len() > PIECE => {
+                let mut body = Vec::new();
+                pieces.open(&mut body, batch.len());
+                for piece in batch.chunks(PIECE) {
+                    pieces.append(&mut body, piece);
+                    let_others_run().await;
+                }
+                pieces.close(&mut body);
+                Encoded {
+                    payloads: vec![Payload {
+                        body: body.into(),
+                        spans: batch.len(),
+                        headers: pieces.headers(),
+                    }],
+                    too_large: 0,
+                }
+            }
+            _ => self.target.encoder.encode(batch),
+        };
+        while batch.len() > PIECE {
+            batch.truncate(batch.len() - PIECE);
+            let_others_run().await;
+        }
         batch.clear();
         if encoded.too_large > 0 {
             self.metrics
@@ -592,4 +642,107 @@ impl Exporters {
 
 fn backend_key(backend: &Backend) -> String {
     serde_json::to_string(backend).unwrap_or_else(|_| backend.name.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::{
+        BackendMetrics, Delivered, ExportSettings, Payload, SendFuture, Target, Transport, Worker,
+        zipkin,
+    };
+    use crate::metrics::Metrics;
+    use crate::policy::effective::{ApiVersion, Direction};
+    use crate::trace::id::{SpanId, TraceId};
+    use crate::trace::{Span, SpanKind};
+
+    /// Notes how often the other task had run when the payload was sent.
+    struct Noting {
+        ticks: Arc<AtomicUsize>,
+        seen: Arc<AtomicUsize>,
+    }
+
+    impl Transport for Noting {
+        fn send<'a>(&'a self, _: &'a Payload, _: Duration) -> SendFuture<'a> {
+            self.seen
+                .store(self.ticks.load(Ordering::SeqCst), Ordering::SeqCst);
+            Box::pin(async { Ok(Delivered::default()) })
+        }
+
+        fn destination(&self) -> String {
+            "noted".into()
+        }
+    }
+
+    fn span(n: u64) -> Span {
+        Span {
+            trace_id: TraceId {
+                high: 0,
+                low: n + 1,
+                wide: false,
+            },
+            id: SpanId(n + 1),
+            parent_id: None,
+            kind: SpanKind::Server,
+            direction: Direction::Inbound,
+            name: "web".into(),
+            timestamp_us: 1,
+            duration_us: 1,
+            local_service: Arc::from("web"),
+            remote_service: None,
+            shared: false,
+            debug: false,
+            error: false,
+            tags: [("http.url", "http://web/")].into_iter().collect(),
+            trace_state: None,
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_flush_lets_the_threads_other_tasks_run_between_pieces_of_the_batch() {
+        // With one worker thread, the data path's tasks share it with the exporter: they
+        // must get their turn while a large batch is written, not only once it is out.
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let other = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut worker = Worker {
+            target: Target {
+                name: "noted".into(),
+                encoder: Box::new(zipkin::Zipkin::new(ApiVersion::HttpJson)),
+                transport: Box::new(Noting {
+                    ticks: ticks.clone(),
+                    seen: seen.clone(),
+                }),
+            },
+            settings: ExportSettings::default(),
+            metrics: Arc::new(BackendMetrics::new(&Metrics::new(), "noted")),
+            rx,
+            drain: crate::drain::channel().1,
+            failures_since_warn: 0,
+            last_warn: None,
+        };
+        let mut batch: Vec<Span> = (0..super::PIECE as u64 * 8).map(span).collect();
+        let before = ticks.load(Ordering::SeqCst);
+        worker.flush(&mut batch).await;
+        other.abort();
+        // A turn after each of the 8 pieces written, and after each of the 7 pieces dropped
+        // before the last.
+        assert!(
+            seen.load(Ordering::SeqCst) - before >= 15,
+            "the other task ran {} times before the send",
+            seen.load(Ordering::SeqCst) - before
+        );
+    }
 }

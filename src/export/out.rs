@@ -5,24 +5,33 @@
 //! lengths, varints) are OTLP's own (`otlp/wire.rs`).
 
 /// What `write` writes, into `size` bytes if it fits, else once more into as many as it took.
-pub(super) fn written(mut size: usize, write: impl Fn(&mut Out<'_>)) -> Vec<u8> {
+pub(super) fn written(size: usize, write: impl Fn(&mut Out<'_>)) -> Vec<u8> {
+    let mut buf = Vec::new();
+    write_onto(&mut buf, size, write);
+    buf
+}
+
+/// [`written`], appended to `buf`.
+pub(super) fn write_onto(buf: &mut Vec<u8>, mut size: usize, write: impl Fn(&mut Out<'_>)) {
+    let start = buf.len();
     loop {
-        let mut buf = vec![0; size];
+        buf.resize(start + size, 0);
         let mut out = Out {
-            buf: &mut buf,
+            buf: &mut buf[start..],
             at: 0,
             short: false,
             reach: 0,
         };
         write(&mut out);
         if !out.short {
-            let written = out.at;
-            buf.truncate(written);
-            return buf;
+            let end = start + out.at;
+            buf.truncate(end);
+            return;
         }
         // `at` counted every byte, written or not; a length written in fewer bytes than
         // guessed took some back, after the content had reached further.
         size = out.reach.max(out.at);
+        buf.truncate(start);
     }
 }
 

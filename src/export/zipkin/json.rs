@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use crate::export::out::{Out, SHORT, copy_short, word, written};
+use crate::export::out::{Out, SHORT, copy_short, word, write_onto};
 use crate::trace::{Span, SpanKind};
 
 /// Bytes a span takes, for the output's first size (one with Envoy's tags takes 700–900); a
@@ -13,17 +13,34 @@ const SPAN_BYTES: usize = 1024;
 
 /// A JSON array of spans.
 pub fn encode(spans: &[Span]) -> Bytes {
-    written(spans.len() * SPAN_BYTES + 2, |out| {
-        out.byte(b'[');
+    let mut body = Vec::new();
+    open(&mut body, spans.len());
+    append(&mut body, spans);
+    close(&mut body);
+    body.into()
+}
+
+/// Starts an array of `spans` spans, and makes room for them.
+pub(super) fn open(body: &mut Vec<u8>, spans: usize) {
+    body.reserve(spans * SPAN_BYTES + 2);
+    body.push(b'[');
+}
+
+/// More spans of the array [`open`] started.
+pub(super) fn append(body: &mut Vec<u8>, spans: &[Span]) {
+    let comma = body.last() != Some(&b'[');
+    write_onto(body, spans.len() * SPAN_BYTES + 1, |out| {
         for (i, span) in spans.iter().enumerate() {
-            if i > 0 {
+            if i > 0 || comma {
                 out.byte(b',');
             }
             write_span(span, out);
         }
-        out.byte(b']');
-    })
-    .into()
+    });
+}
+
+pub(super) fn close(body: &mut Vec<u8>) {
+    body.push(b']');
 }
 
 fn write_span(span: &Span, shared: &mut Out<'_>) {
@@ -364,6 +381,42 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The exporter writes a batch a few spans at a time: any split, in either Zipkin
+        /// encoding, gives the bytes of the whole batch written at once.
+        #[test]
+        fn a_batch_written_in_pieces_is_the_batch_written_at_once(
+            spans in proptest::collection::vec(any_span(), 1..8),
+            piece in 1usize..8,
+        ) {
+            use crate::export::{Encode, Pieces};
+            use crate::export::zipkin::Zipkin;
+            use crate::policy::effective::ApiVersion;
+
+            for api in [ApiVersion::HttpJson, ApiVersion::HttpProto] {
+                let zipkin = Zipkin::new(api);
+                let mut body = Vec::new();
+                zipkin.open(&mut body, spans.len());
+                for chunk in spans.chunks(piece) {
+                    zipkin.append(&mut body, chunk);
+                }
+                zipkin.close(&mut body);
+                let whole = zipkin.encode(&spans);
+                let whole = &whole.payloads[0].body[..];
+                match api {
+                    ApiVersion::HttpJson => proptest::prop_assert_eq!(&body[..], whole),
+                    // A span's tags are a protobuf map, written in a hash map's order: the
+                    // same list, not the same bytes.
+                    ApiVersion::HttpProto => {
+                        use crate::export::zipkin::proto::ListOfSpans;
+                        use prost::Message;
+                        let read = ListOfSpans::decode(&body[..]).ok();
+                        proptest::prop_assert!(read.is_some());
+                        proptest::prop_assert_eq!(read, ListOfSpans::decode(whole).ok());
+                    }
+                }
+            }
+        }
+
         #[test]
         fn any_batch_reads_back_as_the_spans_it_was_written_from(
             spans in proptest::collection::vec(any_span(), 0..6)

@@ -104,9 +104,17 @@ pub fn to_proto(span: &Span) -> ProtoSpan {
 }
 
 pub fn encode(spans: &[Span]) -> Bytes {
-    ListOfSpans {
+    let mut body = Vec::new();
+    append(&mut body, spans);
+    body.into()
+}
+
+/// More spans of a `ListOfSpans`: its only field is the repeated span, so a list is its
+/// spans' fields one after another, and lists written one after another are one list.
+pub(super) fn append(body: &mut Vec<u8>, spans: &[Span]) {
+    let list = ListOfSpans {
         spans: spans.iter().map(to_proto).collect(),
-    }
-    .encode_to_vec()
-    .into()
+    };
+    body.reserve(list.encoded_len());
+    list.encode_raw(body);
 }
