@@ -111,16 +111,11 @@ pub trait Pieces: Send + Sync {
     fn headers(&self) -> Vec<(HeaderName, HeaderValue)>;
 }
 
-/// Spans a worker encodes, or drops, before it lets the other tasks of its thread run. With
-/// one worker thread the exporter shares it with the data path: a request that arrives during
-/// a flush then waits for one piece (tens of microseconds), not for a whole batch of hundreds
-/// of spans.
+/// Spans a worker writes and drops, at the least, before it lets the other tasks of its thread
+/// run. With one worker thread the exporter shares it with the data path: a request that
+/// arrives during a flush then waits for one piece (tens of microseconds), not for a whole
+/// batch of hundreds of spans.
 const PIECE: usize = 32;
-
-/// Lets the thread's other tasks (the data path's) run before going on.
-async fn let_others_run() {
-    tokio::task::yield_now().await;
-}
 
 /// What the collector made of a payload it accepted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -421,29 +416,39 @@ impl Worker {
         }
         let encoded = match self.target.encoder.pieces() {
             Some(pieces) if batch.len() > PIECE => {
+                let spans = batch.len();
                 let mut body = Vec::new();
-                pieces.open(&mut body, batch.len());
-                for piece in batch.chunks(PIECE) {
-                    pieces.append(&mut body, piece);
-                    let_others_run().await;
+                pieces.open(&mut body, spans);
+                // Each piece is written, then dropped, before the next turn.
+                let mut piece = Vec::with_capacity(PIECE);
+                let mut size = PIECE;
+                let mut rest = batch.drain(..);
+                loop {
+                    piece.extend(rest.by_ref().take(size));
+                    pieces.append(&mut body, &piece);
+                    piece.clear();
+                    if rest.len() == 0 {
+                        break;
+                    }
+                    size = self.let_others_run().await;
                 }
+                drop(rest);
                 pieces.close(&mut body);
                 Encoded {
                     payloads: vec![Payload {
                         body: body.into(),
-                        spans: batch.len(),
+                        spans,
                         headers: pieces.headers(),
                     }],
                     too_large: 0,
                 }
             }
-            _ => self.target.encoder.encode(batch),
+            _ => {
+                let encoded = self.target.encoder.encode(batch);
+                batch.clear();
+                encoded
+            }
         };
-        while batch.len() > PIECE {
-            batch.truncate(batch.len() - PIECE);
-            let_others_run().await;
-        }
-        batch.clear();
         if encoded.too_large > 0 {
             self.metrics
                 .dropped_too_large
@@ -471,6 +476,19 @@ impl Worker {
             }
             self.metrics.settle(spans);
         }
+    }
+
+    /// Lets the thread's other tasks (the data path's) run, and says how many spans to take on
+    /// before the next turn: [`PIECE`], or as many as the data path queued meanwhile if that is
+    /// more, so that the worker keeps up however many requests a turn serves. With the queue
+    /// half full already, the rest of the batch is done without turns.
+    async fn let_others_run(&self) -> usize {
+        let queued = self.rx.len();
+        if queued * 2 > self.rx.max_capacity() {
+            return usize::MAX;
+        }
+        tokio::task::yield_now().await;
+        PIECE.max(self.rx.len().saturating_sub(queued))
     }
 
     /// Sends one payload, retrying what the transport calls transient. Returns what the
@@ -717,7 +735,54 @@ mod tests {
             }
         });
         let (_tx, rx) = tokio::sync::mpsc::channel(1);
-        let mut worker = Worker {
+        let mut worker = noting_worker(rx, &ticks, &seen);
+        let mut batch: Vec<Span> = (0..super::PIECE as u64 * 8).map(span).collect();
+        let before = ticks.load(Ordering::SeqCst);
+        worker.flush(&mut batch).await;
+        other.abort();
+        // A turn after each of the 8 pieces but the last.
+        assert!(
+            seen.load(Ordering::SeqCst) - before >= 7,
+            "the other task ran {} times before the send",
+            seen.load(Ordering::SeqCst) - before
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_flush_takes_on_as_many_spans_a_turn_as_the_data_path_queued_meanwhile() {
+        // However many requests one turn of the thread serves, the worker must write at least
+        // as many spans before the next: else the queue fills and spans are dropped.
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = tokio::sync::mpsc::channel(8_192);
+        let other = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                    for n in 0..100 {
+                        let _ = tx.try_send(span(n));
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let mut worker = noting_worker(rx, &ticks, &seen);
+        let mut batch: Vec<Span> = (0..512).map(span).collect();
+        let before = ticks.load(Ordering::SeqCst);
+        worker.flush(&mut batch).await;
+        other.abort();
+        // 32 spans, then at least 100 a turn: 6 pieces, 5 turns.
+        let turns = seen.load(Ordering::SeqCst) - before;
+        assert!((1..=5).contains(&turns), "{turns} turns for 512 spans");
+    }
+
+    fn noting_worker(
+        rx: tokio::sync::mpsc::Receiver<Span>,
+        ticks: &Arc<AtomicUsize>,
+        seen: &Arc<AtomicUsize>,
+    ) -> Worker {
+        Worker {
             target: Target {
                 name: "noted".into(),
                 encoder: Box::new(zipkin::Zipkin::new(ApiVersion::HttpJson)),
@@ -732,17 +797,6 @@ mod tests {
             drain: crate::drain::channel().1,
             failures_since_warn: 0,
             last_warn: None,
-        };
-        let mut batch: Vec<Span> = (0..super::PIECE as u64 * 8).map(span).collect();
-        let before = ticks.load(Ordering::SeqCst);
-        worker.flush(&mut batch).await;
-        other.abort();
-        // A turn after each of the 8 pieces written, and after each of the 7 pieces dropped
-        // before the last.
-        assert!(
-            seen.load(Ordering::SeqCst) - before >= 15,
-            "the other task ran {} times before the send",
-            seen.load(Ordering::SeqCst) - before
-        );
+        }
     }
 }
