@@ -228,12 +228,16 @@ fn first_tags(
 ) -> Tags {
     let user_tags = backend.meshtrace.as_ref().map_or(0, |m| m.tags.len());
     let grpc = if grpc { 3 } else { 0 };
-    let path = head.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    // `http.url` keeps at most MAX_PATH_CHARS of the path, most often one byte each.
+    let path = head
+        .uri
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len().min(MAX_PATH_CHARS));
     let mut tags = Tags::with_capacity(14 + grpc + user_tags, tracer.node_id.len() + path + 320);
     tags.push("node_id", &tracer.node_id);
     tags.push("component", "proxy");
     if let Some(id) = request_id {
-        push_header(&mut tags, "guid:x-request-id", id);
+        tags.push_header("guid:x-request-id", id);
     }
     tags
 }
@@ -288,7 +292,7 @@ impl Recording {
             },
         );
         if let Some(agent) = head.headers.get(header::USER_AGENT) {
-            push_header(&mut tags, "user_agent", agent);
+            tags.push_header("user_agent", agent);
         }
         push_ip(&mut tags, "peer.address", peer.ip());
         if grpc {
@@ -375,10 +379,10 @@ impl Exchange for Recording {
                 .or(grpc_message.as_ref());
             if let Some(code) = status.filter(|v| !v.is_empty()) {
                 grpc_error = GRPC_ERROR_CODES.contains(&code.as_bytes());
-                push_header(tags, "grpc.status_code", code);
+                tags.push_header("grpc.status_code", code);
             }
             if let Some(message) = message.filter(|v| !v.is_empty()) {
-                push_header(tags, "grpc.message", message);
+                tags.push_header("grpc.message", message);
             }
         }
         // A caller that left is an error, as in Envoy, but a cancelled gRPC call is not.
@@ -411,18 +415,6 @@ fn push_ip(tags: &mut Tags, key: &'static str, ip: std::net::IpAddr) {
             tags.push(key, std::str::from_utf8(&text[..len]).unwrap_or(""));
         }
         std::net::IpAddr::V6(v6) => tags.push(key, &v6.to_string()),
-    }
-}
-
-/// A header's value as a tag, left out when empty: valid UTF-8 (nearly always) is taken as
-/// it is; anything else is made valid.
-pub(crate) fn push_header(tags: &mut Tags, key: &'static str, value: &HeaderValue) {
-    // `from_utf8` first: `from_utf8_lossy` walks even valid text in chunks, several times
-    // slower.
-    match std::str::from_utf8(value.as_bytes()) {
-        Ok("") => {}
-        Ok(text) => tags.push(key, text),
-        Err(_) => tags.push(key, &String::from_utf8_lossy(value.as_bytes())),
     }
 }
 

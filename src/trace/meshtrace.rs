@@ -1,7 +1,6 @@
 //! MeshTrace's per-proxy settings in the data path: the sampling knobs and the user tags.
 //! Built once per policy; per request only the decision and the header lookups remain.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -77,25 +76,21 @@ impl MeshTraceSettings {
     /// Appends the user and automatic tags for one request (empty values left out).
     pub fn push_tags(&self, headers: &HeaderMap, out: &mut Tags) {
         for tag in &self.tags {
-            let value = match &tag.source {
-                TagSource::Literal(v) => Cow::Borrowed(&**v),
-                TagSource::Header { name, default } => {
-                    match headers.get(name).map(|v| v.as_bytes()) {
-                        // `from_utf8` first: `from_utf8_lossy` walks even valid text in
-                        // chunks, several times slower.
-                        Some(bytes) if !bytes.is_empty() => match std::str::from_utf8(bytes) {
-                            Ok(text) => Cow::Borrowed(text),
-                            Err(_) => String::from_utf8_lossy(bytes),
-                        },
-                        _ => match default {
-                            Some(d) => Cow::Borrowed(&**d),
-                            None => continue,
-                        },
+            let text = match &tag.source {
+                TagSource::Literal(v) => v,
+                TagSource::Header { name, default } => match headers.get(name) {
+                    Some(value) if !value.is_empty() => {
+                        out.push_header(tag.name, value);
+                        continue;
                     }
-                }
+                    _ => match default {
+                        Some(d) => d,
+                        None => continue,
+                    },
+                },
             };
-            if !value.is_empty() {
-                out.push(tag.name, &value);
+            if !text.is_empty() {
+                out.push(tag.name, text);
             }
         }
     }
