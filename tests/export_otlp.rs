@@ -768,7 +768,6 @@ async fn shutdown_flushes_what_is_queued() {
     let receiver = Receiver::start().await;
     let settings = ExportSettings {
         interval: Duration::from_secs(3600),
-        linger: Duration::from_secs(3600),
         ..settings()
     };
     let metrics = export(

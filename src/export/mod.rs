@@ -1,10 +1,11 @@
 //! Getting spans out, never in a request's way.
 //!
 //! One exporter per backend: a bounded queue fed by a non-blocking `try_send` from the data
-//! path, and a worker that sends a batch when it is full or on an interval, retries transient
-//! failures (connect errors, timeouts, 429, 5xx) with capped exponential backoff, and counts
-//! every span it could not deliver by reason. For every backend, at rest:
-//! `sampled = exported + dropped` (all reasons).
+//! path ([`queue`]: Zipkin spans are written into their batch's payload there and then), and a
+//! worker that sends a batch when it is full or on an interval, retries transient failures
+//! (connect errors, timeouts, 429, 5xx) with capped exponential backoff, and counts every span
+//! it could not deliver by reason. For every backend, at rest: `sampled = exported + dropped`
+//! (all reasons).
 //!
 //! What differs between backends is the wire format ([`Encode`]) and how a payload travels
 //! ([`Transport`]: an HTTP POST, or OTLP over HTTP or gRPC with its own retry rules).
@@ -13,6 +14,7 @@ pub mod client;
 pub mod datadog;
 pub mod otlp;
 mod out;
+mod queue;
 pub mod zipkin;
 
 use std::future::Future;
@@ -26,10 +28,10 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use self::client::Failure;
+use self::queue::{Queue, Refused};
 use crate::drain;
 use crate::metrics::{BackendLabels, DropReason, DroppedLabels, ExportLabels, Metrics};
 use crate::policy::effective::{Backend, BackendConf, redact_userinfo};
@@ -42,11 +44,6 @@ pub struct ExportSettings {
     pub queue_capacity: usize,
     pub batch_size: usize,
     pub interval: Duration,
-    /// After taking what the queue held, the worker waits this long before it looks again,
-    /// so spans are taken by the hundred rather than woken for one by one. Far below
-    /// `interval`; at 8,192 queued spans it would take over a million spans a second to fill
-    /// the queue meanwhile.
-    pub linger: Duration,
     pub max_tries: u32,
     /// No retry starts after this long since the first try.
     pub retry_budget: Duration,
@@ -64,7 +61,6 @@ impl Default for ExportSettings {
             queue_capacity: 8192,
             batch_size: 512,
             interval: Duration::from_secs(1),
-            linger: Duration::from_millis(5),
             max_tries: 3,
             retry_budget: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
@@ -94,8 +90,8 @@ pub struct Encoded {
 pub trait Encode: Send + Sync + 'static {
     fn encode(&self, spans: &[Span]) -> Encoded;
 
-    /// The same format written a few spans at a time, when a payload is its spans one after
-    /// another between a fixed start and end (Zipkin's list of spans).
+    /// The same format written a span at a time as spans are queued, when a payload is its
+    /// spans one after another between a fixed start and end (Zipkin's list of spans).
     fn pieces(&self) -> Option<&dyn Pieces> {
         None
     }
@@ -104,18 +100,12 @@ pub trait Encode: Send + Sync + 'static {
 /// A wire format whose payload can be written in pieces: `open`, `append` as many times as
 /// there are pieces, `close`. The same bytes as [`Encode::encode`] of all the spans at once.
 pub trait Pieces: Send + Sync {
-    /// Starts a payload of `spans` spans, and makes room for them.
+    /// Starts a payload of up to `spans` spans, and makes room for them.
     fn open(&self, body: &mut Vec<u8>, spans: usize);
     fn append(&self, body: &mut Vec<u8>, spans: &[Span]);
     fn close(&self, body: &mut Vec<u8>);
     fn headers(&self) -> Vec<(HeaderName, HeaderValue)>;
 }
-
-/// Spans a worker writes and drops, at the least, before it lets the other tasks of its thread
-/// run. With one worker thread the exporter shares it with the data path: a request that
-/// arrives during a flush then waits for one piece (tens of microseconds), not for a whole
-/// batch of hundreds of spans.
-const PIECE: usize = 32;
 
 /// What the collector made of a payload it accepted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -215,30 +205,31 @@ impl BackendMetrics {
     }
 }
 
-/// The data path's side of an exporter.
+/// The data path's side of an exporter. When the last one goes, the queue closes: the worker
+/// delivers what it holds and stops.
 pub struct Handle {
-    tx: mpsc::Sender<Span>,
+    queue: Arc<Queue>,
     metrics: Arc<BackendMetrics>,
 }
 
 impl SpanSink for Handle {
     fn try_send(&self, span: Span) {
         self.metrics.sampled.inc();
-        // Counted before the send: the worker may take it before `try_send` returns.
+        // Counted before the push: the worker may take it before `try_send` returns.
         self.metrics.pending.inc();
-        let sent = self.tx.try_send(span);
-        // The queue's fill as the channel reports it: never above its capacity, whichever of
-        // the sender and the worker writes last.
-        self.metrics
-            .queued
-            .set((self.tx.max_capacity() - self.tx.capacity()) as i64);
-        if let Err(e) = sent {
+        if let Err(refused) = self.queue.push(span) {
             self.metrics.pending.dec();
-            match e {
-                mpsc::error::TrySendError::Full(_) => self.metrics.dropped_queue_full.inc(),
-                mpsc::error::TrySendError::Closed(_) => self.metrics.dropped_shutdown.inc(),
+            match refused {
+                Refused::Full => self.metrics.dropped_queue_full.inc(),
+                Refused::Closed => self.metrics.dropped_shutdown.inc(),
             };
         }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.queue.close();
     }
 }
 
@@ -308,19 +299,30 @@ impl Exporter {
         drain: drain::Watcher,
     ) -> Exporter {
         let backend_metrics = Arc::new(BackendMetrics::new(metrics, &target.name));
-        let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
+        let Target {
+            name,
+            encoder,
+            transport,
+        } = target;
+        let queue = Arc::new(Queue::new(
+            encoder,
+            settings.queue_capacity,
+            settings.batch_size,
+            backend_metrics.queued.clone(),
+        ));
         let worker = Worker {
-            target,
+            name,
+            transport,
             settings: settings.clone(),
             metrics: backend_metrics.clone(),
-            rx,
+            queue: queue.clone(),
             drain,
             failures_since_warn: 0,
             last_warn: None,
         };
         Exporter {
             handle: Some(Arc::new(Handle {
-                tx,
+                queue,
                 metrics: backend_metrics.clone(),
             })),
             worker: tokio::spawn(worker.run()),
@@ -355,10 +357,11 @@ impl Exporter {
 }
 
 struct Worker {
-    target: Target,
+    name: String,
+    transport: Box<dyn Transport>,
     settings: ExportSettings,
     metrics: Arc<BackendMetrics>,
-    rx: mpsc::Receiver<Span>,
+    queue: Arc<Queue>,
     /// Dropped with the worker: the drain waits for that.
     drain: drain::Watcher,
     failures_since_warn: u64,
@@ -367,88 +370,31 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self) {
-        let batch_size = self.settings.batch_size.max(1);
-        let mut batch: Vec<Span> = Vec::with_capacity(batch_size);
         let mut ticker = tokio::time::interval(self.settings.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut closed = false;
-        let linger = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(linger);
-        let mut lingering = false;
+        let mut draining = false;
         loop {
-            let room = batch_size - batch.len();
             tokio::select! {
                 biased;
-                () = self.drain.draining(), if !closed => {
-                    // Take nothing new; flush what is queued.
-                    closed = true;
-                    lingering = false;
-                    self.rx.close();
+                () = self.drain.draining(), if !draining => {
+                    // Take nothing new; deliver what is queued.
+                    draining = true;
+                    self.queue.close();
                 }
-                () = &mut linger, if lingering => lingering = false,
-                received = self.rx.recv_many(&mut batch, room), if !lingering => {
-                    if received == 0 {
-                        self.flush(&mut batch).await;
-                        return;
-                    }
-                    self.metrics.queued.set(self.rx.len() as i64);
-                    if batch.len() >= batch_size {
-                        self.flush(&mut batch).await;
-                    } else if !closed && !self.settings.linger.is_zero() {
-                        linger
-                            .as_mut()
-                            .reset(tokio::time::Instant::now() + self.settings.linger);
-                        lingering = true;
-                    }
-                }
-                _ = ticker.tick() => {
-                    if !batch.is_empty() {
-                        self.flush(&mut batch).await;
-                    }
-                }
+                () = self.queue.woken() => {}
+                _ = ticker.tick() => self.queue.seal(),
+            }
+            while let Some(batch) = self.queue.take() {
+                let encoded = self.queue.encode(batch);
+                self.deliver(encoded).await;
+            }
+            if self.queue.finished() {
+                return;
             }
         }
     }
 
-    async fn flush(&mut self, batch: &mut Vec<Span>) {
-        if batch.is_empty() {
-            return;
-        }
-        let encoded = match self.target.encoder.pieces() {
-            Some(pieces) if batch.len() > PIECE => {
-                let spans = batch.len();
-                let mut body = Vec::new();
-                pieces.open(&mut body, spans);
-                // Each piece is written, then dropped, before the next turn.
-                let mut piece = Vec::with_capacity(PIECE);
-                let mut size = PIECE;
-                let mut rest = batch.drain(..);
-                loop {
-                    piece.extend(rest.by_ref().take(size));
-                    pieces.append(&mut body, &piece);
-                    piece.clear();
-                    if rest.len() == 0 {
-                        break;
-                    }
-                    size = self.let_others_run().await;
-                }
-                drop(rest);
-                pieces.close(&mut body);
-                Encoded {
-                    payloads: vec![Payload {
-                        body: body.into(),
-                        spans,
-                        headers: pieces.headers(),
-                    }],
-                    too_large: 0,
-                }
-            }
-            _ => {
-                let encoded = self.target.encoder.encode(batch);
-                batch.clear();
-                encoded
-            }
-        };
+    async fn deliver(&mut self, encoded: Encoded) {
         if encoded.too_large > 0 {
             self.metrics
                 .dropped_too_large
@@ -478,19 +424,6 @@ impl Worker {
         }
     }
 
-    /// Lets the thread's other tasks (the data path's) run, and says how many spans to take on
-    /// before the next turn: [`PIECE`], or as many as the data path queued meanwhile if that is
-    /// more, so that the worker keeps up however many requests a turn serves. With the queue
-    /// half full already, the rest of the batch is done without turns.
-    async fn let_others_run(&self) -> usize {
-        let queued = self.rx.len();
-        if queued * 2 > self.rx.max_capacity() {
-            return usize::MAX;
-        }
-        tokio::task::yield_now().await;
-        PIECE.max(self.rx.len().saturating_sub(queued))
-    }
-
     /// Sends one payload, retrying what the transport calls transient. Returns what the
     /// collector made of it, or `None` when it was not delivered.
     async fn send(&mut self, payload: &Payload) -> Option<Delivered> {
@@ -500,7 +433,6 @@ impl Worker {
         loop {
             tries += 1;
             let outcome = self
-                .target
                 .transport
                 .send(payload, self.settings.request_timeout)
                 .await;
@@ -541,9 +473,9 @@ impl Worker {
             .is_none_or(|at| at.elapsed() >= self.settings.warn_interval);
         if due {
             tracing::warn!(
-                backend = %self.target.name,
+                backend = %self.name,
                 // Credentials in the url stay out of the log.
-                url = %self.target.transport.destination(),
+                url = %self.transport.destination(),
                 failures = self.failures_since_warn,
                 spans,
                 "span export failed: {message}"
@@ -660,143 +592,4 @@ impl Exporters {
 
 fn backend_key(backend: &Backend) -> String {
     serde_json::to_string(backend).unwrap_or_else(|_| backend.name.clone())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
-
-    use super::{
-        BackendMetrics, Delivered, ExportSettings, Payload, SendFuture, Target, Transport, Worker,
-        zipkin,
-    };
-    use crate::metrics::Metrics;
-    use crate::policy::effective::{ApiVersion, Direction};
-    use crate::trace::id::{SpanId, TraceId};
-    use crate::trace::{Span, SpanKind};
-
-    /// Notes how often the other task had run when the payload was sent.
-    struct Noting {
-        ticks: Arc<AtomicUsize>,
-        seen: Arc<AtomicUsize>,
-    }
-
-    impl Transport for Noting {
-        fn send<'a>(&'a self, _: &'a Payload, _: Duration) -> SendFuture<'a> {
-            self.seen
-                .store(self.ticks.load(Ordering::SeqCst), Ordering::SeqCst);
-            Box::pin(async { Ok(Delivered::default()) })
-        }
-
-        fn destination(&self) -> String {
-            "noted".into()
-        }
-    }
-
-    fn span(n: u64) -> Span {
-        Span {
-            trace_id: TraceId {
-                high: 0,
-                low: n + 1,
-                wide: false,
-            },
-            id: SpanId(n + 1),
-            parent_id: None,
-            kind: SpanKind::Server,
-            direction: Direction::Inbound,
-            name: "web".into(),
-            timestamp_us: 1,
-            duration_us: 1,
-            local_service: Arc::from("web"),
-            remote_service: None,
-            shared: false,
-            debug: false,
-            error: false,
-            tags: [("http.url", "http://web/")].into_iter().collect(),
-            trace_state: None,
-        }
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_flush_lets_the_threads_other_tasks_run_between_pieces_of_the_batch() {
-        // With one worker thread, the data path's tasks share it with the exporter: they
-        // must get their turn while a large batch is written, not only once it is out.
-        let ticks = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::new(AtomicUsize::new(0));
-        let other = tokio::spawn({
-            let ticks = ticks.clone();
-            async move {
-                loop {
-                    ticks.fetch_add(1, Ordering::SeqCst);
-                    tokio::task::yield_now().await;
-                }
-            }
-        });
-        let (_tx, rx) = tokio::sync::mpsc::channel(1);
-        let mut worker = noting_worker(rx, &ticks, &seen);
-        let mut batch: Vec<Span> = (0..super::PIECE as u64 * 8).map(span).collect();
-        let before = ticks.load(Ordering::SeqCst);
-        worker.flush(&mut batch).await;
-        other.abort();
-        // A turn after each of the 8 pieces but the last.
-        assert!(
-            seen.load(Ordering::SeqCst) - before >= 7,
-            "the other task ran {} times before the send",
-            seen.load(Ordering::SeqCst) - before
-        );
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_flush_takes_on_as_many_spans_a_turn_as_the_data_path_queued_meanwhile() {
-        // However many requests one turn of the thread serves, the worker must write at least
-        // as many spans before the next: else the queue fills and spans are dropped.
-        let ticks = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = tokio::sync::mpsc::channel(8_192);
-        let other = tokio::spawn({
-            let ticks = ticks.clone();
-            async move {
-                loop {
-                    ticks.fetch_add(1, Ordering::SeqCst);
-                    for n in 0..100 {
-                        let _ = tx.try_send(span(n));
-                    }
-                    tokio::task::yield_now().await;
-                }
-            }
-        });
-        let mut worker = noting_worker(rx, &ticks, &seen);
-        let mut batch: Vec<Span> = (0..512).map(span).collect();
-        let before = ticks.load(Ordering::SeqCst);
-        worker.flush(&mut batch).await;
-        other.abort();
-        // 32 spans, then at least 100 a turn: 6 pieces, 5 turns.
-        let turns = seen.load(Ordering::SeqCst) - before;
-        assert!((1..=5).contains(&turns), "{turns} turns for 512 spans");
-    }
-
-    fn noting_worker(
-        rx: tokio::sync::mpsc::Receiver<Span>,
-        ticks: &Arc<AtomicUsize>,
-        seen: &Arc<AtomicUsize>,
-    ) -> Worker {
-        Worker {
-            target: Target {
-                name: "noted".into(),
-                encoder: Box::new(zipkin::Zipkin::new(ApiVersion::HttpJson)),
-                transport: Box::new(Noting {
-                    ticks: ticks.clone(),
-                    seen: seen.clone(),
-                }),
-            },
-            settings: ExportSettings::default(),
-            metrics: Arc::new(BackendMetrics::new(&Metrics::new(), "noted")),
-            rx,
-            drain: crate::drain::channel().1,
-            failures_since_warn: 0,
-            last_warn: None,
-        }
-    }
 }

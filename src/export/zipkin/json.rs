@@ -381,8 +381,8 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The exporter writes a batch a few spans at a time: any split, in either Zipkin
-        /// encoding, gives the bytes of the whole batch written at once.
+        /// The exporter writes a batch a span at a time, as spans are queued: any split, in
+        /// either Zipkin encoding, gives the bytes of the whole batch written at once.
         #[test]
         fn a_batch_written_in_pieces_is_the_batch_written_at_once(
             spans in proptest::collection::vec(any_span(), 1..8),
