@@ -61,9 +61,9 @@ async fn receive(
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    // JSON v2: one "traceId" key per span.
-    let key = b"\"traceId\"";
-    let count = body.windows(key.len()).filter(|w| w == key).count();
+    // JSON v2: one "traceId" key per span. A vectorised search: the receiver shares the
+    // machine with the load generator, and must cost it next to nothing.
+    let count = memchr::memmem::find_iter(&body, b"\"traceId\"").count();
     counter.fetch_add(count as u64, Ordering::Relaxed);
     let mut response = http::Response::new(Empty::new());
     *response.status_mut() = http::StatusCode::ACCEPTED;

@@ -150,9 +150,6 @@ struct BackendMetrics {
     exported: Counter,
     /// Spans in the queue (the exported gauge): at most the queue's capacity.
     queued: Gauge,
-    /// Spans accepted and not yet exported or dropped: the queue plus the batch being sent.
-    /// Internal: what shutdown counts as lost when its deadline passes.
-    pending: Gauge,
     dropped_queue_full: Counter,
     dropped_export_failed: Counter,
     dropped_shutdown: Counter,
@@ -189,7 +186,6 @@ impl BackendMetrics {
             sampled: metrics.spans_sampled.get_or_create(&b()).clone(),
             exported: metrics.spans_exported.get_or_create(&b()).clone(),
             queued: metrics.export_queue.get_or_create(&b()).clone(),
-            pending: Gauge::default(),
             dropped_queue_full: dropped(DropReason::QueueFull),
             dropped_export_failed: dropped(DropReason::ExportFailed),
             dropped_shutdown: dropped(DropReason::Shutdown),
@@ -198,10 +194,6 @@ impl BackendMetrics {
             requests_ok: requests("success"),
             requests_failed: requests("failure"),
         }
-    }
-
-    fn settle(&self, spans: usize) {
-        self.pending.dec_by(spans as i64);
     }
 }
 
@@ -215,10 +207,7 @@ pub struct Handle {
 impl SpanSink for Handle {
     fn try_send(&self, span: Span) {
         self.metrics.sampled.inc();
-        // Counted before the push: the worker may take it before `try_send` returns.
-        self.metrics.pending.inc();
         if let Err(refused) = self.queue.push(span) {
-            self.metrics.pending.dec();
             match refused {
                 Refused::Full => self.metrics.dropped_queue_full.inc(),
                 Refused::Closed => self.metrics.dropped_shutdown.inc(),
@@ -237,6 +226,8 @@ impl Drop for Handle {
 struct Exporter {
     /// `None` once retired: the data path holds the last handles.
     handle: Option<Arc<Handle>>,
+    /// What shutdown counts as lost if the worker outlives its deadline.
+    queue: Arc<Queue>,
     worker: JoinHandle<()>,
     metrics: Arc<BackendMetrics>,
 }
@@ -322,9 +313,10 @@ impl Exporter {
         };
         Exporter {
             handle: Some(Arc::new(Handle {
-                queue,
+                queue: queue.clone(),
                 metrics: backend_metrics.clone(),
             })),
+            queue,
             worker: tokio::spawn(worker.run()),
             metrics: backend_metrics,
         }
@@ -349,10 +341,8 @@ impl Exporter {
         }
         self.worker.abort();
         let _ = self.worker.await;
-        let left = self.metrics.pending.get().max(0);
+        let left = self.queue.abandon();
         self.metrics.dropped_shutdown.inc_by(left as u64);
-        self.metrics.pending.set(0);
-        self.metrics.queued.set(0);
     }
 }
 
@@ -399,7 +389,7 @@ impl Worker {
             self.metrics
                 .dropped_too_large
                 .inc_by(encoded.too_large as u64);
-            self.metrics.settle(encoded.too_large);
+            self.queue.settle(encoded.too_large);
         }
         for payload in encoded.payloads {
             let spans = payload.spans;
@@ -420,7 +410,7 @@ impl Worker {
                     self.metrics.dropped_export_failed.inc_by(spans as u64);
                 }
             }
-            self.metrics.settle(spans);
+            self.queue.settle(spans);
         }
     }
 

@@ -48,6 +48,8 @@ struct State {
     open: Option<Batch>,
     /// Spans in `sealed` and `open`: what the capacity bounds.
     spans: usize,
+    /// Spans the worker took and has not yet settled (exported or dropped).
+    taken: usize,
     closed: bool,
 }
 
@@ -148,8 +150,28 @@ impl Queue {
         let mut state = self.lock();
         let batch = state.sealed.pop_front()?;
         state.spans -= batch.spans;
+        state.taken += batch.spans;
         self.gauge.set(state.spans as i64);
         Some(batch)
+    }
+
+    /// `spans` of those taken are exported or dropped.
+    pub(super) fn settle(&self, spans: usize) {
+        let mut state = self.lock();
+        state.taken = state.taken.saturating_sub(spans);
+    }
+
+    /// Gives up on every span accepted and not yet settled (the worker is gone): closes the
+    /// queue, empties it, and says how many spans that was.
+    pub(super) fn abandon(&self) -> usize {
+        let mut state = self.lock();
+        let left = state.spans + state.taken;
+        *state = State {
+            closed: true,
+            ..State::default()
+        };
+        self.gauge.set(0);
+        left
     }
 
     /// Seals the open batch, if it holds any span: the interval is up.
@@ -346,6 +368,21 @@ mod tests {
         assert!(!queue.finished(), "a batch is still to deliver");
         assert_eq!(queue.take().map(|b| b.spans), Some(1));
         assert!(queue.finished());
+    }
+
+    #[test]
+    fn abandoning_counts_what_is_queued_and_what_the_worker_took_without_settling() {
+        let queue = zipkin_queue(ApiVersion::HttpJson, 100, 2);
+        for n in 0..5 {
+            queue.push(span(n)).expect("room");
+        }
+        // Two batches of two taken, one of them settled; one span still open.
+        let _ = queue.take();
+        let _ = queue.take();
+        queue.settle(2);
+        assert_eq!(queue.abandon(), 3);
+        assert_eq!(queue.push(span(5)), Err(Refused::Closed));
+        assert_eq!(queue.abandon(), 0);
     }
 
     #[test]

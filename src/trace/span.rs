@@ -79,6 +79,11 @@ impl Tags {
         self.index.is_empty()
     }
 
+    /// Every value, one after another: for a check that holds for all of them at once.
+    pub fn text_bytes(&self) -> &[u8] {
+        self.text.as_bytes()
+    }
+
     pub fn clear(&mut self) {
         self.text.clear();
         self.index.clear();

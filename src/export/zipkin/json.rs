@@ -75,8 +75,12 @@ fn write_span(span: &Span, shared: &mut Out<'_>) {
     }
     if !span.tags.is_empty() {
         out.bytes(b",\"tags\":{");
+        // One scan of all the values together rather than one per value: values are short,
+        // and a scan's start and end cost more than its words. Nearly always nothing needs
+        // escaping, and each value is then copied as it is.
+        let plain = !needs_escape(span.tags.text_bytes());
         for (key, value) in span.tags.iter_bytes() {
-            write_tag(out, key, value);
+            write_tag(out, key, value, plain);
         }
         // The last tag's comma becomes the closing brace.
         out.at -= 1;
@@ -94,13 +98,14 @@ fn write_span(span: &Span, shared: &mut Out<'_>) {
 }
 
 /// `"key":"value",`. Keys are tracecar's own constants (`http.url`, …): nothing in them
-/// needs escaping, so they are copied, not scanned. Most values need no escaping either and
-/// are short: the pair is then written with one bounds check and no call to `memcpy`.
+/// needs escaping, so they are copied, not scanned. Most values need no escaping either
+/// (`plain`: known for all of them at once) and are short: the pair is then written with one
+/// bounds check and no call to `memcpy`.
 #[inline(always)]
-fn write_tag(out: &mut Out<'_>, key: &'static str, v: &[u8]) {
+fn write_tag(out: &mut Out<'_>, key: &'static str, v: &[u8], plain: bool) {
     let k = key.as_bytes();
     debug_assert!(!needs_escape(k), "tag key {key:?}");
-    if k.len() <= SHORT && v.len() <= SHORT && !needs_escape(v) {
+    if k.len() <= SHORT && v.len() <= SHORT && (plain || !needs_escape(v)) {
         let end = out.at + 1 + k.len() + 3 + v.len() + 2;
         if let Some(dst) = out.buf.get_mut(out.at..end) {
             dst[0] = b'"';
@@ -213,14 +218,22 @@ fn needs_escape(bytes: &[u8]) -> bool {
     word_needs_escape(last)
 }
 
+///
+/// Per byte, `b ^ 2` is below 0x21 exactly when `b` is below 0x20 or is `"` (0x22), so one
+/// "below" test covers both, and a second finds `\\`. A "below" test on a word sets the high
+/// bit of a byte that is below, and can set others only above a byte that already did (its
+/// borrow), so it never answers yes for a word without one. Bytes of 0x80 and up never count:
+/// their high bit is masked out.
 #[inline(always)]
 fn word_needs_escape(x: u64) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
-    // Bytes below 0x20 (bytes of 0x80 and up never count: their high bit is masked out).
-    let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0;
-    control || has_zero(x ^ (ONES * u64::from(b'"'))) || has_zero(x ^ (ONES * u64::from(b'\\')))
+    let control_or_quote = x ^ (ONES * 2);
+    let backslash = x ^ (ONES * u64::from(b'\\'));
+    (control_or_quote.wrapping_sub(ONES * 0x21) & !control_or_quote
+        | backslash.wrapping_sub(ONES) & !backslash)
+        & HIGH
+        != 0
 }
 
 #[cfg(test)]
@@ -270,6 +283,20 @@ mod tests {
                     text.replace_range(at..=at, &c.to_string());
                     assert!(needs_escape(text.as_bytes()), "{text:?}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn no_byte_but_a_control_character_a_quote_or_a_backslash_needs_escaping() {
+        // Alone, as the tail word, and at each place of a whole word.
+        for b in 0..=255u8 {
+            let want = b < 0x20 || b == b'"' || b == b'\\';
+            assert_eq!(needs_escape(&[b]), want, "{b:#04x}");
+            for at in 0..8 {
+                let mut word = [b'a'; 8];
+                word[at] = b;
+                assert_eq!(needs_escape(&word), want, "{b:#04x} at {at}");
             }
         }
     }
