@@ -88,23 +88,27 @@ pub struct Encoded {
 
 /// A wire format.
 pub trait Encode: Send + Sync + 'static {
-    fn encode(&self, spans: &[Span]) -> Encoded;
+    /// An empty batch of up to `spans` spans, to be written a span at a time.
+    fn batch(&self, spans: usize) -> Box<dyn WriteBatch>;
 
-    /// The same format written a span at a time as spans are queued, when a payload is its
-    /// spans one after another between a fixed start and end (Zipkin's list of spans).
-    fn pieces(&self) -> Option<&dyn Pieces> {
-        None
+    /// `spans` as payloads: a batch written at once.
+    fn encode(&self, spans: &[Span]) -> Encoded {
+        let mut batch = self.batch(spans.len());
+        for span in spans {
+            batch.add(span);
+        }
+        batch.finish()
     }
 }
 
-/// A wire format whose payload can be written in pieces: `open`, `append` as many times as
-/// there are pieces, `close`. The same bytes as [`Encode::encode`] of all the spans at once.
-pub trait Pieces: Send + Sync {
-    /// Starts a payload of up to `spans` spans, and makes room for them.
-    fn open(&self, body: &mut Vec<u8>, spans: usize);
-    fn append(&self, body: &mut Vec<u8>, spans: &[Span]);
-    fn close(&self, body: &mut Vec<u8>);
-    fn headers(&self) -> Vec<(HeaderName, HeaderValue)>;
+/// A batch being written: each span is written as it is queued, on the thread that ended its
+/// request, so that the worker has only the payload's frame left to write ([`queue`]). What a
+/// format groups across a batch (Datadog's traces, OTLP's services) it groups in `finish`,
+/// from the spans' written bytes.
+pub trait WriteBatch: Send {
+    fn add(&mut self, span: &Span);
+    /// The payloads to send, and the spans that could not be written within the size limit.
+    fn finish(self: Box<Self>) -> Encoded;
 }
 
 /// What the collector made of a payload it accepted.
@@ -375,7 +379,7 @@ impl Worker {
                 _ = ticker.tick() => self.queue.seal(),
             }
             while let Some(batch) = self.queue.take() {
-                let encoded = self.queue.encode(batch);
+                let encoded = batch.finish();
                 self.deliver(encoded).await;
             }
             if self.queue.finished() {

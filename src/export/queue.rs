@@ -1,15 +1,12 @@
 //! The queue between the data path and a backend's worker: spans in batches of up to
 //! `batch_size`, the newest batch open, all of them together bounded by the queue's capacity.
 //!
-//! A format whose payload is its spans one after another (Zipkin's list of spans, [`Pieces`])
-//! has each span written into its batch's body as the span is queued: on the thread that
-//! finished the request, while the span is still in that thread's cache, and the span is freed
-//! where it was made (the allocator's per-thread cache takes it back, where a batch of spans
-//! freed by the worker went the long way). The worker only closes the body and sends it, so no
-//! flush holds a data-path thread for a batch's encoding.
-//!
-//! Formats that group spans across a batch (Datadog's traces, OTLP's resources) keep the spans
-//! in the batch, and the worker encodes it whole.
+//! Each span is written into its batch ([`WriteBatch::add`]) as it is queued: on the thread
+//! that finished the request, after its response went out, while the span is still in that
+//! thread's cache; and the span is freed where it was made (the allocator's per-thread cache
+//! takes it back, where a batch of spans freed by the worker went the long way). The worker
+//! only finishes the batch and sends it, so no flush holds a data-path thread for a batch's
+//! encoding.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -17,20 +14,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
-use super::{Encode, Encoded, Payload};
+use super::{Encode, Encoded, WriteBatch};
 use crate::trace::Span;
-
-/// What a batch holds.
-pub(super) enum Contents {
-    /// The payload so far: opened by [`Pieces::open`](super::Pieces::open), each span appended.
-    Written(Vec<u8>),
-    /// The spans, for a format that encodes a batch whole.
-    Spans(Vec<Span>),
-}
 
 pub(super) struct Batch {
     pub(super) spans: usize,
-    pub(super) contents: Contents,
+    writer: Box<dyn WriteBatch>,
 }
 
 /// Why a span was not queued.
@@ -88,10 +77,9 @@ impl Queue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes `span` into the open batch, written at once when the format allows. Never waits
-    /// beyond the lock, which is held for one span's encoding at the most.
+    /// Writes `span` into the open batch. Never waits beyond the lock, which is held for one
+    /// span's writing at the most.
     pub(super) fn push(&self, span: Span) -> Result<(), Refused> {
-        let pieces = self.encoder.pieces();
         let mut state = self.lock();
         if state.closed {
             return Err(Refused::Closed);
@@ -101,28 +89,9 @@ impl Queue {
         }
         let batch = state.open.get_or_insert_with(|| Batch {
             spans: 0,
-            contents: match pieces {
-                Some(pieces) => {
-                    let mut body = Vec::new();
-                    pieces.open(&mut body, self.batch_size);
-                    Contents::Written(body)
-                }
-                None => Contents::Spans(Vec::with_capacity(self.batch_size)),
-            },
+            writer: self.encoder.batch(self.batch_size),
         });
-        // Written spans are freed once the lock is let go.
-        let written = match (&mut batch.contents, pieces) {
-            (Contents::Written(body), Some(pieces)) => {
-                pieces.append(body, std::slice::from_ref(&span));
-                Some(span)
-            }
-            (Contents::Spans(spans), _) => {
-                spans.push(span);
-                None
-            }
-            // A batch is written only for an encoder with pieces: not reached.
-            (Contents::Written(_), None) => Some(span),
-        };
+        batch.writer.add(&span);
         batch.spans += 1;
         let full = batch.spans >= self.batch_size;
         if full {
@@ -132,7 +101,8 @@ impl Queue {
         state.spans += 1;
         self.gauge.set(state.spans as i64);
         drop(state);
-        drop(written);
+        // Freed once the lock is let go.
+        drop(span);
         if full {
             self.wake.notify_one();
         }
@@ -196,28 +166,12 @@ impl Queue {
         let state = self.lock();
         state.closed && state.sealed.is_empty() && state.open.is_none()
     }
+}
 
-    /// A batch as payloads to send, and the spans that could not be encoded.
-    pub(super) fn encode(&self, batch: Batch) -> Encoded {
-        match (batch.contents, self.encoder.pieces()) {
-            (Contents::Written(mut body), Some(pieces)) => {
-                pieces.close(&mut body);
-                Encoded {
-                    payloads: vec![Payload {
-                        body: body.into(),
-                        spans: batch.spans,
-                        headers: pieces.headers(),
-                    }],
-                    too_large: 0,
-                }
-            }
-            (Contents::Spans(spans), _) => self.encoder.encode(&spans),
-            // Not reached (see `push`); were it, the spans are still counted.
-            (Contents::Written(_), None) => Encoded {
-                payloads: Vec::new(),
-                too_large: batch.spans,
-            },
-        }
+impl Batch {
+    /// The payloads to send, and the spans that could not be written.
+    pub(super) fn finish(self) -> Encoded {
+        self.writer.finish()
     }
 }
 
@@ -227,9 +181,8 @@ mod tests {
 
     use prometheus_client::metrics::gauge::Gauge;
 
-    use super::{Contents, Queue, Refused};
+    use super::{Queue, Refused};
     use crate::export::zipkin::{self, Zipkin};
-    use crate::export::{Encode, Encoded};
     use crate::policy::effective::{ApiVersion, Direction};
     use crate::trace::id::{SpanId, TraceId};
     use crate::trace::{Span, SpanKind};
@@ -260,18 +213,6 @@ mod tests {
         }
     }
 
-    /// A format without pieces: its batches hold spans.
-    struct Whole;
-
-    impl Encode for Whole {
-        fn encode(&self, spans: &[Span]) -> Encoded {
-            Encoded {
-                payloads: Vec::new(),
-                too_large: spans.len(),
-            }
-        }
-    }
-
     fn zipkin_queue(api: ApiVersion, capacity: usize, batch_size: usize) -> Queue {
         Queue::new(
             Box::new(Zipkin::new(api)),
@@ -282,22 +223,18 @@ mod tests {
     }
 
     #[test]
-    fn a_zipkin_batch_written_span_by_span_as_spans_are_queued_is_the_batch_encoded_at_once() {
+    fn a_zipkin_batch_written_as_spans_are_queued_is_the_list_of_those_spans() {
         for api in [ApiVersion::HttpJson, ApiVersion::HttpProto] {
             let queue = zipkin_queue(api, 100, 5);
             let spans: Vec<Span> = (0..5).map(span).collect();
             for s in &spans {
                 assert_eq!(queue.push(s.clone()), Ok(()));
             }
-            let batch = queue.take().expect("a full batch is sealed");
-            assert!(matches!(batch.contents, Contents::Written(_)), "{api:?}");
-            let encoded = queue.encode(batch);
-            let whole = Zipkin::new(api).encode(&spans);
+            let encoded = queue.take().expect("a full batch is sealed").finish();
             assert_eq!(encoded.payloads.len(), 1);
             assert_eq!(encoded.payloads[0].spans, 5);
             match api {
                 ApiVersion::HttpJson => {
-                    assert_eq!(encoded.payloads[0].body, whole.payloads[0].body);
                     assert_eq!(encoded.payloads[0].body, zipkin::json::encode(&spans));
                 }
                 // Tag maps decode in a hash map's order: compare what they decode to.
@@ -306,7 +243,7 @@ mod tests {
                     let read = |body: &[u8]| zipkin::proto::ListOfSpans::decode(body).ok();
                     let written = read(&encoded.payloads[0].body);
                     assert!(written.is_some());
-                    assert_eq!(written, read(&whole.payloads[0].body));
+                    assert_eq!(written, read(&zipkin::proto::encode(&spans)));
                 }
             }
         }
@@ -331,7 +268,7 @@ mod tests {
         let batch = queue.take().expect("sealed");
         assert_eq!(batch.spans, 1);
         assert_eq!(
-            queue.encode(batch).payloads[0].body,
+            batch.finish().payloads[0].body,
             zipkin::json::encode(&[span(0)])
         );
     }
@@ -383,19 +320,6 @@ mod tests {
         assert_eq!(queue.abandon(), 3);
         assert_eq!(queue.push(span(5)), Err(Refused::Closed));
         assert_eq!(queue.abandon(), 0);
-    }
-
-    #[test]
-    fn a_format_that_encodes_whole_batches_keeps_the_spans_for_the_worker() {
-        let queue = Queue::new(Box::new(Whole), 100, 2, Gauge::default());
-        queue.push(span(0)).expect("room");
-        queue.push(span(1)).expect("room");
-        let batch = queue.take().expect("sealed");
-        match &batch.contents {
-            Contents::Spans(spans) => assert_eq!(spans, &[span(0), span(1)]),
-            Contents::Written(_) => panic!("a whole-batch format had its spans written"),
-        }
-        assert_eq!(queue.encode(batch).too_large, 2);
     }
 
     #[tokio::test(flavor = "current_thread")]

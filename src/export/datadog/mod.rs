@@ -12,7 +12,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
-use super::{Encode, Encoded, Payload};
+use super::{Encode, Encoded, Payload, WriteBatch};
 use crate::policy::effective::Direction;
 use crate::trace::{Span, SpanKind};
 
@@ -43,19 +43,20 @@ impl Datadog {
             max_payload,
         }
     }
+}
 
-    fn service<'a>(&self, span: &'a Span) -> Cow<'a, str> {
-        if !self.split_service {
-            return Cow::Borrowed(&span.local_service);
-        }
-        match span.direction {
-            Direction::Inbound => Cow::Owned(format!("{}_INBOUND", span.local_service)),
-            Direction::Outbound => Cow::Owned(format!(
-                "{}_OUTBOUND_{}",
-                span.local_service,
-                span.remote_service.as_deref().unwrap_or("")
-            )),
-        }
+/// The span's service as Datadog shows it: the proxy's, or split by direction.
+fn service(split_service: bool, span: &Span) -> Cow<'_, str> {
+    if !split_service {
+        return Cow::Borrowed(&span.local_service);
+    }
+    match span.direction {
+        Direction::Inbound => Cow::Owned(format!("{}_INBOUND", span.local_service)),
+        Direction::Outbound => Cow::Owned(format!(
+            "{}_OUTBOUND_{}",
+            span.local_service,
+            span.remote_service.as_deref().unwrap_or("")
+        )),
     }
 }
 
@@ -135,34 +136,74 @@ impl Serialize for DdSpan<'_> {
 }
 
 impl Encode for Datadog {
-    fn encode(&self, spans: &[Span]) -> Encoded {
-        // Group by trace (64-bit id, as the agent sees it), keeping first-seen order.
-        let mut traces: Vec<(u64, Vec<&Span>)> = Vec::new();
-        for span in spans {
-            match traces.iter_mut().find(|(id, _)| *id == span.trace_id.low) {
-                Some((_, group)) => group.push(span),
-                None => traces.push((span.trace_id.low, vec![span])),
+    fn batch(&self, spans: usize) -> Box<dyn WriteBatch> {
+        Box::new(DatadogBatch {
+            split_service: self.split_service,
+            max_payload: self.max_payload,
+            written: Vec::with_capacity(spans * SPAN_BYTES),
+            spans: Vec::with_capacity(spans),
+            unwritten: 0,
+        })
+    }
+}
+
+/// Bytes a span's msgpack map takes, for the batch's first size.
+const SPAN_BYTES: usize = 768;
+
+/// Each span's msgpack map as it comes; `finish` groups them by trace.
+struct DatadogBatch {
+    split_service: bool,
+    max_payload: usize,
+    written: Vec<u8>,
+    /// Per span: its 64-bit trace id (as the agent sees it) and where its map lies.
+    spans: Vec<(u64, usize, usize)>,
+    /// Spans msgpack could not take (not seen: a map of strings and numbers always writes).
+    unwritten: usize,
+}
+
+impl WriteBatch for DatadogBatch {
+    fn add(&mut self, span: &Span) {
+        let start = self.written.len();
+        let service = service(self.split_service, span);
+        match rmp_serde::encode::write(&mut self.written, &DdSpan { span, service }) {
+            Ok(()) => self
+                .spans
+                .push((span.trace_id.low, start, self.written.len())),
+            Err(_) => {
+                self.written.truncate(start);
+                self.unwritten += 1;
             }
         }
-        let mut encoded = Encoded::default();
+    }
+
+    fn finish(self: Box<Self>) -> Encoded {
+        // Group by trace, keeping first-seen order.
+        let mut traces: Vec<(u64, Vec<usize>)> = Vec::new();
+        for (i, &(trace, _, _)) in self.spans.iter().enumerate() {
+            match traces.iter_mut().find(|(id, _)| *id == trace) {
+                Some((_, members)) => members.push(i),
+                None => traces.push((trace, vec![i])),
+            }
+        }
+        let mut encoded = Encoded {
+            payloads: Vec::new(),
+            too_large: self.unwritten,
+        };
         let mut chunks: Vec<Vec<u8>> = Vec::new();
         let mut chunk_spans = 0usize;
         let mut chunk_bytes = 0usize;
-        for (_, group) in &traces {
-            let list: Vec<DdSpan<'_>> = group
-                .iter()
-                .map(|s| DdSpan {
-                    span: s,
-                    service: self.service(s),
-                })
-                .collect();
-            let Ok(bytes) = rmp_serde::to_vec(&list) else {
-                encoded.too_large += group.len();
-                continue;
-            };
+        for (_, members) in &traces {
+            // A trace: an array of its spans' maps.
+            let mut bytes = Vec::new();
+            // Writing to a Vec cannot fail.
+            let _ = rmp::encode::write_array_len(&mut bytes, members.len() as u32);
+            for &i in members {
+                let (_, start, end) = self.spans[i];
+                bytes.extend_from_slice(&self.written[start..end]);
+            }
             // 5 bytes: the largest msgpack array header.
             if bytes.len() + 5 > self.max_payload {
-                encoded.too_large += group.len();
+                encoded.too_large += members.len();
                 continue;
             }
             if chunk_bytes + bytes.len() + 5 > self.max_payload && !chunks.is_empty() {
@@ -173,7 +214,7 @@ impl Encode for Datadog {
                 chunk_bytes = 0;
             }
             chunk_bytes += bytes.len();
-            chunk_spans += group.len();
+            chunk_spans += members.len();
             chunks.push(bytes);
         }
         if !chunks.is_empty() {
@@ -205,5 +246,71 @@ fn payload(traces: Vec<Vec<u8>>, spans: usize) -> Payload {
                 HeaderValue::from_static(env!("CARGO_PKG_VERSION")),
             ),
         ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{Datadog, DdSpan, service};
+    use crate::export::Encode;
+    use crate::policy::effective::Direction;
+    use crate::trace::id::{SpanId, TraceId};
+    use crate::trace::{Span, SpanKind};
+
+    fn span(trace: u64, id: u64) -> Span {
+        Span {
+            trace_id: TraceId {
+                high: 7,
+                low: trace,
+                wide: true,
+            },
+            id: SpanId(id),
+            parent_id: None,
+            kind: SpanKind::Client,
+            direction: Direction::Outbound,
+            name: "backend".into(),
+            timestamp_us: 1,
+            duration_us: 2,
+            local_service: Arc::from("web"),
+            remote_service: Some(Arc::from("backend")),
+            shared: false,
+            debug: false,
+            error: false,
+            tags: [("http.url", "http://backend/"), ("component", "proxy")]
+                .into_iter()
+                .collect(),
+            trace_state: None,
+        }
+    }
+
+    #[test]
+    fn spans_written_one_by_one_make_the_payload_serde_writes_for_their_traces() {
+        // Each span's map is written as it is queued and the traces are framed around them
+        // at the end: byte for byte what serializing the grouped spans at once gives.
+        let spans = [span(1, 1), span(2, 2), span(1, 3), span(3, 4), span(2, 5)];
+        for split in [false, true] {
+            let encoded = Datadog::new(split).encode(&spans);
+            fn dd(split: bool, span: &Span) -> DdSpan<'_> {
+                DdSpan {
+                    span,
+                    service: service(split, span),
+                }
+            }
+            let traces = vec![
+                vec![dd(split, &spans[0]), dd(split, &spans[2])],
+                vec![dd(split, &spans[1]), dd(split, &spans[4])],
+                vec![dd(split, &spans[3])],
+            ];
+            let want = rmp_serde::to_vec(&traces).unwrap_or_default();
+            assert_eq!(encoded.payloads.len(), 1);
+            assert_eq!(
+                &encoded.payloads[0].body[..],
+                &want[..],
+                "splitService {split}"
+            );
+            assert_eq!(encoded.payloads[0].spans, 5);
+        }
     }
 }

@@ -15,7 +15,8 @@ use opentelemetry_proto::tonic::trace::v1::{
     status::StatusCode as OtlpStatus,
 };
 
-use crate::export::{Encode, Encoded, Payload};
+use super::wire::Services;
+use crate::export::{Encode, Encoded, Payload, WriteBatch};
 use crate::policy::effective::Direction;
 use crate::trace::{Span, SpanKind};
 
@@ -49,37 +50,58 @@ impl Otlp {
     pub fn with_max_payload(max_payload: usize) -> Otlp {
         Otlp { max_payload }
     }
+}
 
-    /// Encodes `spans`, halving the batch until each part fits; a span that alone does not
-    /// fit is counted as too large.
-    fn encode_into(&self, spans: &[Span], encoded: &mut Encoded) {
-        let body = super::wire::encode_request(spans);
+impl Encode for Otlp {
+    fn batch(&self, spans: usize) -> Box<dyn WriteBatch> {
+        Box::new(OtlpBatch {
+            max_payload: self.max_payload,
+            services: Services::with_capacity(spans),
+        })
+    }
+}
+
+/// Each span written as it comes, under its service; `finish` frames them as requests.
+struct OtlpBatch {
+    max_payload: usize,
+    services: Services,
+}
+
+impl WriteBatch for OtlpBatch {
+    fn add(&mut self, span: &Span) {
+        self.services.add(span);
+    }
+
+    fn finish(self: Box<Self>) -> Encoded {
+        let mut encoded = Encoded::default();
+        if !self.services.is_empty() {
+            self.encode_into(0..self.services.len(), &mut encoded);
+        }
+        encoded
+    }
+}
+
+impl OtlpBatch {
+    /// The request for the spans in `range`, halved until each part fits; a span that alone
+    /// does not fit is counted as too large.
+    fn encode_into(&self, range: std::ops::Range<usize>, encoded: &mut Encoded) {
+        let body = self.services.request(range.clone());
         if body.len() <= self.max_payload {
             encoded.payloads.push(Payload {
                 body: Bytes::from(body),
-                spans: spans.len(),
+                spans: range.len(),
                 headers: vec![(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/x-protobuf"),
                 )],
             });
-        } else if spans.len() == 1 {
+        } else if range.len() == 1 {
             encoded.too_large += 1;
         } else {
-            let (first, second) = spans.split_at(spans.len() / 2);
-            self.encode_into(first, encoded);
-            self.encode_into(second, encoded);
+            let middle = range.start + range.len() / 2;
+            self.encode_into(range.start..middle, encoded);
+            self.encode_into(middle..range.end, encoded);
         }
-    }
-}
-
-impl Encode for Otlp {
-    fn encode(&self, spans: &[Span]) -> Encoded {
-        let mut encoded = Encoded::default();
-        if !spans.is_empty() {
-            self.encode_into(spans, &mut encoded);
-        }
-        encoded
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use prost::encoding::encoded_len_varint;
 
 use super::encoding::{Name, SDK_NAME, Value, attributes, map};
-use crate::export::out::{Out, copy_short, written};
+use crate::export::out::{Out, copy_short, write_onto, written};
 use crate::trace::Span;
 
 // Wire types: 0 varint, 1 fixed64, 2 length-delimited, 5 fixed32.
@@ -25,60 +25,126 @@ const SPAN_BYTES: usize = 1024;
 
 /// The encoded `ExportTraceServiceRequest` for `spans`: one `ResourceSpans` per service, in
 /// first-seen order.
-///
-/// Everything is written once, straight into the output: a nested message's length is
-/// written in front of it when it is done, in bytes reserved for it (see [`Out::nested`]).
-/// Building the message in nested buffers and copying them outwards, and the fresh pages
-/// those buffers touched, was most of an encoder's time for a batch of hundreds of spans.
 pub fn encode_request(spans: &[Span]) -> Vec<u8> {
-    // Span indices per service, in first-seen order; a batch rarely has more than a few.
-    let mut groups: Vec<(&Arc<str>, Vec<usize>)> = Vec::new();
-    for (i, span) in spans.iter().enumerate() {
-        match groups
-            .iter_mut()
-            .find(|(service, _)| **service == span.local_service)
-        {
-            Some((_, members)) => members.push(i),
-            None => groups.push((&span.local_service, vec![i])),
-        }
+    let mut services = Services::default();
+    for span in spans {
+        services.add(span);
     }
-    written(spans.len() * SPAN_BYTES, |out| {
-        write_request(spans, &groups, out)
-    })
+    services.request(0..spans.len())
 }
 
-fn write_request(spans: &[Span], groups: &[(&Arc<str>, Vec<usize>)], out: &mut Out<'_>) {
-    for (service, members) in groups {
-        // ExportTraceServiceRequest.resource_spans = 1; a service's spans take a few hundred
-        // kB: a three-byte length.
-        out.nested(1, 3, |out| {
-            // ResourceSpans.resource = 1
-            out.nested(1, 1, |out| {
-                for (k, v) in [
-                    ("service.name", &***service),
-                    ("telemetry.sdk.name", SDK_NAME),
-                    ("telemetry.sdk.language", "rust"),
-                    ("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
-                ] {
-                    // Resource.attributes = 1
-                    key_value(1, k, &Value::Str(v.into()), out);
-                }
-            });
-            // ResourceSpans.scope_spans = 2
-            out.nested(2, 3, |out| {
-                // ScopeSpans.scope = 1: InstrumentationScope { name = 1, version = 2 }
-                out.nested(1, 1, |out| {
-                    string_field(1, SDK_NAME, out);
-                    string_field(2, env!("CARGO_PKG_VERSION"), out);
-                });
-                for &i in members {
-                    // ScopeSpans.spans = 2; a span takes from 128 bytes to 16 kB: a two-byte
-                    // length.
-                    out.nested(2, 2, |out| write_span(&spans[i], out));
-                }
-            });
-        });
+/// A batch's spans by service, each written as it comes, as the `ScopeSpans.spans` field it
+/// will be; a request is then the services' frames around those bytes.
+///
+/// Everything is written once: a nested message's length is written in front of it when it
+/// is done, in bytes reserved for it (see [`Out::nested`]). Building the message in nested
+/// buffers and copying them outwards, and the fresh pages those buffers touched, was most of
+/// an encoder's time for a batch of hundreds of spans.
+#[derive(Default)]
+pub struct Services {
+    /// Each service, in first-seen order, with its spans' fields one after another.
+    services: Vec<(Arc<str>, Vec<u8>)>,
+    /// Per span, in the order added: its service and where its field lies.
+    spans: Vec<(usize, usize, usize)>,
+}
+
+impl Services {
+    pub fn with_capacity(spans: usize) -> Services {
+        Services {
+            services: Vec::new(),
+            spans: Vec::with_capacity(spans),
+        }
     }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    pub fn add(&mut self, span: &Span) {
+        let service = match self
+            .services
+            .iter()
+            .position(|(service, _)| **service == *span.local_service)
+        {
+            Some(at) => at,
+            None => {
+                let room = SPAN_BYTES * self.spans.capacity().max(1);
+                self.services
+                    .push((span.local_service.clone(), Vec::with_capacity(room)));
+                self.services.len() - 1
+            }
+        };
+        let written = &mut self.services[service].1;
+        let start = written.len();
+        // ScopeSpans.spans = 2; a span takes from 128 bytes to 16 kB: a two-byte length.
+        write_onto(written, SPAN_BYTES, |out| {
+            out.nested(2, 2, |out| write_span(span, out))
+        });
+        self.spans.push((service, start, written.len()));
+    }
+
+    /// The request for the spans added `range` (in the order added).
+    pub fn request(&self, range: std::ops::Range<usize>) -> Vec<u8> {
+        let Some(chosen) = self.spans.get(range.clone()) else {
+            return Vec::new();
+        };
+        // Each service's share of the range, in first-seen order: all of its spans at once
+        // when the range is the whole batch.
+        let whole = range.len() == self.spans.len();
+        let mut parts: Vec<(usize, Vec<&[u8]>)> = Vec::new();
+        for &(service, start, end) in chosen {
+            let field = &self.services[service].1[start..end];
+            match parts.iter_mut().find(|(s, _)| *s == service) {
+                Some((_, fields)) if !whole => fields.push(field),
+                Some(_) => {}
+                None if whole => parts.push((service, vec![&self.services[service].1[..]])),
+                None => parts.push((service, vec![field])),
+            }
+        }
+        let size: usize = parts
+            .iter()
+            .flat_map(|(_, fields)| fields.iter().map(|f| f.len()))
+            .sum();
+        written(size + 256 * parts.len(), |out| {
+            for (service, fields) in &parts {
+                write_resource_spans(&self.services[*service].0, fields, out);
+            }
+        })
+    }
+}
+
+fn write_resource_spans(service: &str, fields: &[&[u8]], out: &mut Out<'_>) {
+    // ExportTraceServiceRequest.resource_spans = 1; a service's spans take a few hundred
+    // kB: a three-byte length.
+    out.nested(1, 3, |out| {
+        // ResourceSpans.resource = 1
+        out.nested(1, 1, |out| {
+            for (k, v) in [
+                ("service.name", service),
+                ("telemetry.sdk.name", SDK_NAME),
+                ("telemetry.sdk.language", "rust"),
+                ("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+            ] {
+                // Resource.attributes = 1
+                key_value(1, k, &Value::Str(v.into()), out);
+            }
+        });
+        // ResourceSpans.scope_spans = 2
+        out.nested(2, 3, |out| {
+            // ScopeSpans.scope = 1: InstrumentationScope { name = 1, version = 2 }
+            out.nested(1, 1, |out| {
+                string_field(1, SDK_NAME, out);
+                string_field(2, env!("CARGO_PKG_VERSION"), out);
+            });
+            for field in fields {
+                out.bytes(field);
+            }
+        });
+    });
 }
 
 /// The protobuf pieces of the shared output.
@@ -307,7 +373,7 @@ mod tests {
 
     use prost::Message;
 
-    use super::{encode_request, written};
+    use super::{Services, encode_request, written};
     use crate::export::otlp::encoding::request;
     use crate::policy::effective::Direction;
     use crate::trace::id::{SpanId, TraceId};
@@ -445,5 +511,23 @@ mod tests {
     #[test]
     fn an_empty_batch_is_an_empty_request() {
         assert!(encode_request(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_request_for_part_of_a_batch_is_the_request_for_those_spans_alone() {
+        // A batch over the size limit is sent in halves, each framed from the spans' bytes
+        // written as they were queued.
+        let spans: Vec<Span> = (0..9).map(span).collect();
+        let mut services = Services::default();
+        for span in &spans {
+            services.add(span);
+        }
+        for (start, end) in [(0, 9), (0, 4), (4, 9), (3, 4), (2, 7)] {
+            assert_eq!(
+                services.request(start..end),
+                request(&spans[start..end]).encode_to_vec(),
+                "{start}..{end}"
+            );
+        }
     }
 }

@@ -5,9 +5,9 @@
 pub mod json;
 pub mod proto;
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 
-use super::{Encode, Encoded, Payload, Pieces};
+use super::{Encode, Encoded, Payload, WriteBatch};
 use crate::policy::effective::ApiVersion;
 use crate::trace::Span;
 
@@ -22,54 +22,53 @@ impl Zipkin {
 }
 
 impl Encode for Zipkin {
-    fn encode(&self, spans: &[Span]) -> Encoded {
+    fn batch(&self, spans: usize) -> Box<dyn WriteBatch> {
         let mut body = Vec::new();
-        self.open(&mut body, spans.len());
-        self.append(&mut body, spans);
-        self.close(&mut body);
-        Encoded {
-            payloads: vec![Payload {
-                body: body.into(),
-                spans: spans.len(),
-                headers: self.headers(),
-            }],
-            too_large: 0,
+        if self.api == ApiVersion::HttpJson {
+            json::open(&mut body, spans);
         }
-    }
-
-    fn pieces(&self) -> Option<&dyn Pieces> {
-        Some(self)
+        Box::new(ZipkinBatch {
+            api: self.api,
+            body,
+            spans: 0,
+        })
     }
 }
 
-/// A list of spans is its spans one after another, in JSON between brackets.
-impl Pieces for Zipkin {
-    fn open(&self, body: &mut Vec<u8>, spans: usize) {
+/// A list of spans is its spans one after another (in JSON, between brackets): each is
+/// written at the end of the payload as it comes.
+struct ZipkinBatch {
+    api: ApiVersion,
+    body: Vec<u8>,
+    spans: usize,
+}
+
+impl WriteBatch for ZipkinBatch {
+    fn add(&mut self, span: &Span) {
+        let span = std::slice::from_ref(span);
         match self.api {
-            ApiVersion::HttpJson => json::open(body, spans),
-            ApiVersion::HttpProto => {}
+            ApiVersion::HttpJson => json::append(&mut self.body, span),
+            ApiVersion::HttpProto => proto::append(&mut self.body, span),
         }
+        self.spans += 1;
     }
 
-    fn append(&self, body: &mut Vec<u8>, spans: &[Span]) {
-        match self.api {
-            ApiVersion::HttpJson => json::append(body, spans),
-            ApiVersion::HttpProto => proto::append(body, spans),
-        }
-    }
-
-    fn close(&self, body: &mut Vec<u8>) {
-        match self.api {
-            ApiVersion::HttpJson => json::close(body),
-            ApiVersion::HttpProto => {}
-        }
-    }
-
-    fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+    fn finish(mut self: Box<Self>) -> Encoded {
         let content_type = match self.api {
-            ApiVersion::HttpJson => "application/json",
+            ApiVersion::HttpJson => {
+                json::close(&mut self.body);
+                "application/json"
+            }
             ApiVersion::HttpProto => "application/x-protobuf",
         };
-        vec![(header::CONTENT_TYPE, HeaderValue::from_static(content_type))]
+        let body = std::mem::take(&mut self.body);
+        Encoded {
+            payloads: vec![Payload {
+                body: body.into(),
+                spans: self.spans,
+                headers: vec![(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+            }],
+            too_large: 0,
+        }
     }
 }
