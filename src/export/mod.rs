@@ -1,11 +1,11 @@
 //! Getting spans out, never in a request's way.
 //!
 //! One exporter per backend: a bounded queue fed by a non-blocking `try_send` from the data
-//! path ([`queue`]: Zipkin spans are written into their batch's payload there and then), and a
-//! worker that sends a batch when it is full or on an interval, retries transient failures
-//! (connect errors, timeouts, 429, 5xx) with capped exponential backoff, and counts every span
-//! it could not deliver by reason. For every backend, at rest: `sampled = exported + dropped`
-//! (all reasons).
+//! path ([`queue`]: each span is written into its batch, in the backend's format, there and
+//! then), and a worker that sends a batch when it is full or on an interval, retries transient
+//! failures (connect errors, timeouts, 429, 5xx) with capped exponential backoff, and counts
+//! every span it could not deliver by reason. For every backend, at rest:
+//! `sampled = exported + dropped` (all reasons).
 //!
 //! What differs between backends is the wire format ([`Encode`]) and how a payload travels
 //! ([`Transport`]: an HTTP POST, or OTLP over HTTP or gRPC with its own retry rules).

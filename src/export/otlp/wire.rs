@@ -34,12 +34,12 @@ pub fn encode_request(spans: &[Span]) -> Vec<u8> {
 }
 
 /// A batch's spans by service, each written as it comes, as the `ScopeSpans.spans` field it
-/// will be; a request is then the services' frames around those bytes.
+/// will be; a request is then the services' frames around those bytes, copied in once.
 ///
-/// Everything is written once: a nested message's length is written in front of it when it
-/// is done, in bytes reserved for it (see [`Out::nested`]). Building the message in nested
-/// buffers and copying them outwards, and the fresh pages those buffers touched, was most of
-/// an encoder's time for a batch of hundreds of spans.
+/// A nested message's length is written in front of it when it is done, in bytes reserved
+/// for it (see [`Out::nested`]). Building the message in nested buffers and copying them
+/// outwards at every level, and the fresh pages those buffers touched, was most of an
+/// encoder's time for a batch of hundreds of spans.
 #[derive(Default)]
 pub struct Services {
     /// Each service, in first-seen order, with its spans' fields one after another.
