@@ -364,7 +364,10 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self) {
-        let mut ticker = tokio::time::interval(self.settings.interval);
+        // The first tick an interval from now, not at once: a batch is sealed when it is full
+        // or has waited an interval, never by the worker's start.
+        let interval = self.settings.interval;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut draining = false;
         loop {
@@ -586,4 +589,109 @@ impl Exporters {
 
 fn backend_key(backend: &Backend) -> String {
     serde_json::to_string(backend).unwrap_or_else(|_| backend.name.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+
+    use super::{Delivered, ExportSettings, Exporter, Payload, SendFuture, Target, Transport};
+    use crate::metrics::Metrics;
+    use crate::policy::effective::{ApiVersion, Direction};
+    use crate::trace::id::{SpanId, TraceId};
+    use crate::trace::{Span, SpanKind, SpanSink};
+
+    /// Tells the test how many spans each payload carried.
+    struct Sent(mpsc::UnboundedSender<usize>);
+
+    impl Transport for Sent {
+        fn send<'a>(&'a self, payload: &'a Payload, _: Duration) -> SendFuture<'a> {
+            let _ = self.0.send(payload.spans);
+            Box::pin(async { Ok(Delivered::default()) })
+        }
+
+        fn destination(&self) -> String {
+            "test".into()
+        }
+    }
+
+    fn span(n: u64) -> Span {
+        Span {
+            trace_id: TraceId {
+                high: 0,
+                low: n + 1,
+                wide: false,
+            },
+            id: SpanId(n + 1),
+            parent_id: None,
+            kind: SpanKind::Server,
+            direction: Direction::Inbound,
+            name: "web".into(),
+            timestamp_us: 1,
+            duration_us: 1,
+            local_service: Arc::from("web"),
+            remote_service: None,
+            shared: false,
+            debug: false,
+            error: false,
+            tags: [("http.url", "http://web/")].into_iter().collect(),
+            trace_state: None,
+        }
+    }
+
+    /// An exporter of batches of four with an interval that never comes, and what it sends.
+    fn exporter() -> (
+        Exporter,
+        mpsc::UnboundedReceiver<usize>,
+        crate::drain::Trigger,
+    ) {
+        let (sent, payloads) = mpsc::unbounded_channel();
+        let settings = ExportSettings {
+            batch_size: 4,
+            interval: Duration::from_secs(3600),
+            ..ExportSettings::default()
+        };
+        let target = Target {
+            name: "test".into(),
+            encoder: Box::new(super::zipkin::Zipkin::new(ApiVersion::HttpJson)),
+            transport: Box::new(Sent(sent)),
+        };
+        // The trigger stays with the test: a watcher whose trigger is gone drains at once.
+        let (trigger, watcher) = crate::drain::channel();
+        let exporter = Exporter::start(target, &settings, &Metrics::new(), watcher);
+        (exporter, payloads, trigger)
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_is_sent_when_its_last_span_is_queued_not_at_the_interval() {
+        let (exporter, mut payloads, _trigger) = exporter();
+        let handle = exporter.handle().expect("a handle");
+        for n in 0..3 {
+            handle.try_send(span(n));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            payloads.try_recv().is_err(),
+            "three of four: nothing sent yet"
+        );
+        handle.try_send(span(3));
+        let sent = tokio::time::timeout(Duration::from_secs(10), payloads.recv()).await;
+        assert_eq!(sent.ok().flatten(), Some(4));
+    }
+
+    #[tokio::test]
+    async fn when_the_last_handle_goes_the_worker_sends_the_open_batch_and_stops() {
+        let (mut exporter, mut payloads, _trigger) = exporter();
+        let handle = exporter.handle().expect("a handle");
+        handle.try_send(span(0));
+        exporter.handle = None;
+        drop(handle);
+        let sent = tokio::time::timeout(Duration::from_secs(10), payloads.recv()).await;
+        assert_eq!(sent.ok().flatten(), Some(1));
+        let stopped = tokio::time::timeout(Duration::from_secs(10), exporter.worker).await;
+        assert!(matches!(stopped, Ok(Ok(()))), "the worker stopped");
+    }
 }
