@@ -49,8 +49,8 @@ usage: cargo bench --bench load -- [options]
   --out FILE            where to write the results (default benches/results/load-<date>.md)
   --pin                 the proxy under test (tracecar or nginx) on CPU 1, everything else
                         (load tools, upstream, collector, this process) on CPU 0
-  --binary BINARY       run the tracecar-* configurations from BINARY (default: the release
-                        build, made by `cargo build --release` into target/load-bench)
+  --binary BINARY       run the tracecar-* configurations from BINARY (default: the build
+                        users deploy, `cargo build --profile dist`, into target/load-bench)
   --baseline BINARY     also run every tracecar configuration from BINARY (an earlier build),
                         as baseline-s*-w*, right after its twin in each round; the report then
                         compares the two (selecting tracecar-… with --only selects its twin too)

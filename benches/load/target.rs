@@ -88,11 +88,12 @@ pub fn set_binary(binary: std::path::PathBuf) {
     let _ = UNDER_TEST.set(binary);
 }
 
-/// The tracecar the `tracecar-*` configurations run: `--binary`, else the release build as a
-/// user makes it. The one `cargo bench` builds for its benches is another program: the
-/// dev-dependencies' features are unified into it (the fuzz entry points, tokio's process
-/// driver, …), which made it 5 % larger. So the benchmark builds the binary itself, into a
-/// target directory of its own (`target/load-bench`), with `cargo build --release`.
+/// The tracecar the `tracecar-*` configurations run: `--binary`, else the binary users deploy,
+/// built by `cargo build --profile dist` (thin LTO, one codegen unit), which the Docker image
+/// and the systemd unit ship. The one `cargo bench` builds for its benches is another
+/// program: the dev-dependencies' features are unified into it (the fuzz entry points,
+/// tokio's process driver, …), which made it 5 % larger. So the benchmark builds the binary
+/// itself, into a target directory of its own (`target/load-bench`).
 pub fn binary() -> anyhow::Result<std::path::PathBuf> {
     if let Some(binary) = UNDER_TEST.get() {
         return Ok(binary.clone());
@@ -100,7 +101,7 @@ pub fn binary() -> anyhow::Result<std::path::PathBuf> {
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let target_dir = manifest.join("target/load-bench");
     eprintln!(
-        "building the release binary under test into {}",
+        "building the binary under test (profile dist) into {}",
         target_dir.display()
     );
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -108,7 +109,8 @@ pub fn binary() -> anyhow::Result<std::path::PathBuf> {
         .current_dir(manifest)
         .args([
             "build",
-            "--release",
+            "--profile",
+            "dist",
             "--locked",
             "--bin",
             "tracecar",
@@ -118,9 +120,9 @@ pub fn binary() -> anyhow::Result<std::path::PathBuf> {
         .status()
         .context("run cargo build")?;
     if !status.success() {
-        bail!("cargo build --release failed ({status})");
+        bail!("cargo build --profile dist failed ({status})");
     }
-    let binary = target_dir.join("release/tracecar");
+    let binary = target_dir.join("dist/tracecar");
     let _ = UNDER_TEST.set(binary.clone());
     Ok(binary)
 }
