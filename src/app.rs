@@ -95,7 +95,10 @@ pub async fn run(
         anyhow::bail!("no dataplane loaded");
     };
     let metrics = Metrics::new();
-    let exporters = Arc::new(Exporters::new(ExportSettings::default(), metrics.clone()));
+    let exporters = Arc::new(
+        Exporters::on_own_thread(ExportSettings::default(), metrics.clone())
+            .map_err(|e| anyhow::anyhow!("cannot start the export thread: {e}"))?,
+    );
     let node_id = format!("{}.{}", dataplane.meta.mesh, dataplane.meta.name);
     let tracer = Arc::new(Tracer::with_invalid_counter(
         &node_id,

@@ -197,9 +197,9 @@ pub fn render(
          unary calls (or {} server streams of {} messages) in flight, {} B replies. {} round(s) \
          of {} s per run, configurations alternating in the order of the tables. Figures are \
          medians over rounds; CPU is the proxy process's utime+stime from /proc per request \
-         (per message for gRPC). tracecar is the release build as `cargo build --release` makes \
-         it (or `--binary`), and every tracecar binary is dropped from the page cache before \
-         it starts, so idle RSS is that of a first start.{}\n",
+         (per message for gRPC), all its threads. tracecar is the build users deploy, \
+         `cargo build --profile dist` (or `--binary`), and every tracecar binary is dropped \
+         from the page cache before it starts, so idle RSS is that of a first start.{}\n",
         crate::nginx::BODY_LEN,
         tools::wrk_args("URL", &[], tools::WrkShape::DEFAULT, options.duration).join(" "),
         tools::h2load_args("URL", options.duration).join(" "),

@@ -292,6 +292,7 @@ impl Exporter {
         settings: &ExportSettings,
         metrics: &Metrics,
         drain: drain::Watcher,
+        runtime: Option<&tokio::runtime::Handle>,
     ) -> Exporter {
         let backend_metrics = Arc::new(BackendMetrics::new(metrics, &target.name));
         let Target {
@@ -321,7 +322,10 @@ impl Exporter {
                 metrics: backend_metrics.clone(),
             })),
             queue,
-            worker: tokio::spawn(worker.run()),
+            worker: match runtime {
+                Some(runtime) => runtime.spawn(worker.run()),
+                None => tokio::spawn(worker.run()),
+            },
             metrics: backend_metrics,
         }
     }
@@ -494,6 +498,11 @@ pub struct Exporters {
     retired: Mutex<Vec<Exporter>>,
     /// Tells every worker, active or retired, to flush and stop; `None` once shut down.
     drain: Mutex<Option<drain::Trigger>>,
+    /// The export thread's runtime, where the workers run ([`Exporters::on_own_thread`]);
+    /// `None`: on the caller's runtime.
+    runtime: Option<tokio::runtime::Handle>,
+    /// Dropped with the exporters: the export thread then ends.
+    _stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Exporters {
@@ -506,7 +515,36 @@ impl Exporters {
             retired: Mutex::new(Vec::new()),
             // Workers take their watchers from the trigger as they start.
             drain: Mutex::new(Some(drain::channel().0)),
+            runtime: None,
+            _stop: None,
         }
+    }
+
+    /// Exporters whose workers run on a thread of their own, so that sending a batch (a
+    /// write of a few hundred KB, the collector's answer, retries, TLS) never holds a thread
+    /// that serves requests. Spans are still written into their batch where the request
+    /// ended; the request threads only wake this one when a batch is full.
+    pub fn on_own_thread(
+        settings: ExportSettings,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Exporters> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("tracecar-export".into())
+            .spawn(move || {
+                // Until the exporters are dropped; the runtime, and any worker left in it,
+                // is dropped here, outside every async context.
+                let _ = runtime.block_on(stopped);
+            })?;
+        Ok(Exporters {
+            runtime: Some(handle),
+            _stop: Some(stop),
+            ..Exporters::new(settings, metrics)
+        })
     }
 
     /// A watcher for a new worker. After shutdown there is no trigger: the watcher of a
@@ -520,7 +558,13 @@ impl Exporters {
     }
 
     fn start(&self, target: Target) -> Exporter {
-        Exporter::start(target, &self.settings, &self.metrics, self.watcher())
+        Exporter::start(
+            target,
+            &self.settings,
+            &self.metrics,
+            self.watcher(),
+            self.runtime.as_ref(),
+        )
     }
 
     /// Starts an exporter for a target of the caller's own (a test's collector, a bench's
@@ -598,7 +642,9 @@ mod tests {
 
     use tokio::sync::mpsc;
 
-    use super::{Delivered, ExportSettings, Exporter, Payload, SendFuture, Target, Transport};
+    use super::{
+        Delivered, ExportSettings, Exporter, Exporters, Payload, SendFuture, Target, Transport,
+    };
     use crate::metrics::Metrics;
     use crate::policy::effective::{ApiVersion, Direction};
     use crate::trace::id::{SpanId, TraceId};
@@ -661,7 +707,7 @@ mod tests {
         };
         // The trigger stays with the test: a watcher whose trigger is gone drains at once.
         let (trigger, watcher) = crate::drain::channel();
-        let exporter = Exporter::start(target, &settings, &Metrics::new(), watcher);
+        let exporter = Exporter::start(target, &settings, &Metrics::new(), watcher, None);
         (exporter, payloads, trigger)
     }
 
@@ -693,5 +739,52 @@ mod tests {
         assert_eq!(sent.ok().flatten(), Some(1));
         let stopped = tokio::time::timeout(Duration::from_secs(10), exporter.worker).await;
         assert!(matches!(stopped, Ok(Ok(()))), "the worker stopped");
+    }
+
+    /// Tells the test how many spans each payload carried and on which thread it was sent.
+    struct SentFrom(mpsc::UnboundedSender<(usize, Option<String>)>);
+
+    impl Transport for SentFrom {
+        fn send<'a>(&'a self, payload: &'a Payload, _: Duration) -> SendFuture<'a> {
+            let thread = std::thread::current().name().map(String::from);
+            let _ = self.0.send((payload.spans, thread));
+            Box::pin(async { Ok(Delivered::default()) })
+        }
+
+        fn destination(&self) -> String {
+            "test".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn exporters_on_their_own_thread_send_from_it_and_deliver_everything_at_shutdown() {
+        let (sent, mut payloads) = mpsc::unbounded_channel();
+        let settings = ExportSettings {
+            batch_size: 4,
+            interval: Duration::from_secs(3600),
+            ..ExportSettings::default()
+        };
+        let exporters =
+            Exporters::on_own_thread(settings, Metrics::new()).expect("the export thread");
+        let handle = exporters
+            .start_target(Target {
+                name: "test".into(),
+                encoder: Box::new(super::zipkin::Zipkin::new(ApiVersion::HttpJson)),
+                transport: Box::new(SentFrom(sent)),
+            })
+            .expect("a handle");
+        for n in 0..5 {
+            handle.try_send(span(n));
+        }
+        drop(handle);
+        exporters.shutdown(Duration::from_secs(10)).await;
+        let mut got = Vec::new();
+        while let Ok(payload) = payloads.try_recv() {
+            got.push(payload);
+        }
+        let thread = Some("tracecar-export".to_string());
+        // The full batch when its fourth span came, the open one at shutdown; both from the
+        // export thread, none from the test's (the caller's) runtime.
+        assert_eq!(got, vec![(4, thread.clone()), (1, thread)]);
     }
 }
