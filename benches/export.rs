@@ -159,7 +159,7 @@ impl Pipeline {
                 while self.queued.get() >= self.capacity {
                     tokio::task::yield_now().await;
                 }
-                self.handle.try_send(span);
+                self.handle.try_send(&span);
             }
             while self.exported.get() < target {
                 tokio::task::yield_now().await;

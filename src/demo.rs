@@ -294,7 +294,7 @@ struct Tee {
 }
 
 impl SpanSink for Tee {
-    fn try_send(&self, span: Span) {
+    fn try_send(&self, span: &Span) {
         if let Ok(mut spans) = self.captured.0.lock() {
             spans.push(span.clone());
         }

@@ -402,9 +402,9 @@ async fn split_payloads_reach_the_agent_and_oversize_traces_are_counted() {
     let exporters = Exporters::new(settings, metrics.clone());
     let handle = exporters.start_target(target).expect("a live exporter");
     for t in 1..=20 {
-        handle.try_send(span(t, 200));
+        handle.try_send(&span(t, 200));
     }
-    handle.try_send(span(99, 5_000));
+    handle.try_send(&span(99, 5_000));
     drop(handle);
     exporters.shutdown(Duration::from_secs(5)).await;
 

@@ -506,7 +506,7 @@ async fn export(
         .expect("the backend resolves")
         .expect("an exporter");
     for span in spans {
-        tracecar::trace::SpanSink::try_send(&*handle, span);
+        tracecar::trace::SpanSink::try_send(&*handle, &span);
     }
     drop(handle);
     exporters.shutdown(Duration::from_secs(10)).await;
@@ -790,7 +790,7 @@ async fn what_a_slow_collector_holds_past_the_deadline_is_counted_as_shutdown() 
         .expect("resolves")
         .expect("an exporter");
     for span in some_spans(10) {
-        tracecar::trace::SpanSink::try_send(&*handle, span);
+        tracecar::trace::SpanSink::try_send(&*handle, &span);
     }
     drop(handle);
     exporters.shutdown(Duration::from_millis(300)).await;
@@ -814,7 +814,7 @@ async fn a_retired_exporter_whose_handle_is_still_held_is_drained_at_shutdown_to
         .expect("resolves")
         .expect("an exporter");
     for span in some_spans(10) {
-        tracecar::trace::SpanSink::try_send(&*held, span);
+        tracecar::trace::SpanSink::try_send(&*held, &span);
     }
     exporters
         .use_backend(Some(&next.backend("next", OtlpProtocol::Grpc)))
@@ -858,7 +858,7 @@ async fn switching_backends_sends_new_spans_to_the_new_one_and_queued_ones_to_th
         .expect("ok")
         .expect("zipkin");
     for span in some_spans(3) {
-        tracecar::trace::SpanSink::try_send(&*to_zipkin, span);
+        tracecar::trace::SpanSink::try_send(&*to_zipkin, &span);
     }
     drop(to_zipkin);
     let to_otel = exporters
@@ -866,7 +866,7 @@ async fn switching_backends_sends_new_spans_to_the_new_one_and_queued_ones_to_th
         .expect("ok")
         .expect("otel");
     for span in some_spans(4) {
-        tracecar::trace::SpanSink::try_send(&*to_otel, span);
+        tracecar::trace::SpanSink::try_send(&*to_otel, &span);
     }
     receiver.wait_for_spans(4).await;
     zipkin.wait_for_json(3).await;
@@ -878,7 +878,7 @@ async fn switching_backends_sends_new_spans_to_the_new_one_and_queued_ones_to_th
         .expect("ok")
         .expect("zipkin");
     for span in some_spans(2) {
-        tracecar::trace::SpanSink::try_send(&*back, span);
+        tracecar::trace::SpanSink::try_send(&*back, &span);
     }
     drop(back);
     exporters.shutdown(Duration::from_secs(5)).await;

@@ -209,7 +209,7 @@ pub struct Handle {
 }
 
 impl SpanSink for Handle {
-    fn try_send(&self, span: Span) {
+    fn try_send(&self, span: &Span) {
         self.metrics.sampled.inc();
         if let Err(refused) = self.queue.push(span) {
             match refused {
@@ -716,14 +716,14 @@ mod tests {
         let (exporter, mut payloads, _trigger) = exporter();
         let handle = exporter.handle().expect("a handle");
         for n in 0..3 {
-            handle.try_send(span(n));
+            handle.try_send(&span(n));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(
             payloads.try_recv().is_err(),
             "three of four: nothing sent yet"
         );
-        handle.try_send(span(3));
+        handle.try_send(&span(3));
         let sent = tokio::time::timeout(Duration::from_secs(10), payloads.recv()).await;
         assert_eq!(sent.ok().flatten(), Some(4));
     }
@@ -732,7 +732,7 @@ mod tests {
     async fn when_the_last_handle_goes_the_worker_sends_the_open_batch_and_stops() {
         let (mut exporter, mut payloads, _trigger) = exporter();
         let handle = exporter.handle().expect("a handle");
-        handle.try_send(span(0));
+        handle.try_send(&span(0));
         exporter.handle = None;
         drop(handle);
         let sent = tokio::time::timeout(Duration::from_secs(10), payloads.recv()).await;
@@ -774,7 +774,7 @@ mod tests {
             })
             .expect("a handle");
         for n in 0..5 {
-            handle.try_send(span(n));
+            handle.try_send(&span(n));
         }
         drop(handle);
         exporters.shutdown(Duration::from_secs(10)).await;

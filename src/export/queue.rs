@@ -79,7 +79,7 @@ impl Queue {
 
     /// Writes `span` into the open batch. Never waits beyond the lock, which is held for one
     /// span's writing at the most.
-    pub(super) fn push(&self, span: Span) -> Result<(), Refused> {
+    pub(super) fn push(&self, span: &Span) -> Result<(), Refused> {
         let mut state = self.lock();
         if state.closed {
             return Err(Refused::Closed);
@@ -91,7 +91,7 @@ impl Queue {
             spans: 0,
             writer: self.encoder.batch(self.batch_size),
         });
-        batch.writer.add(&span);
+        batch.writer.add(span);
         batch.spans += 1;
         let full = batch.spans >= self.batch_size;
         if full {
@@ -101,8 +101,6 @@ impl Queue {
         state.spans += 1;
         self.gauge.set(state.spans as i64);
         drop(state);
-        // Freed once the lock is let go.
-        drop(span);
         if full {
             self.wake.notify_one();
         }
@@ -228,7 +226,7 @@ mod tests {
             let queue = zipkin_queue(api, 100, 5);
             let spans: Vec<Span> = (0..5).map(span).collect();
             for s in &spans {
-                assert_eq!(queue.push(s.clone()), Ok(()));
+                assert_eq!(queue.push(s), Ok(()));
             }
             let encoded = queue.take().expect("a full batch is sealed").finish();
             assert_eq!(encoded.payloads.len(), 1);
@@ -253,17 +251,17 @@ mod tests {
     fn a_batch_is_sealed_for_the_worker_when_it_is_full_and_not_before() {
         let queue = zipkin_queue(ApiVersion::HttpJson, 100, 3);
         for n in 0..2 {
-            queue.push(span(n)).expect("room");
+            queue.push(&span(n)).expect("room");
         }
         assert!(queue.take().is_none(), "two of three: still open");
-        queue.push(span(2)).expect("room");
+        queue.push(&span(2)).expect("room");
         assert_eq!(queue.take().map(|b| b.spans), Some(3));
     }
 
     #[test]
     fn the_interval_seals_a_batch_that_is_not_full() {
         let queue = zipkin_queue(ApiVersion::HttpJson, 100, 512);
-        queue.push(span(0)).expect("room");
+        queue.push(&span(0)).expect("room");
         queue.seal();
         let batch = queue.take().expect("sealed");
         assert_eq!(batch.spans, 1);
@@ -283,25 +281,25 @@ mod tests {
             gauge.clone(),
         );
         for n in 0..4 {
-            queue.push(span(n)).expect("room");
+            queue.push(&span(n)).expect("room");
         }
         assert_eq!(gauge.get(), 4);
-        assert_eq!(queue.push(span(4)), Err(Refused::Full));
+        assert_eq!(queue.push(&span(4)), Err(Refused::Full));
         // The worker takes the sealed batch of three: room for three more.
         assert_eq!(queue.take().map(|b| b.spans), Some(3));
         assert_eq!(gauge.get(), 1);
         for n in 5..8 {
-            assert_eq!(queue.push(span(n)), Ok(()));
+            assert_eq!(queue.push(&span(n)), Ok(()));
         }
-        assert_eq!(queue.push(span(8)), Err(Refused::Full));
+        assert_eq!(queue.push(&span(8)), Err(Refused::Full));
     }
 
     #[test]
     fn a_closed_queue_refuses_spans_and_seals_what_it_holds_for_the_worker() {
         let queue = zipkin_queue(ApiVersion::HttpJson, 100, 512);
-        queue.push(span(0)).expect("room");
+        queue.push(&span(0)).expect("room");
         queue.close();
-        assert_eq!(queue.push(span(1)), Err(Refused::Closed));
+        assert_eq!(queue.push(&span(1)), Err(Refused::Closed));
         assert!(!queue.finished(), "a batch is still to deliver");
         assert_eq!(queue.take().map(|b| b.spans), Some(1));
         assert!(queue.finished());
@@ -311,21 +309,21 @@ mod tests {
     fn abandoning_counts_what_is_queued_and_what_the_worker_took_without_settling() {
         let queue = zipkin_queue(ApiVersion::HttpJson, 100, 2);
         for n in 0..5 {
-            queue.push(span(n)).expect("room");
+            queue.push(&span(n)).expect("room");
         }
         // Two batches of two taken, one of them settled; one span still open.
         let _ = queue.take();
         let _ = queue.take();
         queue.settle(2);
         assert_eq!(queue.abandon(), 3);
-        assert_eq!(queue.push(span(5)), Err(Refused::Closed));
+        assert_eq!(queue.push(&span(5)), Err(Refused::Closed));
         assert_eq!(queue.abandon(), 0);
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn the_worker_is_woken_by_a_sealed_batch_even_when_it_was_not_yet_waiting() {
         let queue = zipkin_queue(ApiVersion::HttpJson, 100, 1);
-        queue.push(span(0)).expect("room");
+        queue.push(&span(0)).expect("room");
         // Sealed before the wait began: the wake is kept, not lost.
         tokio::time::timeout(std::time::Duration::from_secs(5), queue.woken())
             .await

@@ -17,7 +17,8 @@ pub use layer::{TraceConfig, TracedBackend, Tracer};
 pub use span::{Span, SpanKind, Tags};
 
 /// Where finished spans go. Implemented by the exporter; must never block or wait: the data
-/// path calls it as a request ends.
+/// path calls it as a request ends. The span is lent, not given: the exporter writes it into
+/// its batch there and then, and the caller frees it (no move of the span into the sink).
 pub trait SpanSink: Send + Sync + 'static {
-    fn try_send(&self, span: Span);
+    fn try_send(&self, span: &Span);
 }

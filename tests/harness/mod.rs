@@ -931,9 +931,9 @@ pub fn tracer_into(node_id: &str, sink: &Arc<Collected>) -> Arc<tracecar::trace:
 pub struct Collected(Mutex<Vec<tracecar::trace::Span>>);
 
 impl tracecar::trace::SpanSink for Collected {
-    fn try_send(&self, span: tracecar::trace::Span) {
+    fn try_send(&self, span: &tracecar::trace::Span) {
         if let Ok(mut spans) = self.0.lock() {
-            spans.push(span);
+            spans.push(span.clone());
         }
     }
 }
