@@ -128,6 +128,23 @@ impl View<'_> {
                 .collect(),
         )
     }
+    /// `f` of `a` over `f` of `b` in each round that ran both under `load`: a ratio of two
+    /// runs minutes apart, where a ratio of medians would set runs of different rounds
+    /// against each other.
+    fn per_round(
+        &self,
+        a: Config,
+        b: Config,
+        load: Load,
+        f: impl Fn(&crate::Sample) -> Option<f64>,
+    ) -> Vec<f64> {
+        self.samples(a, load)
+            .filter_map(|x| {
+                let y = self.samples(b, load).find(|y| y.round == x.round)?;
+                ratio(f(x), f(y))
+            })
+            .collect()
+    }
     fn memory(&self, config: Config, f: impl Fn(&crate::Memory) -> Option<u64>) -> Option<f64> {
         median(
             self.results
@@ -389,6 +406,41 @@ pub fn render(
              latency.\n",
             options.warmup.as_secs_f64()
         );
+    }
+
+    let s100 = tracecar(100, 1);
+    let s0 = tracecar(0, 1);
+    let shapes = [Load::Http1, Load::Http1T1C32, Load::Http1T1C8];
+    if configs.contains(&s100)
+        && shapes.iter().any(|l| options.loads.contains(l))
+        && (configs.contains(&Config::Nginx) || configs.contains(&s0))
+    {
+        let _ = writeln!(w, "## Issue 18's targets, round by round\n");
+        let _ = writeln!(
+            w,
+            "Each ratio is taken within a round (the two runs minutes apart), then the median \
+             over rounds, with the lowest and highest and how many rounds were within the \
+             target. Sampling 100 with one worker against nginx (CPU per request ≤ 1.0, rate ≥ \
+             1.0), and against sampling 0 (CPU per request ≤ 1.05).\n"
+        );
+        let _ = writeln!(
+            w,
+            "| shape | CPU ÷ nginx (≤ 1.0) | req/s ÷ nginx (≥ 1.0) | CPU ÷ sampling 0 (≤ 1.05) |"
+        );
+        let _ = writeln!(w, "|---|---:|---:|---:|");
+        for load in shapes.into_iter().filter(|l| options.loads.contains(l)) {
+            let cpu = |s: &crate::Sample| s.cpu_us;
+            let rate = |s: &crate::Sample| Some(s.rate);
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} |",
+                load.name(),
+                spread(&view.per_round(s100, Config::Nginx, load, cpu), 1.0, true),
+                spread(&view.per_round(s100, Config::Nginx, load, rate), 1.0, false),
+                spread(&view.per_round(s100, s0, load, cpu), 1.05, true),
+            );
+        }
+        let _ = writeln!(w);
     }
 
     let _ = writeln!(w, "## Ratios and the targets of issue 7\n");
@@ -660,6 +712,24 @@ pub fn render(
         }
     }
     md
+}
+
+/// "median (lowest–highest; k of n rounds within `target`)", for a ratio whose target is an
+/// upper bound (`below`) or a lower bound.
+fn spread(values: &[f64], target: f64, below: bool) -> String {
+    let Some(mid) = median(values.to_vec()) else {
+        return "—".to_string();
+    };
+    let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let within = values
+        .iter()
+        .filter(|&&v| if below { v <= target } else { v >= target })
+        .count();
+    format!(
+        "{mid:.2} ({low:.2}–{high:.2}; {within} of {})",
+        values.len()
+    )
 }
 
 fn fmt_ratio(v: Option<f64>) -> String {
