@@ -428,9 +428,9 @@ pub fn render(
             "| shape | CPU ÷ nginx (≤ 1.0) | req/s ÷ nginx (≥ 1.0) | CPU ÷ sampling 0 (≤ 1.05) |"
         );
         let _ = writeln!(w, "|---|---:|---:|---:|");
+        let cpu = |s: &crate::Sample| s.cpu_us;
+        let rate = |s: &crate::Sample| Some(s.rate);
         for load in shapes.into_iter().filter(|l| options.loads.contains(l)) {
-            let cpu = |s: &crate::Sample| s.cpu_us;
-            let rate = |s: &crate::Sample| Some(s.rate);
             let _ = writeln!(
                 w,
                 "| {} | {} | {} | {} |",

@@ -498,11 +498,15 @@ pub struct Exporters {
     retired: Mutex<Vec<Exporter>>,
     /// Tells every worker, active or retired, to flush and stop; `None` once shut down.
     drain: Mutex<Option<drain::Trigger>>,
-    /// The export thread's runtime, where the workers run ([`Exporters::on_own_thread`]);
-    /// `None`: on the caller's runtime.
-    runtime: Option<tokio::runtime::Handle>,
-    /// Dropped with the exporters: the export thread then ends.
-    _stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Where the workers run ([`Exporters::on_own_thread`]); `None`: on the caller's runtime.
+    thread: Option<ExportThread>,
+}
+
+/// The export thread: its runtime, and what ends it.
+struct ExportThread {
+    runtime: tokio::runtime::Handle,
+    /// Dropped with the exporters: the thread then ends.
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Exporters {
@@ -515,8 +519,7 @@ impl Exporters {
             retired: Mutex::new(Vec::new()),
             // Workers take their watchers from the trigger as they start.
             drain: Mutex::new(Some(drain::channel().0)),
-            runtime: None,
-            _stop: None,
+            thread: None,
         }
     }
 
@@ -541,8 +544,10 @@ impl Exporters {
                 let _ = runtime.block_on(stopped);
             })?;
         Ok(Exporters {
-            runtime: Some(handle),
-            _stop: Some(stop),
+            thread: Some(ExportThread {
+                runtime: handle,
+                _stop: stop,
+            }),
             ..Exporters::new(settings, metrics)
         })
     }
@@ -563,7 +568,7 @@ impl Exporters {
             &self.settings,
             &self.metrics,
             self.watcher(),
-            self.runtime.as_ref(),
+            self.thread.as_ref().map(|t| &t.runtime),
         )
     }
 
