@@ -315,11 +315,12 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle fast-path connection that still looks open and fresh.
-    pub(crate) fn checkout_raw(&self) -> Option<RawConn> {
+    /// The most recently used idle fast-path connection that still looks open and was fresh
+    /// at `now` (the request's start: a connection put back since then is fresh).
+    pub(crate) fn checkout_raw(&self, now: Instant) -> Option<RawConn> {
         let mut idle = self.raw_idle.lock().ok()?;
         while let Some(conn) = idle.pop() {
-            if conn.since.elapsed() < self.idle_timeout && conn.looks_open() {
+            if now.saturating_duration_since(conn.since) < self.idle_timeout && conn.looks_open() {
                 return Some(conn);
             }
         }

@@ -124,7 +124,8 @@ impl<C> Upstream<C> {
         } else {
             0
         };
-        let now = self.now_ms();
+        // A lone endpoint is tried whether it is down or not: no need to read the clock.
+        let now = if n > 1 { self.now_ms() } else { 0 };
         let rotation = (0..n).map(move |i| &self.endpoints[(start + i) % n]);
         let any_up = rotation
             .clone()

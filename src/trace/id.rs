@@ -139,6 +139,23 @@ impl<const N: usize> HexBuf<N> {
     }
 }
 
+/// A random UUID (version 4, RFC 9562) as its 36 characters, lower-case, hyphenated: the
+/// request id tracecar gives a request that has none, on every traced request.
+pub fn random_uuid() -> [u8; 36] {
+    let mut bytes = fastrand::u128(..).to_be_bytes();
+    bytes[6] = bytes[6] & 0x0f | 0x40; // version 4
+    bytes[8] = bytes[8] & 0x3f | 0x80; // variant 10x
+    let hex = |half: &[u8]| hex_u64(u64::from_be_bytes(half.try_into().unwrap_or_default()));
+    let (high, low) = (hex(&bytes[..8]), hex(&bytes[8..]));
+    let mut text = [b'-'; 36];
+    text[..8].copy_from_slice(&high[..8]);
+    text[9..13].copy_from_slice(&high[8..12]);
+    text[14..18].copy_from_slice(&high[12..]);
+    text[19..23].copy_from_slice(&low[..4]);
+    text[24..].copy_from_slice(&low[4..]);
+    text
+}
+
 /// The 16 lower-case hex digits of `value`, eight at a time: a half's nibbles are spread one
 /// to a byte, then made ASCII digits with word arithmetic instead of a table lookup per digit
 /// (ids are written into headers on every request, sampled or not).
@@ -180,6 +197,34 @@ mod tests {
             let narrow = TraceId { high: 0, low, wide: false };
             proptest::prop_assert_eq!(narrow.to_string(), format!("{low:016x}"));
         }
+    }
+
+    #[test]
+    fn request_ids_are_version_4_uuids_in_lower_case_hex() {
+        for _ in 0..1000 {
+            let text = super::random_uuid();
+            let text = std::str::from_utf8(&text).unwrap_or_default();
+            let groups: Vec<&str> = text.split('-').collect();
+            assert_eq!(
+                groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12]
+            );
+            assert!(
+                groups
+                    .concat()
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                "{text}"
+            );
+            assert!(groups[2].starts_with('4'), "{text}");
+            assert!(groups[3].starts_with(['8', '9', 'a', 'b']), "{text}");
+        }
+    }
+
+    #[test]
+    fn request_ids_differ() {
+        let ids: std::collections::HashSet<_> = (0..1000).map(|_| super::random_uuid()).collect();
+        assert_eq!(ids.len(), 1000);
     }
 
     #[test]

@@ -208,10 +208,7 @@ impl Observer for Tracer {
 /// A UUIDv4 from a fast thread-local generator (a syscall per request would cost more than
 /// the rest of the tracing path).
 fn new_request_id() -> HeaderValue {
-    let bytes = fastrand::u128(..).to_le_bytes();
-    let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut buf).as_bytes())
+    HeaderValue::from_bytes(&super::id::random_uuid())
         .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 

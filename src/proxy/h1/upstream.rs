@@ -3,6 +3,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::time::Instant;
 
 use bytes::Buf;
 use http::Method;
@@ -20,47 +21,31 @@ use super::response::{Head, ResponseHead, read_response_head};
 /// success, `response` holds the head for the caller (without its final CRLF).
 pub(super) async fn forward<'p>(
     proxy: &'p HttpProxy,
-    request: &[u8],
-    method: &Method,
-    bodyless: bool,
-    response: &mut Vec<u8>,
-    mut timer: Pin<&mut Sleep>,
+    mut attempt: RawAttempt<'_>,
+    timer: Pin<&mut Sleep>,
 ) -> Result<(&'p std::sync::Arc<Pool>, RawConn, ResponseHead), Failure> {
-    // The connection's timer, moved to this request's deadline.
-    let timer = proxy.request_timeout.map(|limit| {
-        timer.as_mut().reset(tokio::time::Instant::now() + limit);
-        (limit, timer)
-    });
-    let mut attempt = RawAttempt {
-        request,
-        method,
-        bodyless,
-        response,
-    };
+    let timer = proxy.request_timeout.map(|limit| (limit, timer));
     let (endpoint, (conn, head)) = upstream::forward(&proxy.upstream, timer, &mut attempt).await?;
     Ok((&endpoint.client, conn, head))
 }
 
-/// The fast path's request, in bytes, and where its response head goes.
-struct RawAttempt<'a> {
-    request: &'a [u8],
-    method: &'a Method,
-    bodyless: bool,
-    response: &'a mut Vec<u8>,
+/// The fast path's request, in bytes, and where its response head goes. Passed whole, by
+/// value to [`forward`] and by reference below it: each argument of an async fn takes room in
+/// its future, and the exchange's future must stay within the allocator's per-thread cache.
+pub(super) struct RawAttempt<'a> {
+    pub(super) request: &'a [u8],
+    pub(super) method: &'a Method,
+    pub(super) bodyless: bool,
+    pub(super) response: &'a mut Vec<u8>,
+    /// When the request was read: "now" for the pool's freshness check.
+    pub(super) started: Instant,
 }
 
 impl Attempt for RawAttempt<'_> {
     type Sent = (RawConn, ResponseHead);
 
     async fn send(&mut self, endpoint: &Endpoint<HttpClient>) -> Result<Self::Sent, SendError> {
-        send(
-            &endpoint.client,
-            self.request,
-            self.method,
-            self.bodyless,
-            self.response,
-        )
-        .await
+        send(&endpoint.client, self).await
     }
 }
 
@@ -68,16 +53,15 @@ impl Attempt for RawAttempt<'_> {
 /// response head; a failed attempt goes again as [`Replay`] says.
 async fn send(
     pool: &Pool,
-    request: &[u8],
-    method: &Method,
-    bodyless: bool,
-    response: &mut Vec<u8>,
+    attempt: &mut RawAttempt<'_>,
 ) -> Result<(RawConn, ResponseHead), SendError> {
-    let mut replay = Replay::new(method, bodyless);
-    let is_head = *method == Method::HEAD;
+    // Read through `attempt` where used, not copied out: a copy that lives across an await
+    // takes room in the future.
+    let mut replay = Replay::new(attempt.method, attempt.bodyless);
+    let is_head = *attempt.method == Method::HEAD;
     loop {
         let pooled = if replay.pooled() {
-            pool.checkout_raw()
+            pool.checkout_raw(attempt.started)
         } else {
             None
         };
@@ -91,17 +75,17 @@ async fn send(
                 .map_err(|error| SendError::Connect { error, again: true })?,
         };
         conn.buf.clear();
-        let written = match conn.stream.write(request).await {
+        let written = match conn.stream.write(attempt.request).await {
             Ok(n) if n > 0 => conn
                 .stream
-                .write_all(&request[n..])
+                .write_all(&attempt.request[n..])
                 .await
                 .map_err(|e| (false, e)),
             Ok(_) => Err((true, io::Error::from(io::ErrorKind::WriteZero))),
             Err(e) => Err((true, e)),
         };
         let (untouched, error) = match written {
-            Ok(()) => match receive_head(&mut conn, is_head, response).await {
+            Ok(()) => match receive_head(&mut conn, is_head, attempt.response).await {
                 Ok(head) => return Ok((conn, head)),
                 Err(HeadError::Unanswered(e)) => (false, e),
                 Err(HeadError::Invalid(e)) => return Err(SendError::Reset(Box::new(e))),
