@@ -850,6 +850,69 @@ fn mesh_open_telemetry_backend_checks_its_endpoint() {
     );
 }
 
+const UNKNOWN: &str = "unknown field, ignored";
+
+/// Warnings about unknown fields among `warnings`.
+fn unknown(warnings: &Found) -> Found {
+    warnings
+        .iter()
+        .filter(|(_, m)| m == UNKNOWN)
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn an_unknown_meshtrace_field_is_ignored_with_a_warning_at_its_path() {
+    // The typed model has no place for it and drops it: a misspelt field would otherwise fall
+    // back to its default unnoticed (as the legacy backends' `conf` keys are warned about).
+    let (errors, warnings) = check(&universal(
+        "default:
+  sampling:
+    overal: 5
+  backends:
+    - type: Zipkin
+      zipkin:
+        url: http://zipkin:9411/api/v2/spans
+        sharedSpanContex: true
+",
+    ));
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        warnings,
+        vec![
+            (
+                "spec.default.backends[0].zipkin.sharedSpanContex".to_string(),
+                UNKNOWN.to_string()
+            ),
+            (
+                "spec.default.sampling.overal".to_string(),
+                UNKNOWN.to_string()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_mesh_open_telemetry_backend_field_is_ignored_with_a_warning() {
+    let text = "type: MeshOpenTelemetryBackend\nname: otel\nmesh: default\nspec:\n  endpoint:\n    address: otel\n    port: 4317\n  protcol: http\n";
+    let (errors, warnings) = check(text);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        warnings,
+        vec![("spec.protcol".to_string(), UNKNOWN.to_string())]
+    );
+}
+
+#[test]
+fn no_field_of_kumas_own_cases_is_unknown() {
+    for case in KUMA_VALID.iter().chain(KUMA_INVALID).chain(NULLS) {
+        for text in [universal(case.spec), kubernetes(case.spec)] {
+            let (_, warnings) = check(&text);
+            assert_eq!(unknown(&warnings), vec![], "{}", case.name);
+        }
+    }
+}
+
 fn tracecar(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_tracecar"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))

@@ -36,6 +36,35 @@ pub fn from_value_with_path<T: DeserializeOwned>(
     serde_path_to_error::deserialize(NullAsEmpty(value))
 }
 
+/// [`from_value_with_path`], and the paths of the fields the model has no place for, in Kuma's
+/// form (`default.backends[0].openTelemetry.protocol`), for a warning: serde drops an unknown
+/// field silently, and a misspelt one would fall back to its default unnoticed.
+pub fn from_value_noting_unknown<T: DeserializeOwned>(
+    value: Value,
+) -> Result<(T, Vec<String>), serde_path_to_error::Error<Error>> {
+    let mut unknown = Vec::new();
+    let mut note = |path: serde_ignored::Path<'_>| unknown.push(kuma_path(&path));
+    let deserializer = serde_ignored::Deserializer::new(NullAsEmpty(value), &mut note);
+    let value = serde_path_to_error::deserialize(deserializer)?;
+    Ok((value, unknown))
+}
+
+/// `a.b[0].c`: keys after dots, list indices in brackets.
+fn kuma_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", kuma_path(parent)),
+        Path::Map { parent, key } => match kuma_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => kuma_path(parent),
+    }
+}
+
 /// A JSON value whose nulls read as the requested type's empty value.
 pub struct NullAsEmpty(pub Value);
 

@@ -21,6 +21,9 @@ pub struct MeshTrace {
     pub spec: MeshTraceSpec,
     /// `spec.default` as written, nulls removed (a null reads as "not set").
     pub default_patch: Value,
+    /// Fields under `spec` that MeshTrace has no place for, e.g. `default.sampling.overal`:
+    /// ignored, and warned about.
+    pub unknown_fields: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -199,6 +202,8 @@ pub struct HeaderTag {
 pub struct MeshOpenTelemetryBackend {
     pub meta: Meta,
     pub spec: OtelBackendSpec,
+    /// Fields under `spec` it has no place for: ignored, and warned about.
+    pub unknown_fields: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -286,17 +291,23 @@ pub fn parse(kind: Kind, body: Value, meta: Meta, id: &str) -> Result<Resource, 
     };
     Ok(match kind {
         Kind::MeshOpenTelemetryBackend => {
+            let (spec, unknown_fields) =
+                null_as_empty::from_value_noting_unknown(spec).map_err(typed_error)?;
             Resource::MeshOpenTelemetryBackend(MeshOpenTelemetryBackend {
-                spec: null_as_empty::from_value_with_path(spec).map_err(typed_error)?,
+                spec,
                 meta,
+                unknown_fields,
             })
         }
         _ => {
             let default_patch = spec.get("default").cloned().unwrap_or(Value::Null);
+            let (spec, unknown_fields) =
+                null_as_empty::from_value_noting_unknown(spec).map_err(typed_error)?;
             Resource::MeshTrace(Box::new(MeshTrace {
-                spec: null_as_empty::from_value_with_path(spec).map_err(typed_error)?,
+                spec,
                 default_patch,
                 meta,
+                unknown_fields,
             }))
         }
     })

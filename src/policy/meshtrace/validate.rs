@@ -50,7 +50,16 @@ pub fn validate_mesh_trace(mt: &MeshTrace) -> Vec<Violation> {
     }
     validate_default(&mut out, mt.spec.default.as_ref());
     deprecations(&mut out, mt);
+    unknown_fields(&mut out, &mt.unknown_fields);
     out.0
+}
+
+/// Beyond Kuma, as for the legacy backends' `conf`: a field the policy has no place for is
+/// ignored, which a misspelt one must not be silently.
+fn unknown_fields(out: &mut Out, paths: &[String]) {
+    for path in paths {
+        out.warning(format!("spec.{path}"), "unknown field, ignored");
+    }
 }
 
 fn deprecations(out: &mut Out, mt: &MeshTrace) {
@@ -539,6 +548,7 @@ pub fn validate_otel_backend(backend: &MeshOpenTelemetryBackend) -> Vec<Violatio
     if !protocol.is_empty() && protocol != "grpc" && protocol != "http" {
         out.error("spec.protocol", "protocol must be one of: grpc, http");
     }
+    unknown_fields(&mut out, &backend.unknown_fields);
     out.0
 }
 
