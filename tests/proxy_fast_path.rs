@@ -247,9 +247,10 @@ impl Observer for Both {
         listener: &Arc<ListenerInfo>,
         peer: SocketAddr,
         head: &mut http::request::Parts,
+        started: std::time::Instant,
     ) -> Option<Box<dyn Exchange>> {
-        let first = self.0.on_request(listener, peer, head);
-        let second = self.1.on_request(listener, peer, head);
+        let first = self.0.on_request(listener, peer, head, started);
+        let second = self.1.on_request(listener, peer, head, started);
         Some(Box::new(BothExchanges(first, second)))
     }
 }
@@ -437,6 +438,62 @@ async fn a_request_naming_hop_by_hop_fields_in_connection_reaches_the_app_withou
     assert!(seen.split(',').any(|f| f == "x-kept"), "{seen}");
     assert!(!seen.split(',').any(|f| f == "x-hop"), "{seen}");
     assert!(!seen.split(',').any(|f| f == "connection"), "{seen}");
+}
+
+#[tokio::test]
+async fn each_request_reaches_the_app_with_only_its_own_fields_after_requests_with_others() {
+    // The worker keeps the header maps of requests it forwarded, emptied, for the next ones:
+    // nothing of an earlier request may come along, on its connection or on another one.
+    let app = Upstream::start().await;
+    let (proxy, _observed) = inbound(app.address, true).await;
+    let mut many = String::from("GET /echo HTTP/1.1\r\nHost: web.local\r\n");
+    for i in 0..30 {
+        many.push_str(&format!("X-First-{i}: {i}\r\n"));
+    }
+    many.push_str("\r\n");
+    let second = b"GET /echo HTTP/1.1\r\nHost: web.local\r\nX-Second: 2\r\n\r\n";
+    let mut one = Raw::connect(proxy.address(0)).await;
+    let mut other = Raw::connect(proxy.address(0)).await;
+    assert_eq!(one.exchange(many.as_bytes()).await.status, 200);
+    for answer in [one.exchange(second).await, other.exchange(second).await] {
+        assert_eq!(answer.status, 200);
+        let seen = answer.header("x-seen-headers").unwrap_or("").to_string();
+        assert!(seen.split(',').any(|f| f == "x-second"), "{seen}");
+        assert!(!seen.split(',').any(|f| f.starts_with("x-first")), "{seen}");
+    }
+}
+
+#[tokio::test]
+async fn a_span_carries_only_its_own_name_and_tags_after_spans_with_others() {
+    // A finished span's tag list and name are kept by the thread, emptied, for the next span.
+    let app = Upstream::start().await;
+    let sink = Arc::new(Collected::default());
+    let proxy = proxy_with(
+        &inbound_yaml(app.address, "http"),
+        tracer(&sink),
+        &config(true),
+    )
+    .await;
+    let mut client = Raw::connect(proxy.address(0)).await;
+    let first = format!(
+        "GET /{} HTTP/1.1\r\nHost: a-long-first-host.example\r\nUser-Agent: {}\r\n\r\n",
+        "p".repeat(200),
+        "u".repeat(300)
+    );
+    assert_eq!(client.exchange(first.as_bytes()).await.status, 200);
+    let second = b"GET /b HTTP/1.1\r\nHost: b.local\r\n\r\n";
+    assert_eq!(client.exchange(second).await.status, 200);
+    let spans = sink.wait_for(2).await;
+    let span = &spans[1];
+    assert_eq!(span.name, "b.local");
+    assert_eq!(span.tag("http.url"), Some("http://b.local/b"));
+    assert_eq!(span.tag("user_agent"), None);
+    assert_eq!(span.tag("node_id"), Some("default.web-1"));
+    let keys: Vec<&str> = span.tags.iter().map(|(k, _)| k).collect();
+    let mut unique = keys.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(keys.len(), unique.len(), "a tag twice: {keys:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

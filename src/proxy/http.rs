@@ -72,7 +72,9 @@ impl HttpProxy {
 
         let (mut head, body) = req.into_parts();
         // Phase 2: observe.
-        let exchange = self.observer.on_request(&self.info, peer, &mut head);
+        let exchange = self
+            .observer
+            .on_request(&self.info, peer, &mut head, started);
         let request_bytes = exchange.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
         let mut tracker = exchange.map(|e| Box::new(Tracker::new(e, request_bytes.clone())));
         // Counted from here on, whatever happens: a caller that leaves before the response

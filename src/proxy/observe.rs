@@ -9,6 +9,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::HeaderMap;
 
@@ -33,12 +34,14 @@ pub struct ListenerInfo {
 }
 
 pub trait Observer: Send + Sync + 'static {
-    /// Phase 1. `head` is the request as it will be forwarded.
+    /// Phase 1. `head` is the request as it will be forwarded; `started` is when the proxy
+    /// had it, the instant the proxy's own timings start from too.
     fn on_request(
         &self,
         listener: &Arc<ListenerInfo>,
         peer: SocketAddr,
         head: &mut http::request::Parts,
+        started: Instant,
     ) -> Option<Box<dyn Exchange>>;
 }
 
@@ -139,6 +142,7 @@ impl Observer for NoObserver {
         _: &Arc<ListenerInfo>,
         _: SocketAddr,
         _: &mut http::request::Parts,
+        _: Instant,
     ) -> Option<Box<dyn Exchange>> {
         None
     }

@@ -117,6 +117,7 @@ impl Observer for Tracer {
         listener: &Arc<ListenerInfo>,
         peer: SocketAddr,
         head: &mut http::request::Parts,
+        started: Instant,
     ) -> Option<Box<dyn Exchange>> {
         if !listener.protocol.is_traced() {
             return None;
@@ -150,7 +151,10 @@ impl Observer for Tracer {
         // written into the headers.
         let tags = decision.sampled.then(|| {
             let grpc = crate::proxy::observe::is_grpc(&head.headers);
-            (grpc, first_tags(self, backend, head, grpc, request_id))
+            (
+                grpc,
+                first_tags(self, backend, head, grpc, request_id, Spare::take()),
+            )
         });
         let inbound = listener.direction == Direction::Inbound;
         let (context, shared) = match incoming.context.ids {
@@ -183,7 +187,7 @@ impl Observer for Tracer {
                 continued: incoming.context.ids.is_some(),
             },
         );
-        let (grpc, tags) = tags?;
+        let (grpc, (tags, name)) = tags?;
         let trace_state = incoming
             .context
             .trace_state
@@ -201,6 +205,8 @@ impl Observer for Tracer {
             trace_state,
             grpc,
             tags,
+            name,
+            started,
         )))
     }
 }
@@ -222,7 +228,8 @@ fn first_tags(
     head: &http::request::Parts,
     grpc: bool,
     request_id: Option<&HeaderValue>,
-) -> Tags {
+    spare: Spare,
+) -> (Tags, String) {
     let user_tags = backend.meshtrace.as_ref().map_or(0, |m| m.tags.len());
     let grpc = if grpc { 3 } else { 0 };
     // `http.url` keeps at most MAX_PATH_CHARS of the path, most often one byte each.
@@ -230,13 +237,57 @@ fn first_tags(
         .uri
         .path_and_query()
         .map_or(0, |p| p.as_str().len().min(MAX_PATH_CHARS));
-    let mut tags = Tags::with_capacity(14 + grpc + user_tags, tracer.node_id.len() + path + 320);
+    let mut tags = spare.tags;
+    tags.reserve(14 + grpc + user_tags, tracer.node_id.len() + path + 320);
     tags.push("node_id", &tracer.node_id);
     tags.push("component", "proxy");
     if let Some(id) = request_id {
         tags.push_header("guid:x-request-id", id);
     }
-    tags
+    (tags, spare.name)
+}
+
+/// A finished span's tag list and name, emptied, for a span this thread starts next: the
+/// span is written into its batch where it ends, so its buffers are free again at once, and
+/// the next span takes them instead of allocating three buffers and freeing them.
+#[derive(Default)]
+struct Spare {
+    tags: Tags,
+    name: String,
+}
+
+/// Spare sets a thread keeps: more than the sampled requests one worker has in flight.
+const SPARE_SETS: usize = 64;
+
+/// A set grown past this (a long URL, many tags) is freed rather than kept.
+const SPARE_BYTES: usize = 4096;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Spare>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Spare {
+    fn take() -> Spare {
+        SPARE
+            .try_with(|spare| spare.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    fn give(mut self) {
+        if self.tags.capacity_bytes() + self.name.capacity() > SPARE_BYTES {
+            return;
+        }
+        self.tags.clear();
+        self.name.clear();
+        let _ = SPARE.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARE_SETS {
+                spare.push(self);
+            }
+        });
+    }
 }
 
 /// A sampled request's span under way.
@@ -265,6 +316,8 @@ impl Recording {
         trace_state: Option<Box<str>>,
         grpc: bool,
         mut tags: Tags,
+        mut name: String,
+        started: Instant,
     ) -> Recording {
         let timestamp_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -310,7 +363,10 @@ impl Recording {
                 parent_id: context.parent_id,
                 kind,
                 direction: listener.direction,
-                name: host.to_string(),
+                name: {
+                    name.push_str(host);
+                    name
+                },
                 timestamp_us,
                 duration_us: 0,
                 local_service: listener.local_service.clone(),
@@ -321,7 +377,7 @@ impl Recording {
                 tags,
                 trace_state,
             },
-            started: Instant::now(),
+            started,
             sink: backend.sink.clone(),
             upstream_cluster: listener.upstream_cluster.clone(),
             grpc,
@@ -392,6 +448,11 @@ impl Exchange for Recording {
             span.tags.push("error", "true");
         }
         sink.try_send(span);
+        Spare {
+            tags: std::mem::take(&mut span.tags),
+            name: std::mem::take(&mut span.name),
+        }
+        .give();
     }
 }
 
@@ -417,10 +478,30 @@ fn push_ip(tags: &mut Tags, key: &'static str, ip: std::net::IpAddr) {
     }
 }
 
-/// The first `max` characters of `s`.
+/// The first `max` characters of `s`. Text of at most `max` bytes has at most `max`
+/// characters: kept whole without walking them.
 fn cut_chars(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
     match s.char_indices().nth(max) {
         Some((at, _)) => &s[..at],
         None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut_chars;
+
+    #[test]
+    fn a_cut_keeps_at_most_max_characters_and_never_splits_one() {
+        assert_eq!(cut_chars("", 2), "");
+        assert_eq!(cut_chars("ab", 2), "ab");
+        assert_eq!(cut_chars("abc", 2), "ab");
+        // More bytes than `max`, no more characters: kept whole.
+        assert_eq!(cut_chars("éé", 2), "éé");
+        assert_eq!(cut_chars("ééé", 2), "éé");
+        assert_eq!(cut_chars("aé", 1), "a");
     }
 }

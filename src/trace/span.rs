@@ -34,6 +34,17 @@ impl Tags {
         }
     }
 
+    /// Room for `tags` more tags whose values take `text` more bytes.
+    pub fn reserve(&mut self, tags: usize, text: usize) {
+        self.text.reserve(text);
+        self.index.reserve(tags);
+    }
+
+    /// Bytes this list holds room for, its text and its index together.
+    pub fn capacity_bytes(&self) -> usize {
+        self.text.capacity() + self.index.capacity() * std::mem::size_of::<(&str, u32, u32)>()
+    }
+
     pub fn push(&mut self, key: &'static str, value: &str) {
         let start = self.text.len();
         self.text.push_str(value);

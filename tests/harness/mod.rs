@@ -386,6 +386,7 @@ impl Observer for Observed {
         _: &Arc<ListenerInfo>,
         _: SocketAddr,
         _: &mut http::request::Parts,
+        _: std::time::Instant,
     ) -> Option<Box<dyn Exchange>> {
         Some(Box::new(Recording(self.ends.clone())))
     }

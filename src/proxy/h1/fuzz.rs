@@ -43,7 +43,7 @@ fn fuzz_request(data: &[u8]) {
         return;
     }
     let message = Bytes::copy_from_slice(&data[..whole]);
-    let Some(parts) = request_parts(&message, &head, &fields) else {
+    let Some(parts) = request_parts(&message, &head, &fields, http::HeaderMap::new()) else {
         return;
     };
     let mut out = Vec::new();

@@ -138,10 +138,13 @@ pub(super) fn digits(value: &[u8]) -> Option<u64> {
 }
 
 /// The head as the observer and the rewrite see it. The values share `message`'s memory.
+/// The fields go into `headers`, an empty map: one kept from an earlier request keeps its
+/// room ([`super::spare_headers`]).
 pub(super) fn request_parts(
     message: &Bytes,
     head: &RequestHead,
     fields: &[[u32; 4]],
+    mut headers: HeaderMap,
 ) -> Option<http::request::Parts> {
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = head.method.clone();
@@ -153,7 +156,8 @@ pub(super) fn request_parts(
         return None;
     }
     // Room for what observe and rewrite add (request id, B3, forwarded proto).
-    let mut headers = HeaderMap::with_capacity(fields.len() + 8);
+    debug_assert!(headers.is_empty());
+    headers.reserve(fields.len() + 8);
     for &[ns, ne, vs, ve] in fields {
         let name = HeaderName::from_bytes(&message[ns as usize..ne as usize]).ok()?;
         let value = HeaderValue::from_maybe_shared(message.slice(vs as usize..ve as usize)).ok()?;
@@ -285,7 +289,7 @@ mod tests {
                 panic!("not plain");
             };
             let message = Bytes::copy_from_slice(head);
-            let parts = request_parts(&message, &parsed, &fields);
+            let parts = request_parts(&message, &parsed, &fields, HeaderMap::new());
             assert_eq!(parts.is_some(), plain, "{}", String::from_utf8_lossy(head));
             #[cfg(feature = "fuzzing")]
             super::super::fuzz::heads(head);
