@@ -626,6 +626,64 @@ async fn a_policy_folder_deleted_and_created_again_is_still_watched() {
     );
 }
 
+#[tokio::test]
+async fn a_policy_folder_replaced_while_its_parent_is_busy_is_still_watched() {
+    // Files beside the policy folder keep changing: their events are not about the policy, and
+    // must neither hide the folder's replacement nor stop the watch from following it.
+    let setup = TwoBackends::start().await;
+    let folder = setup.files.policy.clone();
+    let parent = setup.files.dir.path().to_path_buf();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::write(parent.join("busy.log"), i.to_string());
+                i += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let mesh = std::fs::read_to_string(folder.join("mesh.yaml")).expect("read mesh");
+    let prepared = setup.files.dir.path().join("policy.new");
+    std::fs::create_dir(&prepared).expect("create the new folder");
+    std::fs::write(prepared.join("mesh.yaml"), &mesh).expect("write mesh");
+    std::fs::write(prepared.join("trace.yaml"), traffic_trace_yaml("b")).expect("write trace");
+    let old = setup.files.dir.path().join("policy.old");
+    std::fs::rename(&folder, &old).expect("move the old folder away");
+    std::fs::rename(&prepared, &folder).expect("move the new folder in");
+    let (after, _) = config_dump_until(&setup.sidecar, Duration::from_secs(2), |d| {
+        backend_name(d) == "b"
+    })
+    .await;
+    assert_eq!(
+        backend_name(&after),
+        "b",
+        "the new folder applied within 2 s:\n{}",
+        setup.sidecar.log()
+    );
+    replace_file(&folder.join("trace.yaml"), &traffic_trace_yaml("a"));
+    let (after, _) = config_dump_until(&setup.sidecar, Duration::from_secs(2), |d| {
+        backend_name(d) == "a"
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = busy.join();
+    assert_eq!(
+        backend_name(&after),
+        "a",
+        "a change inside the new folder applied within 2 s:\n{}",
+        setup.sidecar.log()
+    );
+    let (_, failures) = setup.traffic.finish().await;
+    assert!(
+        failures.is_empty(),
+        "requests failed: {:?}",
+        failures.first()
+    );
+}
+
 async fn failed_reloads(sidecar: &Sidecar) -> f64 {
     metric(
         &sidecar.metrics().await,

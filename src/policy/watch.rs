@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -115,20 +115,32 @@ impl Watching {
     /// Runs on a thread of its own: a watch cannot be added from notify's event callback,
     /// which runs on the thread that would have to serve the request.
     fn run(mut self, events: std::sync::mpsc::Receiver<notify::Result<notify::Event>>) {
+        // When the folders were last checked for having been replaced.
+        let mut checked = Instant::now();
         loop {
             if self.stop.load(Ordering::Relaxed) || self.changed.is_closed() {
                 return;
             }
-            match events.recv_timeout(REARM_INTERVAL) {
+            let relevant = match events.recv_timeout(REARM_INTERVAL) {
                 Ok(event) => {
-                    if self.is_relevant(&event) {
+                    let relevant = self.is_relevant(&event);
+                    if relevant {
                         let _ = self.changed.send(());
                     }
+                    relevant
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => false,
                 Err(RecvTimeoutError::Disconnected) => return,
+            };
+            // A folder replaced is an event about its name; a parent replaced (whose watch
+            // then stays silent) is found by the check once a second, which also runs while
+            // events keep coming. Events about other names in a parent need no check: in a
+            // busy parent (`/tmp`) a check of every folder after each one cost more than all
+            // else this thread does.
+            if relevant || checked.elapsed() >= REARM_INTERVAL {
+                self.rearm();
+                checked = Instant::now();
             }
-            self.rearm();
         }
     }
 
