@@ -10,7 +10,8 @@
 //!   `proxy::observe` (the data path's observer seam; nothing else of `proxy`).
 //! - `proxy` (the data path; knows no exporter) → `policy` (what users write), `metrics`,
 //!   `drain`.
-//! - `policy`, `metrics` and `drain` import none of the others.
+//! - `policy`, `metrics`, `drain` and `spare` (buffers a thread keeps between requests)
+//!   import none of the others; `proxy` and `trace` use `spare`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -23,4 +24,5 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod redirect;
+pub(crate) mod spare;
 pub mod trace;

@@ -588,36 +588,9 @@ async fn a_policy_folder_deleted_and_created_again_is_still_watched() {
         setup.sidecar.log()
     );
 
-    // Prepared beside it and moved in whole, so no half-written folder is ever read.
-    let prepared = setup.files.dir.path().join("policy.new");
-    std::fs::create_dir(&prepared).expect("create the new folder");
-    std::fs::write(prepared.join("mesh.yaml"), &mesh).expect("write mesh");
-    std::fs::write(prepared.join("trace.yaml"), traffic_trace_yaml("b")).expect("write trace");
-    std::fs::rename(&prepared, folder).expect("move the new folder in");
-    let (after, _) = config_dump_until(&setup.sidecar, Duration::from_secs(2), |d| {
-        backend_name(d) == "b"
-    })
-    .await;
-    assert_eq!(
-        backend_name(&after),
-        "b",
-        "the new folder applied within 2 s:\n{}",
-        setup.sidecar.log()
-    );
-    assert_eq!(after["policyVersion"], 2);
-
-    replace_file(&folder.join("trace.yaml"), &traffic_trace_yaml("a"));
-    let (after, _) = config_dump_until(&setup.sidecar, Duration::from_secs(2), |d| {
-        backend_name(d) == "a"
-    })
-    .await;
-    assert_eq!(
-        backend_name(&after),
-        "a",
-        "a change inside the new folder applied within 2 s:\n{}",
-        setup.sidecar.log()
-    );
-    assert_eq!(after["policyVersion"], 3);
+    let (applied, changed) = move_in_a_new_folder_then_change_it(&setup, &mesh).await;
+    assert_eq!(applied["policyVersion"], 2);
+    assert_eq!(changed["policyVersion"], 3);
     let (_, failures) = setup.traffic.finish().await;
     assert!(
         failures.is_empty(),
@@ -631,57 +604,80 @@ async fn a_policy_folder_replaced_while_its_parent_is_busy_is_still_watched() {
     // Files beside the policy folder keep changing: their events are not about the policy, and
     // must neither hide the folder's replacement nor stop the watch from following it.
     let setup = TwoBackends::start().await;
-    let folder = setup.files.policy.clone();
-    let parent = setup.files.dir.path().to_path_buf();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let busy = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut i = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = std::fs::write(parent.join("busy.log"), i.to_string());
-                i += 1;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
+    let _busy = Busy::writing_in(setup.files.dir.path());
+    let folder = &setup.files.policy;
     let mesh = std::fs::read_to_string(folder.join("mesh.yaml")).expect("read mesh");
-    let prepared = setup.files.dir.path().join("policy.new");
-    std::fs::create_dir(&prepared).expect("create the new folder");
-    std::fs::write(prepared.join("mesh.yaml"), &mesh).expect("write mesh");
-    std::fs::write(prepared.join("trace.yaml"), traffic_trace_yaml("b")).expect("write trace");
-    let old = setup.files.dir.path().join("policy.old");
-    std::fs::rename(&folder, &old).expect("move the old folder away");
-    std::fs::rename(&prepared, &folder).expect("move the new folder in");
-    let (after, _) = config_dump_until(&setup.sidecar, Duration::from_secs(2), |d| {
-        backend_name(d) == "b"
-    })
-    .await;
-    assert_eq!(
-        backend_name(&after),
-        "b",
-        "the new folder applied within 2 s:\n{}",
-        setup.sidecar.log()
-    );
-    replace_file(&folder.join("trace.yaml"), &traffic_trace_yaml("a"));
-    let (after, _) = config_dump_until(&setup.sidecar, Duration::from_secs(2), |d| {
-        backend_name(d) == "a"
-    })
-    .await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = busy.join();
-    assert_eq!(
-        backend_name(&after),
-        "a",
-        "a change inside the new folder applied within 2 s:\n{}",
-        setup.sidecar.log()
-    );
+    std::fs::rename(folder, setup.files.dir.path().join("policy.old"))
+        .expect("move the old folder away");
+    move_in_a_new_folder_then_change_it(&setup, &mesh).await;
     let (_, failures) = setup.traffic.finish().await;
     assert!(
         failures.is_empty(),
         "requests failed: {:?}",
         failures.first()
     );
+}
+
+/// Moves a new policy folder (tracing to B) in where the old one was, then changes a file
+/// inside it (back to A): each must apply within 2 s. Returns the two config dumps.
+async fn move_in_a_new_folder_then_change_it(setup: &TwoBackends, mesh: &str) -> (Value, Value) {
+    let folder = &setup.files.policy;
+    // Prepared beside it and moved in whole, so no half-written folder is ever read.
+    let prepared = setup.files.dir.path().join("policy.new");
+    std::fs::create_dir(&prepared).expect("create the new folder");
+    std::fs::write(prepared.join("mesh.yaml"), mesh).expect("write mesh");
+    std::fs::write(prepared.join("trace.yaml"), traffic_trace_yaml("b")).expect("write trace");
+    std::fs::rename(&prepared, folder).expect("move the new folder in");
+    let (applied, _) = config_dump_until(&setup.sidecar, Duration::from_secs(2), |d| {
+        backend_name(d) == "b"
+    })
+    .await;
+    assert_eq!(
+        backend_name(&applied),
+        "b",
+        "the new folder applied within 2 s:\n{}",
+        setup.sidecar.log()
+    );
+
+    replace_file(&folder.join("trace.yaml"), &traffic_trace_yaml("a"));
+    let (changed, _) = config_dump_until(&setup.sidecar, Duration::from_secs(2), |d| {
+        backend_name(d) == "a"
+    })
+    .await;
+    assert_eq!(
+        backend_name(&changed),
+        "a",
+        "a change inside the new folder applied within 2 s:\n{}",
+        setup.sidecar.log()
+    );
+    (applied, changed)
+}
+
+/// A file rewritten every millisecond in a folder, until dropped.
+struct Busy {
+    stop: Arc<AtomicBool>,
+}
+
+impl Busy {
+    fn writing_in(folder: &Path) -> Busy {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, file) = (stop.clone(), folder.join("busy.log"));
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                let _ = std::fs::write(&file, i.to_string());
+                i += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        Busy { stop }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 async fn failed_reloads(sidecar: &Sidecar) -> f64 {

@@ -25,6 +25,7 @@ use super::span::{Span, SpanKind, Tags};
 use crate::metrics::FormatLabels;
 use crate::policy::effective::Direction;
 use crate::proxy::observe::{End, Exchange, ListenerInfo, Observer, ResponseFlags};
+use crate::spare::{self, Spares};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -263,16 +264,12 @@ const SPARE_SETS: usize = 64;
 const SPARE_BYTES: usize = 4096;
 
 thread_local! {
-    static SPARE: std::cell::RefCell<Vec<Spare>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE: Spares<Spare> = const { Spares::new(Vec::new()) };
 }
 
 impl Spare {
     fn take() -> Spare {
-        SPARE
-            .try_with(|spare| spare.borrow_mut().pop())
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        spare::take(&SPARE).unwrap_or_default()
     }
 
     fn give(mut self) {
@@ -281,12 +278,7 @@ impl Spare {
         }
         self.tags.clear();
         self.name.clear();
-        let _ = SPARE.try_with(|spare| {
-            let mut spare = spare.borrow_mut();
-            if spare.len() < SPARE_SETS {
-                spare.push(self);
-            }
-        });
+        spare::give(&SPARE, self, SPARE_SETS);
     }
 }
 

@@ -44,6 +44,7 @@ use super::observe::ResponseFlags;
 use super::pool::{Pool, RawConn};
 use super::response_body::{StatsGuard, Tracker};
 use crate::drain;
+use crate::spare::{self, Spares};
 use body::{BodyFailure, caller_gone, stream_body};
 pub(crate) use handoff::Rewind;
 use request::{Parsed, RequestHead, encode_request, parse_request, request_parts};
@@ -127,23 +128,19 @@ const SPARE_SETS: usize = 64;
 const SPARE_BYTES: usize = 16 * 1024;
 
 thread_local! {
-    static SPARE: std::cell::RefCell<Vec<Scratch>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE: Spares<Scratch> = const { Spares::new(Vec::new()) };
     /// Read buffers lent the same way: a connection holds one from the moment bytes of a
     /// request are there to read until that exchange ends.
-    static SPARE_READ: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE_READ: Spares<BytesMut> = const { Spares::new(Vec::new()) };
     /// Header maps lent the same way, from a request's parsing until it is written upstream.
-    static SPARE_HEADERS: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE_HEADERS: Spares<HeaderMap> = const { Spares::new(Vec::new()) };
 }
 
 /// A map with room for a request's fields and what the proxy adds (12), is 1.3 KB: past what
 /// the allocator keeps per thread (1,032 bytes), so a new one per request took its slow path
 /// twice, 600 instructions a request. The worker keeps them instead.
 fn spare_headers() -> HeaderMap {
-    SPARE_HEADERS
-        .try_with(|spare| spare.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    spare::take(&SPARE_HEADERS).unwrap_or_default()
 }
 
 /// A map grown past this many fields (a large head) is freed rather than kept.
@@ -154,21 +151,12 @@ fn give_headers(mut headers: HeaderMap) {
         return;
     }
     headers.clear();
-    let _ = SPARE_HEADERS.try_with(|spare| {
-        let mut spare = spare.borrow_mut();
-        if spare.len() < SPARE_SETS {
-            spare.push(headers);
-        }
-    });
+    spare::give(&SPARE_HEADERS, headers, SPARE_SETS);
 }
 
 /// A read buffer from the worker's spares, or a new one of [`IDLE_READ`] bytes.
 fn take_read_buffer() -> BytesMut {
-    SPARE_READ
-        .try_with(|spare| spare.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| BytesMut::with_capacity(IDLE_READ))
+    spare::take(&SPARE_READ).unwrap_or_else(|| BytesMut::with_capacity(IDLE_READ))
 }
 
 /// Kept when its whole allocation is free again (the request it held was split off and
@@ -180,21 +168,12 @@ fn give_read_buffer(mut buf: BytesMut) {
     if !buf.try_reclaim(IDLE_READ) || buf.capacity() > 4 * IDLE_READ {
         return;
     }
-    let _ = SPARE_READ.try_with(|spare| {
-        let mut spare = spare.borrow_mut();
-        if spare.len() < SPARE_SETS {
-            spare.push(buf);
-        }
-    });
+    spare::give(&SPARE_READ, buf, SPARE_SETS);
 }
 
 impl Scratch {
     fn take() -> Scratch {
-        SPARE
-            .try_with(|spare| spare.borrow_mut().pop())
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        spare::take(&SPARE).unwrap_or_default()
     }
 
     /// Kept as they are: each is cleared by what writes into it (`parse_request`,
@@ -203,12 +182,7 @@ impl Scratch {
         if self.request.capacity() + self.response.capacity() > SPARE_BYTES {
             return;
         }
-        let _ = SPARE.try_with(|spare| {
-            let mut spare = spare.borrow_mut();
-            if spare.len() < SPARE_SETS {
-                spare.push(self);
-            }
-        });
+        spare::give(&SPARE, self, SPARE_SETS);
     }
 }
 
