@@ -406,7 +406,7 @@ async fn bench(options: Options) -> anyhow::Result<()> {
     let environment = report::Environment::collect(&options).await;
     let zipkin = zipkin::start().await?;
     let grpc_address = grpc::serve().await?;
-    let (up_h1, up_h2c) = (target::free_port()?, target::free_port()?);
+    let [up_h1, up_h2c] = target::free_ports()?;
     let upstream = tokio::task::spawn_blocking(move || nginx::upstream(up_h1, up_h2c)).await??;
     let upstreams = Upstreams {
         h1: ([127, 0, 0, 1], up_h1).into(),

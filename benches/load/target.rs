@@ -285,7 +285,7 @@ pub async fn start(config: Config, upstreams: Upstreams) -> anyhow::Result<Targe
             proxy: Proxy::None,
         }),
         Config::Nginx => {
-            let (h1, h2c) = (free_port()?, free_port()?);
+            let [h1, h2c] = free_ports()?;
             let nginx =
                 tokio::task::spawn_blocking(move || nginx::reverse_proxy(h1, h2c, upstreams.h1))
                     .await??;
@@ -341,7 +341,7 @@ async fn start_tracecar(
     let dir = tempfile::Builder::new()
         .prefix("tracecar-bench-proxy-")
         .tempdir()?;
-    let (h1, h2c, grpc, admin) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    let [h1, h2c, grpc, admin] = free_ports()?;
     let dataplane = format!(
         "type: Dataplane\n\
          mesh: default\n\
@@ -435,8 +435,22 @@ fn loopback(port: u16) -> SocketAddr {
 
 /// A port that was free a moment ago (the Dataplane validator wants real ports, not 0).
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    let [port] = free_ports()?;
+    Ok(port)
+}
+
+/// `N` different ports that were free a moment ago. Each is held until all are chosen: the
+/// kernel may hand out a port again as soon as it is let go, and two inbounds on one port
+/// fail the Dataplane's validation (seen once in a 6-round run).
+pub fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let held = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&held) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 /// One GET on a fresh connection: status and body (for /ready, /metrics, sanity checks).

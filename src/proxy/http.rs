@@ -268,6 +268,7 @@ impl HttpProxy {
             stats: stats.clone(),
             started,
             status,
+            ended: None,
         })
     }
 }

@@ -163,42 +163,48 @@ struct Connection {
 
 impl Connection {
     /// The fast path while requests are plain, the general path from the first that is not.
-    async fn serve(mut self, mut stream: Accepted) {
-        let fast = self.limits.http1_fast_path && self.proxy.upstream.wire == Wire::Http1;
-        // The general path's connection (hyper's HTTP/1.1 and h2 state) is boxed, here and
-        // at the hand-off: a task is as large as its largest state, and an idle fast-path
-        // connection would otherwise carry that room unused. Both go through the hand-off's
-        // type, so that hyper's server is built once into the binary.
-        if !fast {
-            let first_request = self.limits.header_read_timeout;
-            return Box::pin(serve_http(
-                h1::Rewind::new(bytes::Bytes::new(), stream),
+    ///
+    /// An async block, not an async fn: an async fn's future keeps its arguments twice, once
+    /// as given and once as the body's locals, and this future is every connection's task.
+    #[allow(clippy::manual_async_fn)] // smaller futures: see the comment
+    fn serve(mut self, mut stream: Accepted) -> impl Future<Output = ()> {
+        async move {
+            let fast = self.limits.http1_fast_path && self.proxy.upstream.wire == Wire::Http1;
+            // The general path's connection (hyper's HTTP/1.1 and h2 state) is boxed, here and
+            // at the hand-off: a task is as large as its largest state, and an idle fast-path
+            // connection would otherwise carry that room unused. Both go through the hand-off's
+            // type, so that hyper's server is built once into the binary.
+            if !fast {
+                let first_request = self.limits.header_read_timeout;
+                return Box::pin(serve_http(
+                    h1::Rewind::new(bytes::Bytes::new(), stream),
+                    self.peer,
+                    self.proxy,
+                    &self.builder,
+                    self.watcher,
+                    first_request,
+                ))
+                .await;
+            }
+            let exit = h1::serve(
+                &mut stream,
                 self.peer,
-                self.proxy,
-                &self.builder,
-                self.watcher,
-                first_request,
-            ))
+                &self.proxy,
+                &self.limits,
+                &mut self.drain,
+            )
             .await;
-        }
-        let exit = h1::serve(
-            &mut stream,
-            self.peer,
-            &self.proxy,
-            &self.limits,
-            &mut self.drain,
-        )
-        .await;
-        if let h1::Exit::Handoff { read, remaining } = exit {
-            Box::pin(serve_http(
-                h1::Rewind::new(read, stream),
-                self.peer,
-                self.proxy,
-                &self.builder,
-                self.watcher,
-                remaining,
-            ))
-            .await;
+            if let h1::Exit::Handoff { read, remaining } = exit {
+                Box::pin(serve_http(
+                    h1::Rewind::new(read, stream),
+                    self.peer,
+                    self.proxy,
+                    &self.builder,
+                    self.watcher,
+                    remaining,
+                ))
+                .await;
+            }
         }
     }
 }

@@ -327,10 +327,10 @@ impl Pool {
         None
     }
 
-    /// Returns a fast-path connection whose exchange ended cleanly.
-    pub(crate) fn put_raw(&self, mut conn: RawConn) {
+    /// Returns a fast-path connection whose exchange ended cleanly at `now` (the caller's
+    /// reading of the clock, shared with the request's span and metrics).
+    pub(crate) fn put_raw(&self, mut conn: RawConn, now: Instant) {
         if let Ok(mut idle) = self.raw_idle.lock() {
-            let now = Instant::now();
             // The oldest sit at the bottom: drop the stale ones while here.
             while idle
                 .first()
