@@ -404,6 +404,8 @@ async fn timestamps_and_durations_are_in_microseconds() {
             (20_000..after - before).contains(&duration),
             "the app took 20 ms: {span}"
         );
+        // Start and end on the same clock as the caller's: the span ends before it is sent.
+        assert!(timestamp + duration <= after, "{span}");
     }
 }
 

@@ -259,10 +259,12 @@ impl Body for ResponseBody {
         }
         let failed = matches!(frame, Some(Err(_)));
         let ended = frame.is_none() || this.is_end_stream();
-        if ended && let Some(tracker) = &mut this.tracker {
-            // One reading of the clock for the span and the metrics.
+        if ended && (this.tracker.is_some() || this.stats.is_some()) {
+            // One reading of the clock for the span and the metrics, both ending here.
             let now = Instant::now();
-            tracker.finish_at(false, now);
+            if let Some(tracker) = &mut this.tracker {
+                tracker.finish_at(false, now);
+            }
             if let Some(stats) = &mut this.stats {
                 stats.ended.get_or_insert(now);
             }

@@ -245,7 +245,8 @@ where
         let upstream_timer = tokio::time::sleep(proxy.request_timeout.unwrap_or(Duration::MAX / 4));
         tokio::pin!(upstream_timer);
         // When the wait for the next request began: the connection's start, then the end of
-        // the exchange before (read there once, for the span, the metrics and the pool too).
+        // the exchange before (read there once, for the span, the metrics and the pool too;
+        // a TLS flush after the body's end counts in the wait).
         let mut waiting_since = Instant::now();
         loop {
             // Between requests the exchange buffers go back to the worker; the next request
