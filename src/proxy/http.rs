@@ -358,7 +358,8 @@ async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade:
     };
     let mut down = hyper_util::rt::TokioIo::new(down);
     let mut up = hyper_util::rt::TokioIo::new(up);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+    // No copy buffers held while the tunnel is quiet (WebSockets mostly are): see `tcp`.
+    if let Err(e) = super::tcp::copy_both_ways(&mut down, &mut up).await {
         tracing::debug!(error = %e, "upgraded connection ended with an error");
     }
 }

@@ -209,40 +209,44 @@ impl Connection {
     }
 }
 
-async fn serve_http<S>(
+#[allow(clippy::manual_async_fn)] // an async block: see `Connection::serve`
+fn serve_http<S>(
     stream: S,
     peer: SocketAddr,
     proxy: Arc<HttpProxy>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
     first_request: Duration,
-) where
+) -> impl Future<Output = ()>
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    // Until the first request head arrives the connection is cut after `first_request`:
-    // hyper's own header timeout starts only once it has told HTTP/1.1 from h2, so a peer that
-    // sends nothing, or trickles the h2 preface, would otherwise hold the socket forever.
-    let started = Arc::new(AtomicBool::new(false));
-    let seen = started.clone();
-    let service = hyper::service::service_fn(move |req| {
-        seen.store(true, Ordering::Relaxed);
-        proxy.clone().serve(req, peer)
-    });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    let connection = watcher.watch(connection.into_owned());
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = &mut connection => result,
-        _ = tokio::time::sleep(first_request) => {
-            if !started.load(Ordering::Relaxed) {
-                tracing::debug!(%peer, "no request within the header read timeout; closing");
-                return;
+    async move {
+        // Until the first request head arrives the connection is cut after `first_request`:
+        // hyper's own header timeout starts only once it has told HTTP/1.1 from h2, so a peer that
+        // sends nothing, or trickles the h2 preface, would otherwise hold the socket forever.
+        let started = Arc::new(AtomicBool::new(false));
+        let seen = started.clone();
+        let service = hyper::service::service_fn(move |req| {
+            seen.store(true, Ordering::Relaxed);
+            proxy.clone().serve(req, peer)
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let connection = watcher.watch(connection.into_owned());
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = &mut connection => result,
+            _ = tokio::time::sleep(first_request) => {
+                if !started.load(Ordering::Relaxed) {
+                    tracing::debug!(%peer, "no request within the header read timeout; closing");
+                    return;
+                }
+                connection.await
             }
-            connection.await
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

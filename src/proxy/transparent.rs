@@ -245,33 +245,38 @@ async fn serve(
 
 /// Kuma's passthrough: plain TCP to where the connection was going. tracecar's own uid is
 /// excluded from the redirect rules, so this connection is not redirected again.
-async fn pass_through(
+#[allow(clippy::manual_async_fn)] // an async block: see `listener::Connection::serve`
+fn pass_through(
     mut downstream: TcpStream,
     destination: SocketAddr,
     own_ports: std::sync::Arc<OwnPorts>,
-) {
-    // The local port is taken before connecting, so that a redirected-back connection is
-    // recognised even when it is accepted before `connect` returns.
-    let socket = match bind_ephemeral(destination) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(%destination, error = %e, "passthrough socket failed");
-            return;
-        }
-    };
-    let _own = socket
-        .local_addr()
-        .ok()
-        .map(|local| own_ports.enter(local.port()));
-    let mut upstream = match socket.connect(destination).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(%destination, error = %e, "passthrough connect failed");
-            return;
-        }
-    };
-    let _ = upstream.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        // The local port is taken before connecting, so that a redirected-back connection is
+        // recognised even when it is accepted before `connect` returns.
+        let socket = match bind_ephemeral(destination) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%destination, error = %e, "passthrough socket failed");
+                return;
+            }
+        };
+        let _own = socket
+            .local_addr()
+            .ok()
+            .map(|local| own_ports.enter(local.port()));
+        // Boxed, as in `tcp::pass_through`: the task holds only what copying needs.
+        let mut upstream = match Box::pin(socket.connect(destination)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%destination, error = %e, "passthrough connect failed");
+                return;
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        // No copy buffers held while the connection is quiet: see `tcp`.
+        let _ = super::tcp::copy_both_ways(&mut downstream, &mut upstream).await;
+    }
 }
 
 fn bind_ephemeral(destination: SocketAddr) -> io::Result<tokio::net::TcpSocket> {
