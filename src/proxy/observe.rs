@@ -65,8 +65,8 @@ pub struct End<'a> {
     pub trailers: Option<&'a HeaderMap>,
     /// The body did not end normally: a side went away or the upstream reset mid-body.
     pub aborted: bool,
-    /// When the exchange ended. Read once where it ends, for the span's duration and, on the
-    /// HTTP/1.1 fast path, the metrics and the upstream connection's return to its pool too.
+    /// When the exchange ended. Read once where it ends, for the span's duration and the
+    /// request's metrics (and on the HTTP/1.1 fast path, the pooled connection's idle stamp).
     pub ended: Instant,
 }
 

@@ -46,8 +46,8 @@ pub(crate) struct StatsGuard {
     pub(crate) stats: Arc<crate::metrics::ListenerStats>,
     pub(crate) started: Instant,
     pub(crate) status: u16,
-    /// When the request ended, if already read for its span: the clock is then not read
-    /// again (about 30 ns a read in a virtual machine).
+    /// When the request ended, if read already where its response ended (for its span too):
+    /// the clock is then not read again (about 30 ns a read in a virtual machine).
     pub(crate) ended: Option<Instant>,
 }
 
