@@ -16,6 +16,8 @@ mod procfs;
 mod redirect;
 #[path = "load/report.rs"]
 mod report;
+#[path = "load/slices.rs"]
+mod slices;
 #[path = "load/target.rs"]
 mod target;
 #[path = "load/tools.rs"]
@@ -37,7 +39,11 @@ usage: cargo bench --bench load -- [options]
   --idle-connections N  idle keep-alive connections held per round for the memory figures
                         (default 1000; 10000 for the per-connection run of issue 18)
   --rounds N            rounds; each runs every configuration once, the order rotated by one
-                        each round (default 3)
+                        each round (default 3; 0 with --slices for slices alone)
+  --slices N            also N cycles of interleaved slices: every configuration running at
+                        once, each HTTP/1.1 load run for --slice SECS against each in turn,
+                        ratios taken within a cycle (issue 18's targets, within a few per cent)
+  --slice SECS          length of one slice (default 1)
   --rate RPS            fixed-rate run: requests per second (default 1000)
   --rate-duration SECS  fixed-rate run: measured length (default 30), after a warm-up
   --quick               smoke test: 2 s runs, 1 round, 2 s fixed-rate run
@@ -174,6 +180,9 @@ fn fixed_rate_configs() -> Vec<Config> {
 pub struct Options {
     pub duration: Duration,
     pub rounds: u32,
+    /// Cycles of interleaved slices (0: none), and each slice's length.
+    pub slices: u32,
+    pub slice: Duration,
     pub rate: u32,
     pub rate_duration: Duration,
     pub warmup: Duration,
@@ -191,6 +200,8 @@ pub struct Options {
 fn parse_options(args: Vec<String>) -> anyhow::Result<Options> {
     let mut duration = None;
     let mut rounds = None;
+    let mut slices = 0;
+    let mut slice = 1;
     let mut rate = 1000;
     let mut rate_duration = None;
     let mut quick = false;
@@ -212,6 +223,8 @@ fn parse_options(args: Vec<String>) -> anyhow::Result<Options> {
                 let _ = IDLE_CONNECTIONS.set(n);
             }
             "--rounds" => rounds = Some(value("--rounds")?.parse::<u32>()?),
+            "--slices" => slices = value("--slices")?.parse::<u32>()?,
+            "--slice" => slice = value("--slice")?.parse::<u64>()?.max(1),
             "--rate" => rate = value("--rate")?.parse::<u32>()?,
             "--rate-duration" => rate_duration = Some(value("--rate-duration")?.parse::<u64>()?),
             "--quick" => quick = true,
@@ -292,7 +305,13 @@ fn parse_options(args: Vec<String>) -> anyhow::Result<Options> {
     let rate_duration = Duration::from_secs(rate_duration.unwrap_or(if quick { 2 } else { 30 }));
     Ok(Options {
         duration: Duration::from_secs(duration.unwrap_or(default_secs).max(1)),
-        rounds: rounds.unwrap_or(if quick { 1 } else { 3 }).max(1),
+        // No rounds only when slices measure instead.
+        rounds: match rounds.unwrap_or(if quick { 1 } else { 3 }) {
+            0 if slices > 0 => 0,
+            n => n.max(1),
+        },
+        slices,
+        slice: Duration::from_secs(slice),
         rate,
         warmup: if quick {
             Duration::from_millis(500)
@@ -452,6 +471,19 @@ async fn bench(options: Options) -> anyhow::Result<()> {
             }
         }
     }
+    let mut slices_section = String::new();
+    if options.slices > 0 {
+        match slices::run(&options, options.slices, options.slice, upstreams).await {
+            Ok(slices) => {
+                slices_section = slices::render(&options, options.slices, options.slice, &slices)
+            }
+            Err(e) => {
+                let failure = format!("interleaved slices: {e:#}");
+                eprintln!("FAILED {failure}");
+                results.failures.push(failure);
+            }
+        }
+    }
     let mut redirect_section = String::new();
     if options.redirect {
         match redirect::run(&options).await {
@@ -466,6 +498,10 @@ async fn bench(options: Options) -> anyhow::Result<()> {
     drop(upstream);
 
     let mut markdown = report::render(&options, &environment, &results, started);
+    if !slices_section.is_empty() {
+        markdown.push('\n');
+        markdown.push_str(&slices_section);
+    }
     if !redirect_section.is_empty() {
         markdown.push('\n');
         markdown.push_str(&redirect_section);

@@ -23,6 +23,21 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Time every thread of `pid` has spent on a CPU, in nanoseconds: the first field of each
+/// `/proc/<pid>/task/<tid>/schedstat`. Exact where `utime`+`stime` count whole ticks; a
+/// thread that exited takes its time with it, which the proxies' long-lived threads do not.
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(task) = task else { continue };
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
 /// A `Vm*` line of /proc/<pid>/status, in KiB.
 pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

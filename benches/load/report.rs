@@ -207,6 +207,10 @@ pub fn render(
         env.h2load,
         env.clock_ticks,
     );
+    if options.rounds == 0 {
+        // Slices alone (`--rounds 0 --slices N`): their section follows, with its own setup.
+        return md;
+    }
     let _ = writeln!(
         w,
         "Setup: upstream nginx answers `GET /1k` with {} bytes from memory over keep-alive \
