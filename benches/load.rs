@@ -473,7 +473,16 @@ async fn bench(options: Options) -> anyhow::Result<()> {
     }
     let mut slices_section = String::new();
     if options.slices > 0 {
-        match slices::run(&options, options.slices, options.slice, upstreams).await {
+        let upstream_pid = upstream.pid();
+        match slices::run(
+            &options,
+            options.slices,
+            options.slice,
+            upstreams,
+            upstream_pid,
+        )
+        .await
+        {
             Ok(slices) => {
                 slices_section = slices::render(&options, options.slices, options.slice, &slices)
             }

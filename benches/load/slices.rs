@@ -21,6 +21,9 @@ pub struct Slice {
     pub config: Config,
     pub load: Load,
     pub cpu_us: Option<f64>,
+    /// The upstream nginx's CPU per request meanwhile: what the headers a proxy adds cost
+    /// the application behind it.
+    pub upstream_us: Option<f64>,
     pub rate: f64,
     pub errors: u64,
 }
@@ -48,6 +51,7 @@ pub async fn run(
     cycles: u32,
     slice: Duration,
     upstreams: Upstreams,
+    upstream_pid: u32,
 ) -> anyhow::Result<Vec<Slice>> {
     let configs: Vec<Config> = options
         .configs
@@ -83,23 +87,28 @@ pub async fn run(
                 let url = format!("http://{}{}", target.h1, nginx::PATH);
                 let pid = target.pid();
                 let before = pid.and_then(crate::procfs::cpu_ns);
+                let upstream_before = crate::procfs::cpu_ns(upstream_pid);
                 let headers = tools::caller_headers(load);
                 let run = tools::wrk(&url, headers, load.wrk_shape(), slice).await?;
                 let after = pid.and_then(crate::procfs::cpu_ns);
+                let upstream_after = crate::procfs::cpu_ns(upstream_pid);
                 if cycle == 0 {
                     continue;
                 }
-                let cpu_us = match (before, after) {
+                let per_request = |before: Option<u64>, after: Option<u64>| match (before, after) {
                     (Some(b), Some(a)) if a >= b => {
                         Some((a - b) as f64 / 1e3 / run.requests.max(1) as f64)
                     }
                     _ => None,
                 };
+                let cpu_us = per_request(before, after);
+                let upstream_us = per_request(upstream_before, upstream_after);
                 slices.push(Slice {
                     cycle,
                     config,
                     load,
                     cpu_us,
+                    upstream_us,
                     rate: run.rps,
                     errors: run.errors,
                 });
@@ -198,7 +207,8 @@ pub fn render(options: &Options, cycles: u32, slice: Duration, slices: &[Slice])
          per configuration, the order rotated each cycle, after one unrecorded cycle. A ratio \
          is taken within a cycle, then the median over cycles with the first and third \
          quartiles (and, against a target, in how many cycles it was met). CPU is the process's \
-         time on a CPU (`/proc/<pid>/task/*/schedstat`) per request.\n",
+         time on a CPU (`/proc/<pid>/task/*/schedstat`) per request; the upstream's is nginx's \
+         (the application's) meanwhile, which grows with the headers the proxy adds.\n",
         slice.as_secs()
     );
     let configs: Vec<Config> = options
@@ -227,9 +237,9 @@ pub fn render(options: &Options, cycles: u32, slice: Duration, slices: &[Slice])
         );
         let _ = writeln!(
             w,
-            "| configuration | req/s | CPU µs/req | CPU ÷ nginx | req/s ÷ nginx | CPU ÷ sampling 0 | CPU ÷ baseline | errors |"
+            "| configuration | req/s | CPU µs/req | upstream µs/req | CPU ÷ nginx | req/s ÷ nginx | CPU ÷ sampling 0 | CPU ÷ baseline | errors |"
         );
-        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for &config in &configs {
             let own: Vec<&Slice> = slices
                 .iter()
@@ -237,6 +247,7 @@ pub fn render(options: &Options, cycles: u32, slice: Duration, slices: &[Slice])
                 .collect();
             let rates: Vec<f64> = own.iter().map(|s| s.rate).collect();
             let cpus: Vec<f64> = own.iter().filter_map(|s| s.cpu_us).collect();
+            let upstream: Vec<f64> = own.iter().filter_map(|s| s.upstream_us).collect();
             let errors: u64 = own.iter().map(|s| s.errors).sum();
             let against_nginx = |f: &dyn Fn(&Slice) -> Option<f64>, below: bool| {
                 if !has_nginx || config == Config::Nginx {
@@ -267,10 +278,11 @@ pub fn render(options: &Options, cycles: u32, slice: Duration, slices: &[Slice])
             };
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {} | {} | {} | {errors} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {errors} |",
                 config.name(),
                 median(&rates).map_or("—".to_string(), |v| format!("{v:.0}")),
                 median(&cpus).map_or("—".to_string(), |v| format!("{v:.2}")),
+                median(&upstream).map_or("—".to_string(), |v| format!("{v:.2}")),
                 against_nginx(&cpu, true),
                 against_nginx(&rate, false),
                 against_unsampled,
