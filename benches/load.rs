@@ -48,7 +48,8 @@ usage: cargo bench --bench load -- [options]
   --rate-duration SECS  fixed-rate run: measured length (default 30), after a warm-up
   --quick               smoke test: 2 s runs, 1 round, 2 s fixed-rate run
   --only NAME[,NAME]    only these configurations and/or loads (repeatable):
-                        direct, nginx, tracecar, tracecar-s0, tracecar-s100, tracecar-s0-w1,
+                        direct, nginx, nginx-b3 (nginx adding tracecar's headers),
+                        tracecar, tracecar-s0, tracecar-s100, tracecar-s0-w1,
                         tracecar-s100-w2, tracecar-down, …; http1, http1-b3, http1-w3c,
                         http1-t1c32, http1-t1c8, h2c, grpc
                         (grpc-unary, grpc-stream),
@@ -261,6 +262,10 @@ fn parse_options(args: Vec<String>) -> anyhow::Result<Options> {
             .iter()
             .copied()
             .filter(|c| {
+                // nginx-b3 only by its own name (`nginx` would otherwise select it too).
+                if *c == Config::NginxB3 {
+                    return c.name() == *item;
+                }
                 // A baseline configuration is selected with its tracecar twin.
                 let name = c.name().replace("baseline-", "tracecar-");
                 let item = item.replace("baseline-", "tracecar-");
@@ -291,6 +296,9 @@ fn parse_options(args: Vec<String>) -> anyhow::Result<Options> {
     }
     configs = if configs.is_empty() {
         all_configs
+            .into_iter()
+            .filter(|c| *c != Config::NginxB3)
+            .collect()
     } else {
         all_configs
             .into_iter()

@@ -49,10 +49,27 @@ pub fn upstream(h1: u16, h2c: u16) -> anyhow::Result<Nginx> {
 }
 
 /// The reverse proxy: HTTP/1.1 on `h1` and h2c on `h2c`, both forwarding over HTTP/1.1 with a
-/// keep-alive pool to `app` (nginx cannot speak HTTP/2 to an HTTP upstream).
-pub fn reverse_proxy(h1: u16, h2c: u16, app: SocketAddr) -> anyhow::Result<Nginx> {
+/// keep-alive pool to `app` (nginx cannot speak HTTP/2 to an HTTP upstream). With `b3`, it
+/// also writes the headers tracecar adds to a forwarded request: a request id, B3 ids (the
+/// trace id is `$request_id`, 32 hex digits; the span id its first 16) with sampling on, and
+/// `x-forwarded-proto`.
+pub fn reverse_proxy(h1: u16, h2c: u16, app: SocketAddr, b3: bool) -> anyhow::Result<Nginx> {
+    let (map, headers) = if b3 {
+        (
+            "map $request_id $b3_span_id {\n\
+             \"~^(?<first>.{16})\" $first;\n\
+             }\n",
+            "proxy_set_header x-request-id $request_id;\n\
+             proxy_set_header x-b3-traceid $request_id;\n\
+             proxy_set_header x-b3-spanid $b3_span_id;\n\
+             proxy_set_header x-b3-sampled 1;\n\
+             proxy_set_header x-forwarded-proto $scheme;\n",
+        )
+    } else {
+        ("", "")
+    };
     let server = format!(
-        "upstream app {{\n\
+        "{map}upstream app {{\n\
          server {app};\n\
          keepalive 64;\n\
          keepalive_requests 1000000;\n\
@@ -65,6 +82,7 @@ pub fn reverse_proxy(h1: u16, h2c: u16, app: SocketAddr) -> anyhow::Result<Nginx
          proxy_pass http://app;\n\
          proxy_http_version 1.1;\n\
          proxy_set_header Connection \"\";\n\
+         {headers}\
          }}\n\
          }}\n"
     );

@@ -41,7 +41,7 @@ fn sliced(load: Load) -> bool {
 fn compared(config: Config) -> bool {
     matches!(
         config,
-        Config::Nginx | Config::Tracecar { .. } | Config::Baseline { .. }
+        Config::Nginx | Config::NginxB3 | Config::Tracecar { .. } | Config::Baseline { .. }
     )
 }
 

@@ -15,6 +15,11 @@ use crate::procfs::Managed;
 pub enum Config {
     Direct,
     Nginx,
+    /// nginx as above that also writes the headers tracecar adds to a request it forwards
+    /// (`x-request-id`, B3 ids and sampling, `x-forwarded-proto`), from `$request_id`. Not a
+    /// tracer: it shows what those headers cost the application behind the proxy, and nginx.
+    /// Run only when named (`--only nginx-b3`).
+    NginxB3,
     Tracecar {
         sampling: u8,
         workers: u8,
@@ -155,7 +160,7 @@ pub fn set_baseline(binary: std::path::PathBuf) {
 impl Config {
     /// Every configuration, in the order each round runs them.
     pub fn all() -> Vec<Config> {
-        let mut all = vec![Config::Direct, Config::Nginx];
+        let mut all = vec![Config::Direct, Config::Nginx, Config::NginxB3];
         for workers in [1, 2] {
             for sampling in [0, 100] {
                 all.push(Config::Tracecar { sampling, workers });
@@ -173,6 +178,7 @@ impl Config {
         match self {
             Config::Direct => "direct".to_string(),
             Config::Nginx => "nginx".to_string(),
+            Config::NginxB3 => "nginx-b3".to_string(),
             Config::Tracecar { sampling, workers } => format!("tracecar-s{sampling}-w{workers}"),
             Config::TracecarTcp => "tracecar-tcp-w1".to_string(),
             Config::TracecarCollectorDown => "tracecar-down-w1".to_string(),
@@ -284,11 +290,13 @@ pub async fn start(config: Config, upstreams: Upstreams) -> anyhow::Result<Targe
             admin: None,
             proxy: Proxy::None,
         }),
-        Config::Nginx => {
+        Config::Nginx | Config::NginxB3 => {
             let [h1, h2c] = free_ports()?;
-            let nginx =
-                tokio::task::spawn_blocking(move || nginx::reverse_proxy(h1, h2c, upstreams.h1))
-                    .await??;
+            let b3 = config == Config::NginxB3;
+            let nginx = tokio::task::spawn_blocking(move || {
+                nginx::reverse_proxy(h1, h2c, upstreams.h1, b3)
+            })
+            .await??;
             Ok(Target {
                 h1: loopback(h1),
                 h2c: loopback(h2c),
