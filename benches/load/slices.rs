@@ -45,6 +45,13 @@ fn compared(config: Config) -> bool {
     )
 }
 
+/// Of the configurations and loads selected, those slices run.
+fn selected(options: &Options) -> (Vec<Config>, Vec<Load>) {
+    let configs = options.configs.iter().copied().filter(|&c| compared(c));
+    let loads = options.loads.iter().copied().filter(|&l| sliced(l));
+    (configs.collect(), loads.collect())
+}
+
 /// Starts every compared configuration, then runs `cycles` cycles of each sliced load.
 pub async fn run(
     options: &Options,
@@ -53,18 +60,7 @@ pub async fn run(
     upstreams: Upstreams,
     upstream_pid: u32,
 ) -> anyhow::Result<Vec<Slice>> {
-    let configs: Vec<Config> = options
-        .configs
-        .iter()
-        .copied()
-        .filter(|&c| compared(c))
-        .collect();
-    let loads: Vec<Load> = options
-        .loads
-        .iter()
-        .copied()
-        .filter(|&l| sliced(l))
-        .collect();
+    let (configs, loads) = selected(options);
     let mut targets = Vec::new();
     for &config in &configs {
         targets.push((config, target::start(config, upstreams).await?));
@@ -203,26 +199,16 @@ pub fn render(options: &Options, cycles: u32, slice: Duration, slices: &[Slice])
     let _ = writeln!(
         w,
         "The upstream nginx answers `GET /1k` with 1 KiB over keep-alive HTTP/1.1; the \
-         collector only counts spans. Every configuration running at once; each load in {cycles} cycles of one {} s wrk run \
-         per configuration, the order rotated each cycle, after one unrecorded cycle. A ratio \
+         collector only counts spans. Every configuration running at once; each load in \
+         {cycles} cycles of one {} s wrk run per configuration, the order rotated each cycle, \
+         after one unrecorded cycle. A ratio \
          is taken within a cycle, then the median over cycles with the first and third \
          quartiles (and, against a target, in how many cycles it was met). CPU is the process's \
          time on a CPU (`/proc/<pid>/task/*/schedstat`) per request; the upstream's is nginx's \
          (the application's) meanwhile, which grows with the headers the proxy adds.\n",
         slice.as_secs()
     );
-    let configs: Vec<Config> = options
-        .configs
-        .iter()
-        .copied()
-        .filter(|&c| compared(c))
-        .collect();
-    let loads: Vec<Load> = options
-        .loads
-        .iter()
-        .copied()
-        .filter(|&l| sliced(l))
-        .collect();
+    let (configs, loads) = selected(options);
     let cpu = |s: &Slice| s.cpu_us;
     let rate = |s: &Slice| Some(s.rate);
     let has_nginx = configs.contains(&Config::Nginx);
