@@ -201,10 +201,9 @@ pub fn render(options: &Options, cycles: u32, slice: Duration, slices: &[Slice])
         "The upstream nginx answers `GET /1k` with 1 KiB over keep-alive HTTP/1.1; the \
          collector only counts spans. Every configuration running at once; each load in \
          {cycles} cycles of one {} s wrk run per configuration, the order rotated each cycle, \
-         after one unrecorded cycle. A ratio \
-         is taken within a cycle, then the median over cycles with the first and third \
-         quartiles (and, against a target, in how many cycles it was met). CPU is the process's \
-         time on a CPU (`/proc/<pid>/task/*/schedstat`) per request; the upstream's is nginx's \
+         after one unrecorded cycle. A ratio is taken within a cycle, then the median over \
+         cycles with the first and third quartiles (and, against a target, in how many cycles \
+         it was met). CPU is the process's time on a CPU (`/proc/<pid>/task/*/schedstat`) per request; the upstream's is nginx's \
          (the application's) meanwhile, which grows with the headers the proxy adds.\n",
         slice.as_secs()
     );
