@@ -6,6 +6,7 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue};
+use tracecar::proxy::observe::Forwarded;
 use tracecar::trace::Format;
 use tracecar::trace::context::SpanContext;
 use tracecar::trace::id::{SpanId, TraceId};
@@ -42,7 +43,7 @@ fn request(incoming: &[(&'static str, &'static str)]) -> HeaderMap {
 }
 
 /// What the layer does per request (inbound, shared span context), minus the span record.
-fn trace_path(mut headers: HeaderMap, bp: u32, native: Format) -> HeaderMap {
+fn trace_path(headers: HeaderMap, bp: u32, native: Format) -> HeaderMap {
     let incoming = extract(&headers, native);
     let sampling = incoming.context.sampling;
     let decision = match &incoming.context.ids {
@@ -60,8 +61,10 @@ fn trace_path(mut headers: HeaderMap, bp: u32, native: Format) -> HeaderMap {
         span_id: SpanId::random(),
         parent_id: None,
     });
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.headers = headers;
     inject(
-        &mut headers,
+        &mut Forwarded::new(&mut parts),
         native,
         &incoming,
         Outgoing {
@@ -71,7 +74,7 @@ fn trace_path(mut headers: HeaderMap, bp: u32, native: Format) -> HeaderMap {
             continued: incoming.context.ids.is_some(),
         },
     );
-    headers
+    parts.headers
 }
 
 fn bench(c: &mut Criterion) {
@@ -195,25 +198,29 @@ fn meshtrace_tags(c: &mut Criterion) {
             ("kuma.mesh", TagRule::Literal("default")),
         ],
     );
-    let mut headers = request(&[]);
-    headers.insert("x-env", HeaderValue::from_static("staging"));
-    headers.insert("x-version", HeaderValue::from_static("v2.3.1"));
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.headers = request(&[]);
+    parts
+        .headers
+        .insert("x-env", HeaderValue::from_static("staging"));
+    parts
+        .headers
+        .insert("x-version", HeaderValue::from_static("v2.3.1"));
+    let head = tracecar::proxy::observe::Forwarded::new(&mut parts);
     let mut group = c.benchmark_group("trace_path");
     group.bench_function("meshtrace_header_tags", |b| {
         b.iter_batched(
             || tracecar::trace::Tags::with_capacity(24, 256),
             |mut tags| {
-                let headers = black_box(&headers);
+                let head = black_box(&head);
                 let decision = decide_knobs(
                     None,
-                    headers
-                        .get(&X_REQUEST_ID)
-                        .map_or(&[][..], HeaderValue::as_bytes),
-                    headers.contains_key("x-client-trace-id"),
+                    head.get(&X_REQUEST_ID).unwrap_or(&[]),
+                    head.parts.headers.contains_key("x-client-trace-id"),
                     &settings.knobs,
                 );
                 if decision.sampled {
-                    settings.push_tags(headers, &mut tags);
+                    settings.push_tags(head, &mut tags);
                 }
                 tags
             },

@@ -246,7 +246,7 @@ impl Observer for Both {
         &self,
         listener: &Arc<ListenerInfo>,
         peer: SocketAddr,
-        head: &mut http::request::Parts,
+        head: &mut tracecar::proxy::observe::Forwarded<'_>,
         started: std::time::Instant,
     ) -> Option<Box<dyn Exchange>> {
         let first = self.0.on_request(listener, peer, head, started);

@@ -2,6 +2,7 @@
 //! what rides along, for each backend's native format.
 
 use http::{HeaderMap, HeaderValue};
+use tracecar::proxy::observe::{FieldLines, Forwarded};
 use tracecar::trace::Format;
 use tracecar::trace::context::{SamplingState, SpanContext};
 use tracecar::trace::id::{SpanId, TraceId};
@@ -147,19 +148,49 @@ fn forwarded(map: &HeaderMap, native: Format, sampled: bool) -> (HeaderMap, Span
         .ids
         .map_or(TraceId::random(true), |c| c.trace_id);
     let hop = hop(trace);
-    let mut out = map.clone();
+    let out = Outgoing {
+        hop: &hop,
+        sampled,
+        debug: false,
+        continued: incoming.context.ids.is_some(),
+    };
+    let mut in_map = request(map.clone());
+    inject(&mut Forwarded::new(&mut in_map), native, &incoming, out);
+    // The fast path's way, new fields as lines after the map's, forwards the same fields.
+    let mut with_lines = request(map.clone());
+    let mut lines = FieldLines::default();
     inject(
-        &mut out,
+        &mut Forwarded::with_lines(&mut with_lines, &mut lines),
         native,
         &incoming,
-        Outgoing {
-            hop: &hop,
-            sampled,
-            debug: false,
-            continued: incoming.context.ids.is_some(),
-        },
+        out,
     );
-    (out, hop)
+    assert_eq!(
+        as_sent(&with_lines.headers, lines.as_bytes()),
+        as_sent(&in_map.headers, &[]),
+        "lines and map differ"
+    );
+    (in_map.headers, hop)
+}
+
+fn request(headers: HeaderMap) -> http::request::Parts {
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.headers = headers;
+    parts
+}
+
+/// The fields an upstream reads, in order: the map's, then the lines'.
+fn as_sent(map: &HeaderMap, lines: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut fields: Vec<(String, Vec<u8>)> = map
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+        .collect();
+    let text = std::str::from_utf8(lines).expect("lines are text");
+    for line in text.split_terminator("\r\n") {
+        let (name, value) = line.split_once(": ").expect("a field line");
+        fields.push((name.to_string(), value.as_bytes().to_vec()));
+    }
+    fields
 }
 
 #[test]

@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use super::connect::Wire;
 use super::exchange::{self, Failure, SendError, connection_tokens, remove_hop_by_hop};
-use super::observe::{ListenerInfo, Observer, is_grpc};
+use super::observe::{Forwarded, ListenerInfo, Observer, is_grpc};
 use super::pool::Lease;
 use super::request_body::RequestBody;
 use super::response_body::{ResponseBody, ResponseInner, StatsGuard, Tracker};
@@ -72,9 +72,9 @@ impl HttpProxy {
 
         let (mut head, body) = req.into_parts();
         // Phase 2: observe.
-        let exchange = self
-            .observer
-            .on_request(&self.info, peer, &mut head, started);
+        let exchange =
+            self.observer
+                .on_request(&self.info, peer, &mut Forwarded::new(&mut head), started);
         let request_bytes = exchange.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
         let mut tracker = exchange.map(|e| Box::new(Tracker::new(e, request_bytes.clone())));
         // Counted from here on, whatever happens: a caller that leaves before the response
@@ -141,10 +141,11 @@ impl HttpProxy {
     }
 
     /// `x-forwarded-proto` as the caller spoke to us, unless it came set.
-    pub(super) fn set_forwarded_proto(&self, headers: &mut HeaderMap) {
-        if !headers.contains_key(X_FORWARDED_PROTO) {
+    pub(super) fn set_forwarded_proto(&self, head: &mut Forwarded<'_>) {
+        if !head.parts.headers.contains_key(X_FORWARDED_PROTO) {
             let proto = if self.info.tls { "https" } else { "http" };
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+            head.fields(true)
+                .set_value(&X_FORWARDED_PROTO, &HeaderValue::from_static(proto));
         }
     }
 
@@ -167,7 +168,7 @@ impl HttpProxy {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             head.headers.insert(header::UPGRADE, value);
         }
-        self.set_forwarded_proto(&mut head.headers);
+        self.set_forwarded_proto(&mut Forwarded::new(head));
         // The authority the caller asked for: `:authority` (h2) or Host (HTTP/1.1).
         let authority = match head.uri.authority() {
             Some(a) => a.clone(),

@@ -14,6 +14,7 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::id::{SpanId, TraceId};
+use crate::proxy::observe::Fields;
 
 pub const B3: HeaderName = HeaderName::from_static("b3");
 pub const TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
@@ -161,84 +162,70 @@ pub fn inject(
     debug: bool,
     single: bool,
 ) {
-    write(headers, context, sampled, debug, single, true);
+    write(
+        &mut Fields::in_map(headers),
+        context,
+        sampled,
+        debug,
+        single,
+    );
 }
 
-/// [`inject`]; with `stale` false the caller knows no B3 header is there, and the lookups
-/// that remove the ones this hop does not send are skipped (three hashed lookups, about
-/// half of writing).
+/// [`inject`] into `fields`. Fields opened as absent (no B3 header is there) skip the lookups
+/// that remove the ones this hop does not send (three hashed lookups, about half of writing
+/// into a map).
 pub(crate) fn write(
-    headers: &mut HeaderMap,
+    fields: &mut Fields<'_>,
     context: &SpanContext,
     sampled: bool,
     debug: bool,
     single: bool,
-    stale: bool,
 ) {
-    // `insert` replaces every earlier value; only headers this hop does not send are removed.
+    // `set` replaces every earlier value; only headers this hop does not send are removed.
     let trace = context.trace_id.to_hex();
     let span = context.span_id.to_hex();
     let parent = context.parent_id.map(SpanId::to_hex);
-    // Every id this hop sends, in one buffer that the header values share: one allocation
-    // instead of one per value.
-    let mut ids = bytes::BytesMut::with_capacity(2 * (32 + 16 + 16) + 4);
-    ids.extend_from_slice(trace.as_bytes());
-    let trace_at = 0..ids.len();
-    ids.extend_from_slice(span.as_bytes());
-    let span_at = trace_at.end..ids.len();
-    if let Some(parent) = &parent {
-        ids.extend_from_slice(parent.as_bytes());
+    fields.set(&TRACE_ID, trace.as_bytes());
+    fields.set(&SPAN_ID, span.as_bytes());
+    match &parent {
+        Some(parent) => fields.set(&PARENT_SPAN_ID, parent.as_bytes()),
+        None => fields.remove(&PARENT_SPAN_ID),
     }
-    let parent_at = span_at.end..ids.len();
+    if debug {
+        // Debug implies accept: B3 sends the flag instead of a sampled state.
+        fields.set_value(&FLAGS, &HeaderValue::from_static("1"));
+        fields.remove(&SAMPLED);
+    } else {
+        fields.set_value(
+            &SAMPLED,
+            &HeaderValue::from_static(if sampled { "1" } else { "0" }),
+        );
+        fields.remove(&FLAGS);
+    }
     if single {
         let state: &[u8] = match (debug, sampled) {
             (true, _) => b"d",
             (false, true) => b"1",
             (false, false) => b"0",
         };
-        ids.extend_from_slice(trace.as_bytes());
-        ids.extend_from_slice(b"-");
-        ids.extend_from_slice(span.as_bytes());
-        ids.extend_from_slice(b"-");
-        ids.extend_from_slice(state);
-        if let Some(parent) = &parent {
-            ids.extend_from_slice(b"-");
-            ids.extend_from_slice(parent.as_bytes());
+        let mut value = [0u8; 32 + 1 + 16 + 1 + 1 + 1 + 16];
+        let mut len = 0;
+        let parent = parent.as_ref().map(|p| p.as_bytes());
+        let pieces: [&[u8]; 7] = [
+            trace.as_bytes(),
+            b"-",
+            span.as_bytes(),
+            b"-",
+            state,
+            if parent.is_some() { b"-" } else { b"" },
+            parent.unwrap_or(b""),
+        ];
+        for piece in pieces {
+            value[len..len + piece.len()].copy_from_slice(piece);
+            len += piece.len();
         }
-    }
-    let single_at = parent_at.end..ids.len();
-    let ids = ids.freeze();
-    let value = |at: std::ops::Range<usize>| hex_value(ids.slice(at));
-    headers.insert(TRACE_ID, value(trace_at));
-    headers.insert(SPAN_ID, value(span_at));
-    if parent.is_some() {
-        headers.insert(PARENT_SPAN_ID, value(parent_at));
-    } else if stale {
-        headers.remove(&PARENT_SPAN_ID);
-    }
-    if debug {
-        // Debug implies accept: B3 sends the flag instead of a sampled state.
-        headers.insert(FLAGS, HeaderValue::from_static("1"));
-        if stale {
-            headers.remove(&SAMPLED);
-        }
+        fields.set(&B3, &value[..len]);
     } else {
-        headers.insert(
-            SAMPLED,
-            HeaderValue::from_static(if sampled { "1" } else { "0" }),
-        );
-        if stale {
-            headers.remove(&FLAGS);
-        }
+        fields.remove(&B3);
     }
-    if single {
-        headers.insert(B3, value(single_at));
-    } else if stale {
-        headers.remove(&B3);
-    }
-}
-
-fn hex_value(bytes: bytes::Bytes) -> HeaderValue {
-    // Hex digits and dashes are always valid header bytes.
-    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from_static(""))
 }

@@ -13,6 +13,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::context::{Read, SamplingState, SpanContext, TraceContext, trim_ows};
 use super::id::{SpanId, TraceId};
+use crate::proxy::observe::Fields;
 
 pub const TRACE_ID: HeaderName = HeaderName::from_static("x-datadog-trace-id");
 pub const PARENT_ID: HeaderName = HeaderName::from_static("x-datadog-parent-id");
@@ -177,45 +178,52 @@ pub fn inject(
     origin: Option<&HeaderValue>,
     tags: Option<&HeaderValue>,
 ) {
-    headers.insert(TRACE_ID, decimal(context.trace_id.low));
-    headers.insert(PARENT_ID, decimal(context.span_id.0));
-    headers.insert(
-        SAMPLING_PRIORITY,
-        match priority {
-            -1 => HeaderValue::from_static("-1"),
-            0 => HeaderValue::from_static("0"),
-            1 => HeaderValue::from_static("1"),
-            2 => HeaderValue::from_static("2"),
-            p => HeaderValue::from(i32::from(p)),
-        },
+    write(
+        &mut Fields::in_map(headers),
+        context,
+        priority,
+        origin,
+        tags,
+    );
+}
+
+/// [`inject`] into `fields`.
+pub(crate) fn write(
+    fields: &mut Fields<'_>,
+    context: &SpanContext,
+    priority: i8,
+    origin: Option<&HeaderValue>,
+    tags: Option<&HeaderValue>,
+) {
+    fields.set(
+        &TRACE_ID,
+        itoa::Buffer::new().format(context.trace_id.low).as_bytes(),
+    );
+    fields.set(
+        &PARENT_ID,
+        itoa::Buffer::new().format(context.span_id.0).as_bytes(),
+    );
+    fields.set(
+        &SAMPLING_PRIORITY,
+        itoa::Buffer::new().format(priority).as_bytes(),
     );
     match origin {
-        Some(origin) => {
-            headers.insert(ORIGIN, origin.clone());
-        }
-        None => {
-            headers.remove(&ORIGIN);
-        }
+        Some(origin) => fields.set_value(&ORIGIN, origin),
+        None => fields.remove(&ORIGIN),
     }
     let high = context.trace_id.high;
     match (tags, high) {
-        (None, 0) => {
-            headers.remove(&TAGS);
-        }
-        (Some(tags), 0) => {
-            headers.insert(TAGS, tags.clone());
-        }
+        (None, 0) => fields.remove(&TAGS),
+        (Some(tags), 0) => fields.set_value(&TAGS, tags),
         (tags, high) => {
-            let mut value = bytes::BytesMut::with_capacity(64);
+            let mut value = Vec::with_capacity(64);
             if let Some(tags) = tags {
                 value.extend_from_slice(tags.as_bytes());
                 value.extend_from_slice(b",");
             }
             value.extend_from_slice(b"_dd.p.tid=");
             value.extend_from_slice(SpanId(high).to_hex().as_bytes());
-            if let Ok(value) = HeaderValue::from_maybe_shared(value.freeze()) {
-                headers.insert(TAGS, value);
-            }
+            fields.set(&TAGS, &value);
         }
     }
 }
@@ -235,8 +243,4 @@ pub fn priority(sampled: bool, debug: bool, incoming: Option<i8>) -> i8 {
             SamplingState::Deny => 0,
         },
     }
-}
-
-fn decimal(value: u64) -> HeaderValue {
-    HeaderValue::from(value)
 }

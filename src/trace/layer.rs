@@ -25,7 +25,7 @@ use super::propagation::{self, Outgoing};
 use super::span::{Span, SpanKind, Tags};
 use crate::metrics::FormatLabels;
 use crate::policy::effective::Direction;
-use crate::proxy::observe::{End, Exchange, ListenerInfo, Observer, ResponseFlags};
+use crate::proxy::observe::{End, Exchange, Forwarded, ListenerInfo, Observer, ResponseFlags};
 use crate::spare::{self, Spares};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -118,7 +118,7 @@ impl Observer for Tracer {
         &self,
         listener: &Arc<ListenerInfo>,
         peer: SocketAddr,
-        head: &mut http::request::Parts,
+        head: &mut Forwarded<'_>,
         started: Instant,
     ) -> Option<Box<dyn Exchange>> {
         if !listener.protocol.is_traced() {
@@ -127,35 +127,38 @@ impl Observer for Tracer {
         let config = self.config.load();
         let backend = config.backend.as_ref()?;
 
-        // Never rewrite a caller's request id; make one when there is none. Then looked up
-        // once: the sampling key and the span's `guid:x-request-id` tag both come from here.
-        // (`HeaderMap::entry` would save a lookup, but its code runs nowhere else on the data
-        // path, and cost more in instruction-cache misses than the lookup.)
-        if !head.headers.contains_key(&X_REQUEST_ID) {
-            head.headers.insert(X_REQUEST_ID, new_request_id());
-        }
-        let request_id = head.headers.get(&X_REQUEST_ID);
+        // Never rewrite a caller's request id; make one when there is none. Looked up once:
+        // the sampling key and the span's `guid:x-request-id` tag both come from here.
+        let generated;
+        let request_id: &[u8] = match head.parts.headers.get(&X_REQUEST_ID) {
+            Some(id) => id.as_bytes(),
+            None => {
+                generated = super::id::random_uuid();
+                head.fields(true).set(&X_REQUEST_ID, &generated);
+                &generated
+            }
+        };
         let native = backend.propagation;
-        let incoming = propagation::extract(&head.headers, native);
+        let incoming = propagation::extract(&head.parts.headers, native);
         for format in incoming.invalid() {
             self.invalid_contexts[format as usize].inc();
         }
         let sampling = incoming.context.sampling;
         let decision = match &incoming.context.ids {
-            Some(c) => backend.decide(sampling, c.trace_id.to_hex().as_bytes(), &head.headers),
-            None => backend.decide(
+            Some(c) => backend.decide(
                 sampling,
-                request_id.map_or(&[][..], HeaderValue::as_bytes),
-                &head.headers,
+                c.trace_id.to_hex().as_bytes(),
+                &head.parts.headers,
             ),
+            None => backend.decide(sampling, request_id, &head.parts.headers),
         };
         // A span's first tags, the request id among them, are taken before the context is
         // written into the headers.
         let tags = decision.sampled.then(|| {
-            let grpc = crate::proxy::observe::is_grpc(&head.headers);
+            let grpc = crate::proxy::observe::is_grpc(&head.parts.headers);
             (
                 grpc,
-                first_tags(self, backend, head, grpc, request_id, Spare::take()),
+                first_tags(self, backend, head.parts, grpc, request_id, Spare::take()),
             )
         });
         let inbound = listener.direction == Direction::Inbound;
@@ -179,7 +182,7 @@ impl Observer for Tracer {
             ),
         };
         propagation::inject(
-            &mut head.headers,
+            head,
             native,
             &incoming,
             Outgoing {
@@ -213,13 +216,6 @@ impl Observer for Tracer {
     }
 }
 
-/// A UUIDv4 from a fast thread-local generator (a syscall per request would cost more than
-/// the rest of the tracing path).
-fn new_request_id() -> HeaderValue {
-    HeaderValue::from_bytes(&super::id::random_uuid())
-        .unwrap_or_else(|_| HeaderValue::from_static("-"))
-}
-
 /// A sampled span's tag list with its first three tags, `node_id`, `component` and
 /// `guid:x-request-id`, sized for all it will get: the index for each tag it can get (14 for
 /// HTTP, three more for gRPC, and the MeshTrace tags), the text for the node id and the
@@ -229,7 +225,7 @@ fn first_tags(
     backend: &TracedBackend,
     head: &http::request::Parts,
     grpc: bool,
-    request_id: Option<&HeaderValue>,
+    request_id: &[u8],
     spare: Spare,
 ) -> (Tags, String) {
     let user_tags = backend.meshtrace.as_ref().map_or(0, |m| m.tags.len());
@@ -243,9 +239,7 @@ fn first_tags(
     tags.reserve(14 + grpc + user_tags, tracer.node_id.len() + path + 320);
     tags.push("node_id", &tracer.node_id);
     tags.push("component", "proxy");
-    if let Some(id) = request_id {
-        tags.push_header("guid:x-request-id", id);
-    }
+    tags.push_header("guid:x-request-id", request_id);
     (tags, spare.name)
 }
 
@@ -302,7 +296,7 @@ impl Recording {
         listener: &ListenerInfo,
         backend: &TracedBackend,
         peer: SocketAddr,
-        head: &http::request::Parts,
+        head: &Forwarded<'_>,
         context: SpanContext,
         shared: bool,
         debug: bool,
@@ -313,34 +307,41 @@ impl Recording {
         started: Instant,
     ) -> Recording {
         let timestamp_us = wall_micros(started);
-        let host = head
+        let request = &*head.parts;
+        let host = request
             .uri
             .authority()
             .map(|a| a.as_str())
-            .or_else(|| head.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+            .or_else(|| {
+                request
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
             .unwrap_or("");
-        let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+        let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
 
         let scheme = if listener.tls { "https://" } else { "http://" };
         tags.push_parts("http.url", &[scheme, host, cut_chars(path, MAX_PATH_CHARS)]);
-        tags.push("http.method", head.method.as_str());
+        tags.push("http.method", request.method.as_str());
         tags.push(
             "http.protocol",
-            match head.version {
+            match request.version {
                 Version::HTTP_2 => "HTTP/2",
                 Version::HTTP_10 => "HTTP/1.0",
                 _ => "HTTP/1.1",
             },
         );
-        if let Some(agent) = head.headers.get(header::USER_AGENT) {
-            tags.push_header("user_agent", agent);
+        if let Some(agent) = request.headers.get(header::USER_AGENT) {
+            tags.push_header("user_agent", agent.as_bytes());
         }
         push_ip(&mut tags, "peer.address", peer.ip());
         if grpc {
-            tags.push("grpc.path", head.uri.path());
+            tags.push("grpc.path", request.uri.path());
         }
         if let Some(meshtrace) = &backend.meshtrace {
-            meshtrace.push_tags(&head.headers, &mut tags);
+            // Read from the request as forwarded: the request id and context written above.
+            meshtrace.push_tags(head, &mut tags);
         }
 
         let (kind, remote_service) = match listener.direction {
@@ -426,10 +427,10 @@ impl Exchange for Recording {
                 .or(grpc_message.as_ref());
             if let Some(code) = status.filter(|v| !v.is_empty()) {
                 grpc_error = GRPC_ERROR_CODES.contains(&code.as_bytes());
-                tags.push_header("grpc.status_code", code);
+                tags.push_header("grpc.status_code", code.as_bytes());
             }
             if let Some(message) = message.filter(|v| !v.is_empty()) {
-                tags.push_header("grpc.message", message);
+                tags.push_header("grpc.message", message.as_bytes());
             }
         }
         // A caller that left is an error, as in Envoy, but a cancelled gRPC call is not.

@@ -11,6 +11,7 @@ use super::b3::SamplingState;
 use super::layer::TracedBackend;
 use super::sampler::{self, Decision, Knobs};
 use super::span::Tags;
+use crate::proxy::observe::Forwarded;
 
 /// Envoy's header that asks for client sampling.
 pub const X_CLIENT_TRACE_ID: HeaderName = HeaderName::from_static("x-client-trace-id");
@@ -74,11 +75,11 @@ impl MeshTraceSettings {
     }
 
     /// Appends the user and automatic tags for one request (empty values left out).
-    pub fn push_tags(&self, headers: &HeaderMap, out: &mut Tags) {
+    pub fn push_tags(&self, head: &Forwarded<'_>, out: &mut Tags) {
         for tag in &self.tags {
             let text = match &tag.source {
                 TagSource::Literal(v) => v,
-                TagSource::Header { name, default } => match headers.get(name) {
+                TagSource::Header { name, default } => match head.get(name) {
                     Some(value) if !value.is_empty() => {
                         out.push_header(tag.name, value);
                         continue;

@@ -17,6 +17,7 @@ use super::b3;
 use super::context::{Format, SpanContext, TraceContext};
 use super::datadog;
 use super::w3c;
+use crate::proxy::observe::Forwarded;
 
 /// What a request carried, all formats read into one context.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -175,24 +176,19 @@ pub struct Outgoing<'a> {
 }
 
 /// Writes the native format and every format that came in, all saying the same.
-pub fn inject(headers: &mut HeaderMap, native: Format, incoming: &Incoming, out: Outgoing<'_>) {
+pub fn inject(head: &mut Forwarded<'_>, native: Format, incoming: &Incoming, out: Outgoing<'_>) {
     let carried = out.continued.then_some(&incoming.context);
+    // A request that carried no context header gets every field new: nothing to replace or
+    // remove.
+    let fields = &mut head.fields(incoming.bare);
     if native == Format::B3 || incoming.b3 {
-        let stale = !incoming.bare;
-        b3::write(
-            headers,
-            out.hop,
-            out.sampled,
-            out.debug,
-            incoming.b3_single,
-            stale,
-        );
+        b3::write(fields, out.hop, out.sampled, out.debug, incoming.b3_single);
     }
     if native == Format::W3c || incoming.w3c {
         // Newly created trace ids are random; a kept one is as random as its creator said.
         let random = carried.is_none_or(|c| c.random);
-        w3c::inject(
-            headers,
+        w3c::write(
+            fields,
             out.hop,
             out.sampled,
             random,
@@ -202,8 +198,8 @@ pub fn inject(headers: &mut HeaderMap, native: Format, incoming: &Incoming, out:
     if native == Format::Datadog || incoming.datadog {
         let priority =
             datadog::priority(out.sampled, out.debug, carried.and_then(|c| c.dd_priority));
-        datadog::inject(
-            headers,
+        datadog::write(
+            fields,
             out.hop,
             priority,
             carried.and_then(|c| c.dd_origin.as_ref()),

@@ -63,11 +63,11 @@ impl Tags {
     /// A header's value, left out when empty: valid UTF-8 (nearly always) is taken as it is,
     /// anything else made valid. `from_utf8` first: `from_utf8_lossy` walks even valid text
     /// in chunks, several times slower.
-    pub fn push_header(&mut self, key: &'static str, value: &http::HeaderValue) {
-        match std::str::from_utf8(value.as_bytes()) {
+    pub fn push_header(&mut self, key: &'static str, value: &[u8]) {
+        match std::str::from_utf8(value) {
             Ok("") => {}
             Ok(text) => self.push(key, text),
-            Err(_) => self.push(key, &String::from_utf8_lossy(value.as_bytes())),
+            Err(_) => self.push(key, &String::from_utf8_lossy(value)),
         }
     }
 

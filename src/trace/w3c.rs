@@ -21,6 +21,7 @@ use super::context::{
     FLAG_RANDOM, FLAG_SAMPLED, Read, SamplingState, SpanContext, TraceContext, trim_ows,
 };
 use super::id::{SpanId, TraceId};
+use crate::proxy::observe::Fields;
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -250,19 +251,32 @@ pub fn inject(
     random: bool,
     trace_state: Option<&HeaderValue>,
 ) {
-    headers.insert(TRACEPARENT, traceparent(context, sampled, random));
+    write(
+        &mut Fields::in_map(headers),
+        context,
+        sampled,
+        random,
+        trace_state,
+    );
+}
+
+/// [`inject`] into `fields`.
+pub(crate) fn write(
+    fields: &mut Fields<'_>,
+    context: &SpanContext,
+    sampled: bool,
+    random: bool,
+    trace_state: Option<&HeaderValue>,
+) {
+    fields.set(&TRACEPARENT, &traceparent(context, sampled, random));
     match trace_state {
-        Some(state) => {
-            headers.insert(TRACESTATE, state.clone());
-        }
-        None => {
-            headers.remove(&TRACESTATE);
-        }
+        Some(state) => fields.set_value(&TRACESTATE, state),
+        None => fields.remove(&TRACESTATE),
     }
 }
 
 /// `00-<trace id, 32 hex>-<span id>-<flags>`.
-pub fn traceparent(context: &SpanContext, sampled: bool, random: bool) -> HeaderValue {
+pub fn traceparent(context: &SpanContext, sampled: bool, random: bool) -> [u8; 55] {
     let mut buf = [0u8; 55];
     buf[..3].copy_from_slice(b"00-");
     let wide = TraceId {
@@ -276,6 +290,5 @@ pub fn traceparent(context: &SpanContext, sampled: bool, random: bool) -> Header
     let flags = (u8::from(sampled) * FLAG_SAMPLED) | (u8::from(random) * FLAG_RANDOM);
     buf[53] = b'0';
     buf[54] = b"0123456789abcdef"[usize::from(flags)];
-    // Hex digits and dashes are always valid header bytes.
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static(""))
+    buf
 }

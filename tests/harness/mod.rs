@@ -385,7 +385,7 @@ impl Observer for Observed {
         &self,
         _: &Arc<ListenerInfo>,
         _: SocketAddr,
-        _: &mut http::request::Parts,
+        _: &mut tracecar::proxy::observe::Forwarded<'_>,
         _: std::time::Instant,
     ) -> Option<Box<dyn Exchange>> {
         Some(Box::new(Recording(self.ends.clone())))

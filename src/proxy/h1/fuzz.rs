@@ -43,11 +43,15 @@ fn fuzz_request(data: &[u8]) {
         return;
     }
     let message = Bytes::copy_from_slice(&data[..whole]);
-    let Some(parts) = request_parts(&message, &head, &fields, http::HeaderMap::new()) else {
+    let Some(mut parts) = request_parts(&message, &head, &fields, http::HeaderMap::new()) else {
         return;
     };
     let mut out = Vec::new();
-    encode_request(&mut out, &parts, &message[head.len..]);
+    encode_request(
+        &mut out,
+        &crate::proxy::observe::Forwarded::new(&mut parts),
+        &message[head.len..],
+    );
 
     let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
     let mut req = httparse::Request::new(&mut headers);

@@ -40,7 +40,7 @@ use super::connect::{Accepted, Tcp};
 use super::exchange::Failure;
 use super::http::HttpProxy;
 use super::limits::{Limits, READ_SIZE};
-use super::observe::ResponseFlags;
+use super::observe::{FieldLines, Forwarded, ResponseFlags};
 use super::pool::{Pool, RawConn};
 use super::response_body::{StatsGuard, Tracker};
 use crate::drain;
@@ -277,15 +277,18 @@ where
                 };
                 let started = Instant::now();
 
-                // Phase 2: observe.
+                // Phase 2: observe. What the observer adds to a request that did not carry
+                // it is written as lines, not into the map.
+                let mut lines = FieldLines::default();
+                let mut request = Forwarded::with_lines(&mut parts, &mut lines);
                 let tracker = proxy
                     .observer
-                    .on_request(&proxy.info, peer, &mut parts, started)
+                    .on_request(&proxy.info, peer, &mut request, started)
                     .map(|e| Tracker::with_request_size(e, head.content_length));
 
                 // Phase 3: rewrite.
                 let close = head.close || drain.is_draining();
-                rewrite(proxy, &mut conn.request, parts, &message[head.len..]);
+                rewrite(proxy, &mut conn.request, request, &message[head.len..]);
                 (head, started, close, tracker)
             };
 
@@ -472,10 +475,10 @@ fn read_request<S: AsyncRead + ReadReady + Unpin>(
 /// Phase 3: the request as it goes upstream. What the general path's rewrite does to a plain
 /// request comes down to this: the target is origin-form already, the one Host is a plain
 /// host[:port], and no hop-by-hop field came through.
-fn rewrite(proxy: &HttpProxy, out: &mut Vec<u8>, mut parts: http::request::Parts, body: &[u8]) {
-    proxy.set_forwarded_proto(&mut parts.headers);
-    encode_request(out, &parts, body);
-    give_headers(parts.headers);
+fn rewrite(proxy: &HttpProxy, out: &mut Vec<u8>, mut head: Forwarded<'_>, body: &[u8]) {
+    proxy.set_forwarded_proto(&mut head);
+    encode_request(out, &head, body);
+    give_headers(std::mem::take(&mut head.parts.headers));
 }
 
 /// Phase 5: ends the caller's head (`out` holds the rest of it) and shows the response to the

@@ -6,6 +6,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
 
 use crate::proxy::exchange::is_hop_by_hop_bytes;
 use crate::proxy::limits::{MAX_BODY, MAX_REQUEST_HEADERS};
+use crate::proxy::observe::Forwarded;
 
 pub(super) struct RequestHead {
     /// Bytes of the head, final CRLF included.
@@ -167,7 +168,8 @@ pub(super) fn request_parts(
     Some(parts)
 }
 
-pub(super) fn encode_request(out: &mut Vec<u8>, parts: &http::request::Parts, body: &[u8]) {
+pub(super) fn encode_request(out: &mut Vec<u8>, head: &Forwarded<'_>, body: &[u8]) {
+    let parts = &*head.parts;
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -185,6 +187,7 @@ pub(super) fn encode_request(out: &mut Vec<u8>, parts: &http::request::Parts, bo
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(head.lines());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
 }
