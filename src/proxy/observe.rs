@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 
@@ -98,7 +97,6 @@ impl<'a> Forwarded<'a> {
                 None
             },
             map: &mut self.parts.headers,
-            values: BytesMut::new(),
         }
     }
 }
@@ -110,7 +108,6 @@ impl<'a> Fields<'a> {
             absent: false,
             lines: None,
             map,
-            values: BytesMut::new(),
         }
     }
 }
@@ -122,34 +119,48 @@ pub struct Fields<'a> {
     absent: bool,
     lines: Option<&'a mut FieldLines>,
     map: &'a mut HeaderMap,
-    /// The values written into the map share one allocation.
-    values: BytesMut,
 }
-
-/// Room for the values a [`Fields`] writes into a map before it allocates again: a trace
-/// context's ids and a request id.
-const SHARED_VALUES: usize = 160;
 
 impl Fields<'_> {
     /// Sets `name` to `value`, replacing what the request carried. A value that is not a
     /// valid field value (never one the proxy makes) is not written.
     pub fn set(&mut self, name: &HeaderName, value: &[u8]) {
-        if !is_field_value(value) {
-            return;
+        if let Some(lines) = self.lines.as_deref_mut() {
+            if !is_field_value(value) {
+                return;
+            }
+            if lines.push(name, value) {
+                return;
+            }
         }
-        if let Some(lines) = self.lines.as_deref_mut()
-            && lines.push(name, value)
-        {
-            return;
-        }
-        if self.values.capacity() - self.values.len() < value.len() {
-            self.values.reserve(SHARED_VALUES.max(value.len()));
-        }
-        self.values.extend_from_slice(value);
-        let shared = self.values.split().freeze();
-        // Checked above: valid.
-        if let Ok(value) = HeaderValue::from_maybe_shared(shared) {
+        // `from_bytes` checks the value as `is_field_value` does.
+        if let Ok(value) = HeaderValue::from_bytes(value) {
             self.map.insert(name.clone(), value);
+        }
+    }
+
+    /// Sets each name to its value, as [`Fields::set`] does one. Into a map, the values share
+    /// one allocation (one for a trace context's ids, rather than one for each id).
+    pub fn set_all(&mut self, fields: &[(&HeaderName, &[u8])]) {
+        if self.lines.is_some() {
+            for (name, value) in fields {
+                self.set(name, value);
+            }
+            return;
+        }
+        let mut text = bytes::BytesMut::with_capacity(fields.iter().map(|(_, v)| v.len()).sum());
+        for (_, value) in fields {
+            text.extend_from_slice(value);
+        }
+        let text = text.freeze();
+        let mut at = 0;
+        for (name, value) in fields {
+            let shared = text.slice(at..at + value.len());
+            at += value.len();
+            // Checked as `is_field_value` does.
+            if let Ok(value) = HeaderValue::from_maybe_shared(shared) {
+                self.map.insert((*name).clone(), value);
+            }
         }
     }
 

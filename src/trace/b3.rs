@@ -11,7 +11,7 @@
 //! - A sampling state alone (`b3: 0`, or `x-b3-sampled` without ids) is honoured.
 //! - With repeated headers the first value wins. Uppercase hex is accepted.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName};
 
 use super::id::{SpanId, TraceId};
 use crate::proxy::observe::Fields;
@@ -185,31 +185,14 @@ pub(crate) fn write(
     let trace = context.trace_id.to_hex();
     let span = context.span_id.to_hex();
     let parent = context.parent_id.map(SpanId::to_hex);
-    fields.set(&TRACE_ID, trace.as_bytes());
-    fields.set(&SPAN_ID, span.as_bytes());
-    match &parent {
-        Some(parent) => fields.set(&PARENT_SPAN_ID, parent.as_bytes()),
-        None => fields.remove(&PARENT_SPAN_ID),
-    }
-    if debug {
-        // Debug implies accept: B3 sends the flag instead of a sampled state.
-        fields.set_value(&FLAGS, &HeaderValue::from_static("1"));
-        fields.remove(&SAMPLED);
-    } else {
-        fields.set_value(
-            &SAMPLED,
-            &HeaderValue::from_static(if sampled { "1" } else { "0" }),
-        );
-        fields.remove(&FLAGS);
-    }
+    let state: &[u8] = match (debug, sampled) {
+        (true, _) => b"d",
+        (false, true) => b"1",
+        (false, false) => b"0",
+    };
+    let mut single_value = [0u8; 32 + 1 + 16 + 1 + 1 + 1 + 16];
+    let mut len = 0;
     if single {
-        let state: &[u8] = match (debug, sampled) {
-            (true, _) => b"d",
-            (false, true) => b"1",
-            (false, false) => b"0",
-        };
-        let mut value = [0u8; 32 + 1 + 16 + 1 + 1 + 1 + 16];
-        let mut len = 0;
         let parent = parent.as_ref().map(|p| p.as_bytes());
         let pieces: [&[u8]; 7] = [
             trace.as_bytes(),
@@ -221,11 +204,37 @@ pub(crate) fn write(
             parent.unwrap_or(b""),
         ];
         for piece in pieces {
-            value[len..len + piece.len()].copy_from_slice(piece);
+            single_value[len..len + piece.len()].copy_from_slice(piece);
             len += piece.len();
         }
-        fields.set(&B3, &value[..len]);
+    }
+    // Every value this hop sends, written together (into a map: one allocation for all).
+    let [b3, trace_id, span_id, parent_span_id, sampled_name, flags] = HEADERS;
+    let mut sent: [(&HeaderName, &[u8]); 5] = [(&trace_id, trace.as_bytes()); 5];
+    let mut count = 1;
+    sent[count] = (&span_id, span.as_bytes());
+    count += 1;
+    if let Some(parent) = &parent {
+        sent[count] = (&parent_span_id, parent.as_bytes());
+        count += 1;
+    }
+    // Debug implies accept: B3 sends the flag instead of a sampled state.
+    sent[count] = if debug {
+        (&flags, b"1")
     } else {
-        fields.remove(&B3);
+        (&sampled_name, state)
+    };
+    count += 1;
+    if single {
+        sent[count] = (&b3, &single_value[..len]);
+        count += 1;
+    }
+    fields.set_all(&sent[..count]);
+    if parent.is_none() {
+        fields.remove(&parent_span_id);
+    }
+    fields.remove(if debug { &sampled_name } else { &flags });
+    if !single {
+        fields.remove(&b3);
     }
 }
