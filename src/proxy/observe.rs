@@ -334,9 +334,12 @@ impl fmt::Display for ResponseFlags {
 /// Whether a request or response is gRPC (`content-type: application/grpc[+proto…]`): the
 /// data path and observers tell gRPC apart the same way.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    is_grpc_content_type(headers.get(http::header::CONTENT_TYPE))
+}
+
+/// [`is_grpc`] from the `content-type` value itself.
+pub fn is_grpc_content_type(value: Option<&HeaderValue>) -> bool {
+    value.is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// Observes nothing: the data path alone.

@@ -25,7 +25,9 @@ use super::propagation::{self, Outgoing};
 use super::span::{Span, SpanKind, Tags};
 use crate::metrics::FormatLabels;
 use crate::policy::effective::Direction;
-use crate::proxy::observe::{End, Exchange, Forwarded, ListenerInfo, Observer, ResponseFlags};
+use crate::proxy::observe::{
+    End, Exchange, Forwarded, ListenerInfo, Observer, ResponseFlags, is_grpc_content_type,
+};
 use crate::spare::{self, Spares};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -154,13 +156,9 @@ impl Observer for Tracer {
         };
         // A span's first tags, the request id among them, are taken before the context is
         // written into the headers.
-        let tags = decision.sampled.then(|| {
-            let grpc = crate::proxy::observe::is_grpc(&head.parts.headers);
-            (
-                grpc,
-                first_tags(self, backend, head.parts, grpc, request_id, Spare::take()),
-            )
-        });
+        let tags = decision
+            .sampled
+            .then(|| first_tags(self, backend, head.parts, request_id, Spare::take()));
         let inbound = listener.direction == Direction::Inbound;
         let (context, shared) = match incoming.context.ids {
             Some(caller) if inbound && backend.shared_span_context => (caller, true),
@@ -192,7 +190,7 @@ impl Observer for Tracer {
                 continued: incoming.context.ids.is_some(),
             },
         );
-        let (grpc, (tags, name)) = tags?;
+        let (tags, name) = tags?;
         let trace_state = incoming
             .context
             .trace_state
@@ -208,7 +206,6 @@ impl Observer for Tracer {
             shared,
             decision.debug,
             trace_state,
-            grpc,
             tags,
             name,
             started,
@@ -224,12 +221,13 @@ fn first_tags(
     tracer: &Tracer,
     backend: &TracedBackend,
     head: &http::request::Parts,
-    grpc: bool,
     request_id: &[u8],
     spare: Spare,
 ) -> (Tags, String) {
     let user_tags = backend.meshtrace.as_ref().map_or(0, |m| m.tags.len());
-    let grpc = if grpc { 3 } else { 0 };
+    // Room for gRPC's three whether or not the request is gRPC: the list is the thread's
+    // own, kept from span to span, and knowing would take a lookup of `content-type` here.
+    let grpc = 3;
     // `http.url` keeps at most MAX_PATH_CHARS of the path, most often one byte each.
     let path = head
         .uri
@@ -301,23 +299,19 @@ impl Recording {
         shared: bool,
         debug: bool,
         trace_state: Option<Box<str>>,
-        grpc: bool,
         mut tags: Tags,
         mut name: String,
         started: Instant,
     ) -> Recording {
         let timestamp_us = wall_micros(started);
         let request = &*head.parts;
+        let read = SpanFields::read(&request.headers);
+        let grpc = is_grpc_content_type(read.content_type);
         let host = request
             .uri
             .authority()
             .map(|a| a.as_str())
-            .or_else(|| {
-                request
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
+            .or_else(|| read.host.and_then(|h| h.to_str().ok()))
             .unwrap_or("");
         let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
 
@@ -332,7 +326,7 @@ impl Recording {
                 _ => "HTTP/1.1",
             },
         );
-        if let Some(agent) = request.headers.get(header::USER_AGENT) {
+        if let Some(agent) = read.user_agent {
             tags.push_header("user_agent", agent.as_bytes());
         }
         push_ip(&mut tags, "peer.address", peer.ip());
@@ -449,6 +443,35 @@ impl Exchange for Recording {
     }
 }
 
+/// The request's fields a span reads: the first value of each, found in one pass over the
+/// head's fields. A request head is short, and a look at each name costs less than the three
+/// hashed lookups.
+#[derive(Default)]
+struct SpanFields<'a> {
+    host: Option<&'a HeaderValue>,
+    user_agent: Option<&'a HeaderValue>,
+    content_type: Option<&'a HeaderValue>,
+}
+
+impl<'a> SpanFields<'a> {
+    fn read(headers: &'a HeaderMap) -> SpanFields<'a> {
+        let mut read = SpanFields::default();
+        for (name, value) in headers {
+            let slot = if name == header::HOST {
+                &mut read.host
+            } else if name == header::USER_AGENT {
+                &mut read.user_agent
+            } else if name == header::CONTENT_TYPE {
+                &mut read.content_type
+            } else {
+                continue;
+            };
+            slot.get_or_insert(value);
+        }
+        read
+    }
+}
+
 /// How long a thread goes on from one reading of the wall clock (see [`wall_micros`]).
 const WALL_CLOCK_REFRESH: Duration = Duration::from_secs(1);
 
@@ -525,7 +548,24 @@ fn cut_chars(s: &str, max: usize) -> &str {
 mod tests {
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-    use super::{WALL_CLOCK, WALL_CLOCK_REFRESH, cut_chars, wall_micros};
+    use http::header::{self, HeaderMap, HeaderValue};
+
+    use super::{SpanFields, WALL_CLOCK, WALL_CLOCK_REFRESH, cut_chars, wall_micros};
+
+    #[test]
+    fn a_span_reads_the_first_value_of_each_field_it_tags() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::ACCEPT, HeaderValue::from_static("*/*"));
+        headers.append(header::USER_AGENT, HeaderValue::from_static("first"));
+        headers.append(header::HOST, HeaderValue::from_static("web"));
+        headers.append(header::USER_AGENT, HeaderValue::from_static("second"));
+        let read = SpanFields::read(&headers);
+        assert_eq!(read.host, Some(&HeaderValue::from_static("web")));
+        assert_eq!(read.user_agent, Some(&HeaderValue::from_static("first")));
+        assert_eq!(read.content_type, None);
+        // As a lookup would: the first value of a repeated field.
+        assert_eq!(read.user_agent, headers.get(header::USER_AGENT));
+    }
 
     fn wall_clock_now_us() -> u64 {
         SystemTime::now()
