@@ -101,17 +101,6 @@ impl<'a> Forwarded<'a> {
     }
 }
 
-impl<'a> Fields<'a> {
-    /// Fields written into `map`.
-    pub fn in_map(map: &'a mut HeaderMap) -> Fields<'a> {
-        Fields {
-            absent: false,
-            lines: None,
-            map,
-        }
-    }
-}
-
 /// Where an observer (or the proxy's own rewrite) writes header fields: the request's map, or
 /// the fast path's lines for fields known to be absent.
 pub struct Fields<'a> {
@@ -121,7 +110,16 @@ pub struct Fields<'a> {
     map: &'a mut HeaderMap,
 }
 
-impl Fields<'_> {
+impl<'a> Fields<'a> {
+    /// Fields written into `map`.
+    pub fn in_map(map: &'a mut HeaderMap) -> Fields<'a> {
+        Fields {
+            absent: false,
+            lines: None,
+            map,
+        }
+    }
+
     /// Sets `name` to `value`, replacing what the request carried. A value that is not a
     /// valid field value (never one the proxy makes) is not written.
     pub fn set(&mut self, name: &HeaderName, value: &[u8]) {
@@ -150,7 +148,7 @@ impl Fields<'_> {
         }
         // A byte of room to spare: a buffer with room left is frozen as shared at once, and
         // its slices cost a count's increment; a full one is promoted at the first slice, and
-        // every slice after pays for the check (some 300 instructions a request).
+        // every slice after pays for the check (90 instructions an h2c request).
         let room = fields.iter().map(|(_, v)| v.len()).sum::<usize>() + 1;
         let mut text = bytes::BytesMut::with_capacity(room);
         for (_, value) in fields {
