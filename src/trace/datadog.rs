@@ -195,18 +195,18 @@ pub(crate) fn write(
     origin: Option<&HeaderValue>,
     tags: Option<&HeaderValue>,
 ) {
-    fields.set(
-        &TRACE_ID,
-        itoa::Buffer::new().format(context.trace_id.low).as_bytes(),
+    // The three numbers written together: into a map, one allocation for them all.
+    let (mut trace, mut parent, mut sampling) = (
+        itoa::Buffer::new(),
+        itoa::Buffer::new(),
+        itoa::Buffer::new(),
     );
-    fields.set(
-        &PARENT_ID,
-        itoa::Buffer::new().format(context.span_id.0).as_bytes(),
-    );
-    fields.set(
-        &SAMPLING_PRIORITY,
-        itoa::Buffer::new().format(priority).as_bytes(),
-    );
+    let [trace_id, parent_id, sampling_priority] = [TRACE_ID, PARENT_ID, SAMPLING_PRIORITY];
+    fields.set_all(&[
+        (&trace_id, trace.format(context.trace_id.low).as_bytes()),
+        (&parent_id, parent.format(context.span_id.0).as_bytes()),
+        (&sampling_priority, sampling.format(priority).as_bytes()),
+    ]);
     match origin {
         Some(origin) => fields.set_value(&ORIGIN, origin),
         None => fields.remove(&ORIGIN),
