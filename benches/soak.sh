@@ -13,7 +13,7 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 
-binary="$repo/target/release/tracecar"
+binary="$repo/target/dist/tracecar"
 duration_arg="30m"
 warmup_arg=""
 rate=500
@@ -30,8 +30,8 @@ usage() {
   cat <<'EOF'
 Usage: benches/soak.sh [options]
 
-  --binary PATH         tracecar binary (default target/release/tracecar); copied first, so a
-                        rebuild during the soak does not touch the run
+  --binary PATH         tracecar binary (default target/dist/tracecar, the build users deploy);
+                        copied first, so a rebuild during the soak does not touch the run
   --duration DUR        length of the load (default 30m; 90s, 45m, 1h, or plain seconds)
   --warm-up DUR         excluded from the verdict (default: 1/6 of the duration, at least 60s)
   --rate RPS            steady requests/s, half HTTP/1.1, half h2c (default 500)
@@ -93,7 +93,7 @@ if ((duration < 60 || warmup >= duration || rate < 2 || clients < 1 || interval 
   exit 2
 fi
 if [ ! -x "$binary" ]; then
-  echo "soak: no tracecar binary at $binary (cargo build --release, or --binary PATH)" >&2
+  echo "soak: no tracecar binary at $binary (cargo build --profile dist, or --binary PATH)" >&2
   exit 2
 fi
 

@@ -12,6 +12,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::report::quantile;
 use crate::target::{self, Config, Upstreams};
 use crate::{Load, Options, nginx, round_order, tools};
 
@@ -117,20 +118,6 @@ pub async fn run(
     Ok(slices)
 }
 
-fn median(values: &[f64]) -> Option<f64> {
-    quantile(values, 0.5)
-}
-
-/// The `q` quantile of `values`, interpolated between the two nearest.
-fn quantile(values: &[f64], q: f64) -> Option<f64> {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let last = sorted.len().checked_sub(1)?;
-    let at = q * last as f64;
-    let (low, high) = (at.floor() as usize, at.ceil() as usize);
-    Some(sorted[low] + (sorted[high] - sorted[low]) * (at - low as f64))
-}
-
 /// `f` of `a` over `f` of `b`, cycle by cycle.
 fn per_cycle(
     slices: &[Slice],
@@ -159,7 +146,7 @@ fn per_cycle(
 /// (`below`: at or under it).
 fn ratio_cell(values: &[f64], target: Option<(f64, bool)>) -> String {
     let (Some(mid), Some(q1), Some(q3)) = (
-        median(values),
+        quantile(values, 0.5),
         quantile(values, 0.25),
         quantile(values, 0.75),
     ) else {
@@ -265,9 +252,9 @@ pub fn render(options: &Options, cycles: u32, slice: Duration, slices: &[Slice])
                 w,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {errors} |",
                 config.name(),
-                median(&rates).map_or("—".to_string(), |v| format!("{v:.0}")),
-                median(&cpus).map_or("—".to_string(), |v| format!("{v:.2}")),
-                median(&upstream).map_or("—".to_string(), |v| format!("{v:.2}")),
+                quantile(&rates, 0.5).map_or("—".to_string(), |v| format!("{v:.0}")),
+                quantile(&cpus, 0.5).map_or("—".to_string(), |v| format!("{v:.2}")),
+                quantile(&upstream, 0.5).map_or("—".to_string(), |v| format!("{v:.2}")),
                 against_nginx(&cpu, true),
                 against_nginx(&rate, false),
                 against_unsampled,
