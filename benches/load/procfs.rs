@@ -38,6 +38,43 @@ pub fn cpu_ns(pid: u32) -> Option<u64> {
     Some(total)
 }
 
+/// CPU time of the benchmark's children that have exited and been waited for (the load
+/// tools: wrk), user + system, in nanoseconds (`getrusage(RUSAGE_CHILDREN)`).
+pub fn children_cpu_ns() -> u64 {
+    // SAFETY: getrusage writes into the struct it is given and reads nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    ns(usage.ru_utime) + ns(usage.ru_stime)
+}
+
+/// The whole machine's CPU time from the first line of /proc/stat, in clock ticks: busy
+/// (user, nice, system, irq, softirq), idle (idle, iowait) and stolen by the host.
+#[derive(Clone, Copy, Default)]
+pub struct MachineTicks {
+    pub busy: u64,
+    pub idle: u64,
+    pub steal: u64,
+}
+
+pub fn machine_ticks() -> Option<MachineTicks> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+    Some(MachineTicks {
+        busy: field(0) + field(1) + field(2) + field(5) + field(6),
+        idle: field(3) + field(4),
+        steal: field(7),
+    })
+}
+
 /// A `Vm*` line of /proc/<pid>/status, in KiB.
 pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

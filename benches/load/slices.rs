@@ -25,6 +25,13 @@ pub struct Slice {
     /// The upstream nginx's CPU per request meanwhile: what the headers a proxy adds cost
     /// the application behind it.
     pub upstream_us: Option<f64>,
+    /// wrk's own CPU per request: the load tool pays for every wake-up the proxy causes it.
+    pub wrk_us: f64,
+    /// The whole machine's busy CPU per request, and the shares of the slice's CPU time that
+    /// were idle and stolen by the host, all CPUs together.
+    pub machine_us: f64,
+    pub idle: f64,
+    pub steal: f64,
     pub rate: f64,
     pub errors: u64,
 }
@@ -85,10 +92,14 @@ pub async fn run(
                 let pid = target.pid();
                 let before = pid.and_then(crate::procfs::cpu_ns);
                 let upstream_before = crate::procfs::cpu_ns(upstream_pid);
+                let wrk_before = crate::procfs::children_cpu_ns();
+                let machine_before = crate::procfs::machine_ticks().unwrap_or_default();
                 let headers = tools::caller_headers(load);
                 let run = tools::wrk(&url, headers, load.wrk_shape(), slice).await?;
                 let after = pid.and_then(crate::procfs::cpu_ns);
                 let upstream_after = crate::procfs::cpu_ns(upstream_pid);
+                let machine_after = crate::procfs::machine_ticks().unwrap_or_default();
+                let wrk_after = crate::procfs::children_cpu_ns();
                 if cycle == 0 {
                     continue;
                 }
@@ -100,12 +111,22 @@ pub async fn run(
                 };
                 let cpu_us = per_request(before, after);
                 let upstream_us = per_request(upstream_before, upstream_after);
+                let requests = run.requests.max(1) as f64;
+                let tick_us = 1e6 / crate::procfs::clock_ticks_per_second() as f64;
+                let busy = machine_after.busy.saturating_sub(machine_before.busy) as f64;
+                let idle = machine_after.idle.saturating_sub(machine_before.idle) as f64;
+                let steal = machine_after.steal.saturating_sub(machine_before.steal) as f64;
+                let all = (busy + idle + steal).max(1.0);
                 slices.push(Slice {
                     cycle,
                     config,
                     load,
                     cpu_us,
                     upstream_us,
+                    wrk_us: wrk_after.saturating_sub(wrk_before) as f64 / 1e3 / requests,
+                    machine_us: busy * tick_us / requests,
+                    idle: idle / all,
+                    steal: steal / all,
                     rate: run.rps,
                     errors: run.errors,
                 });
@@ -262,6 +283,50 @@ pub fn render(options: &Options, cycles: u32, slice: Duration, slices: &[Slice])
             );
         }
         let _ = writeln!(w);
+        where_the_machine_went(&mut w, &configs, load, slices);
     }
     w
+}
+
+/// Per configuration, the medians of the whole machine's CPU per request split by process,
+/// and of the idle and stolen shares: on two cores shared by the load, the application and
+/// the proxy, a proxy's throughput is also what it costs the others.
+fn where_the_machine_went(w: &mut String, configs: &[Config], load: Load, slices: &[Slice]) {
+    let _ = writeln!(
+        w,
+        "The whole machine's CPU per request by process (wrk's from `getrusage`, the rest is \
+         `/proc/stat`'s busy time less the three: the collector, the bench, other tasks), and \
+         the shares of the slice's CPU time idle and stolen; medians over cycles.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| configuration | proxy µs/req | upstream µs/req | wrk µs/req | the rest µs/req | machine µs/req | idle | stolen |"
+    );
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for &config in configs {
+        let own: Vec<&Slice> = slices
+            .iter()
+            .filter(|s| s.load == load && s.config == config)
+            .collect();
+        let median = |f: &dyn Fn(&Slice) -> Option<f64>| {
+            let values: Vec<f64> = own.iter().filter_map(|s| f(s)).collect();
+            quantile(&values, 0.5)
+        };
+        let us = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.2}"));
+        let share = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{:.1} %", v * 100.0));
+        let rest = |s: &Slice| Some(s.machine_us - s.cpu_us? - s.upstream_us? - s.wrk_us);
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            config.name(),
+            us(median(&|s| s.cpu_us)),
+            us(median(&|s| s.upstream_us)),
+            us(median(&|s| Some(s.wrk_us))),
+            us(median(&rest)),
+            us(median(&|s| Some(s.machine_us))),
+            share(median(&|s| Some(s.idle))),
+            share(median(&|s| Some(s.steal))),
+        );
+    }
+    let _ = writeln!(w);
 }
