@@ -162,8 +162,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<LegSample>> {
     let mut ns = Namespace::create()?;
     ns.upstream = Some(ns.within(|| nginx::upstream(UPSTREAM_H1, UPSTREAM_H2C))?);
     let listener = ns.within(|| Ok(StdListener::bind("127.0.0.1:0")?))?;
-    listener.set_nonblocking(true)?;
-    let receiver = zipkin::start_on(tokio::net::TcpListener::from_std(listener)?)?;
+    let receiver = zipkin::start_on(listener)?;
 
     let dir = tempfile::Builder::new()
         .prefix("tracecar-bench-redirect-")
