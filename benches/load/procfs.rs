@@ -11,6 +11,13 @@ pub fn clock_ticks_per_second() -> u64 {
     if ticks > 0 { ticks as u64 } else { 100 }
 }
 
+/// The machine's online CPUs, whatever this process's affinity (`--pin` narrows it to one).
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf only reads a system constant.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if cpus > 0 { cpus as usize } else { 0 }
+}
+
 /// utime + stime of every thread of `pid`, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

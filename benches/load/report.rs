@@ -42,7 +42,7 @@ impl Environment {
         Environment {
             commit,
             cpu,
-            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cores: crate::procfs::online_cpus(),
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
             loadavg: read("/proc/loadavg").trim().to_string(),
             nginx: tools::version("nginx", "-v").await,
