@@ -57,6 +57,9 @@ usage: cargo bench --bench load -- [options]
   --out FILE            where to write the results (default benches/results/load-<date>.md)
   --pin                 the proxy under test (tracecar or nginx) on CPU 1, everything else
                         (load tools, upstream, collector, this process) on CPU 0
+  --collector-with-proxy
+                        with --pin, the Zipkin collector on CPU 1 beside the proxy instead:
+                        the load's CPU then does the same work behind every configuration
   --binary BINARY       run the tracecar-* configurations from BINARY (default: the build
                         users deploy, `cargo build --profile dist`, into target/load-bench)
   --baseline BINARY     also run every tracecar configuration from BINARY (an earlier build),
@@ -208,6 +211,7 @@ fn parse_options(args: Vec<String>) -> anyhow::Result<Options> {
     let mut quick = false;
     let mut only: Vec<String> = Vec::new();
     let mut out = None;
+    let mut collector_with_proxy = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| {
@@ -232,6 +236,7 @@ fn parse_options(args: Vec<String>) -> anyhow::Result<Options> {
             "--only" => only.extend(value("--only")?.split(',').map(|s| s.trim().to_string())),
             "--out" => out = Some(value("--out")?.into()),
             "--pin" => target::set_pinned(),
+            "--collector-with-proxy" => collector_with_proxy = true,
             "--binary" => {
                 let binary = std::path::PathBuf::from(value("--binary")?);
                 if !binary.is_file() {
@@ -252,6 +257,14 @@ fn parse_options(args: Vec<String>) -> anyhow::Result<Options> {
             }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
+    }
+    if collector_with_proxy {
+        if !target::pinned() {
+            bail!(
+                "--collector-with-proxy: only with --pin (unpinned, nothing has a CPU of its own)"
+            );
+        }
+        target::set_collector_with_proxy();
     }
     let all_configs = Config::all();
     let mut configs = Vec::new();

@@ -233,12 +233,7 @@ pub fn render(
         grpc::REPLY_BYTES,
         options.rounds,
         options.duration.as_secs(),
-        if crate::target::pinned() {
-            " Pinned (`--pin`): the proxy under test on CPU 1, the load tools, upstream and \
-             collector on CPU 0."
-        } else {
-            ""
-        },
+        crate::target::layout(),
     );
 
     let configs = &options.configs;

@@ -212,8 +212,9 @@ pub fn render(options: &Options, cycles: u32, slice: Duration, slices: &[Slice])
          after one unrecorded cycle. A ratio is taken within a cycle, then the median over \
          cycles with the first and third quartiles (and, against a target, in how many cycles \
          it was met). CPU is the process's time on a CPU (`/proc/<pid>/task/*/schedstat`) per request; the upstream's is nginx's \
-         (the application's) meanwhile, which grows with the headers the proxy adds.\n",
-        slice.as_secs()
+         (the application's) meanwhile, which grows with the headers the proxy adds.{}\n",
+        slice.as_secs(),
+        crate::target::layout(),
     );
     let (configs, loads) = selected(options);
     let cpu = |s: &Slice| s.cpu_us;

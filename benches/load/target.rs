@@ -56,6 +56,25 @@ pub fn pinned() -> bool {
     PINNED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// `--collector-with-proxy`: with `--pin`, the Zipkin collector on the proxy's CPU instead of
+/// the load's (see [`collector_cpu`]).
+static COLLECTOR_WITH_PROXY: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_collector_with_proxy() {
+    COLLECTOR_WITH_PROXY.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The CPU the collector's thread is moved to, if any. Pinned, the load's CPU sets the rate,
+/// and the collector there takes its time from `wrk` and the upstream behind a proxy that
+/// exports spans, and from no one behind nginx. On the proxy's CPU, the load's CPU does the
+/// same work behind every configuration, and what spans cost the collector counts against
+/// the proxy that sent them.
+pub fn collector_cpu() -> Option<usize> {
+    (pinned() && COLLECTOR_WITH_PROXY.load(std::sync::atomic::Ordering::Relaxed))
+        .then(|| PROXY_CPU.parse().expect("a CPU number"))
+}
+
 /// Puts this process (the load tools' parent, the gRPC client and the collector) on CPU 0.
 /// On two shared cores, a proxy's CPU per request otherwise moves by ±15 % from round to
 /// round with how the scheduler happens to interleave it with the load tools and the upstream
@@ -71,6 +90,19 @@ pub fn pin_this_process() -> anyhow::Result<()> {
         bail!("taskset -p -c 0 failed ({status})");
     }
     Ok(())
+}
+
+/// Which CPUs ran what, for the report: a sentence that starts with a space, or nothing.
+pub fn layout() -> &'static str {
+    if collector_cpu().is_some() {
+        " Pinned (`--pin --collector-with-proxy`): the proxy under test and the collector on \
+         CPU 1, the load tools and upstream on CPU 0."
+    } else if pinned() {
+        " Pinned (`--pin`): the proxy under test on CPU 1, the load tools, upstream and \
+         collector on CPU 0."
+    } else {
+        ""
+    }
 }
 
 /// A command for a proxy under test: on [`PROXY_CPU`] with `--pin` (`taskset` execs the

@@ -48,6 +48,11 @@ pub fn start_on(listener: StdListener) -> std::io::Result<Receiver> {
     std::thread::Builder::new()
         .name("zipkin-receiver".into())
         .spawn(move || {
+            if let Some(cpu) = crate::target::collector_cpu()
+                && let Err(e) = pin_this_thread(cpu)
+            {
+                eprintln!("warning: the collector stays on CPU 0: {e}");
+            }
             runtime.block_on(async move {
                 let Ok(listener) = TcpListener::from_std(listener) else {
                     return;
@@ -56,6 +61,21 @@ pub fn start_on(listener: StdListener) -> std::io::Result<Receiver> {
             });
         })?;
     Ok(Receiver { address, spans })
+}
+
+/// Moves the calling thread (the collector's) to `cpu`; the rest of the bench stays put.
+fn pin_this_thread(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed `cpu_set_t` is an empty set, and the call only reads the set given.
+    let done = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 async fn serve(listener: TcpListener, counter: Arc<AtomicU64>) {
