@@ -45,13 +45,17 @@ pub fn start_on(listener: StdListener) -> std::io::Result<Receiver> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // The thread moves itself (`--collector-with-proxy`) and says whether it could, so that
+    // no report names a layout the run did not have.
+    let (pinned_tx, pinned) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("zipkin-receiver".into())
         .spawn(move || {
-            if let Some(cpu) = crate::target::collector_cpu()
-                && let Err(e) = pin_this_thread(cpu)
-            {
-                eprintln!("warning: the collector stays on CPU 0: {e}");
+            let moved = crate::target::collector_cpu().map_or(Ok(()), pin_this_thread);
+            let failed = moved.is_err();
+            let _ = pinned_tx.send(moved);
+            if failed {
+                return;
             }
             runtime.block_on(async move {
                 let Ok(listener) = TcpListener::from_std(listener) else {
@@ -60,6 +64,10 @@ pub fn start_on(listener: StdListener) -> std::io::Result<Receiver> {
                 serve(listener, counter).await;
             });
         })?;
+    pinned
+        .recv()
+        .map_err(|_| std::io::Error::other("the collector's thread ended at its start"))?
+        .map_err(|e| std::io::Error::other(format!("the collector cannot move to CPU 1: {e}")))?;
     Ok(Receiver { address, spans })
 }
 
