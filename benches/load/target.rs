@@ -46,7 +46,7 @@ static BASELINE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::
 static PINNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The CPU the proxy under test gets with `--pin`; everything else runs on CPU 0.
-const PROXY_CPU: &str = "1";
+const PROXY_CPU: usize = 1;
 
 pub fn set_pinned() {
     PINNED.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -72,7 +72,7 @@ pub fn set_collector_with_proxy() {
 /// the proxy that sent them.
 pub fn collector_cpu() -> Option<usize> {
     (pinned() && COLLECTOR_WITH_PROXY.load(std::sync::atomic::Ordering::Relaxed))
-        .then(|| PROXY_CPU.parse().expect("a CPU number"))
+        .then_some(PROXY_CPU)
 }
 
 /// Puts this process (the load tools' parent, the gRPC client and the collector) on CPU 0.
@@ -110,7 +110,7 @@ pub fn layout() -> &'static str {
 pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     if pinned() {
         let mut command = Command::new("taskset");
-        command.args(["-c", PROXY_CPU]).arg(program);
+        command.arg("-c").arg(PROXY_CPU.to_string()).arg(program);
         command
     } else {
         Command::new(program)

@@ -52,9 +52,9 @@ pub fn start_on(listener: StdListener) -> std::io::Result<Receiver> {
         .name("zipkin-receiver".into())
         .spawn(move || {
             let moved = crate::target::collector_cpu().map_or(Ok(()), pin_this_thread);
-            let failed = moved.is_err();
+            let stays = moved.is_ok();
             let _ = pinned_tx.send(moved);
-            if failed {
+            if !stays {
                 return;
             }
             runtime.block_on(async move {
@@ -66,8 +66,7 @@ pub fn start_on(listener: StdListener) -> std::io::Result<Receiver> {
         })?;
     pinned
         .recv()
-        .map_err(|_| std::io::Error::other("the collector's thread ended at its start"))?
-        .map_err(|e| std::io::Error::other(format!("the collector cannot move to CPU 1: {e}")))?;
+        .map_err(|_| std::io::Error::other("the collector's thread ended at its start"))??;
     Ok(Receiver { address, spans })
 }
 
@@ -82,7 +81,10 @@ fn pin_this_thread(cpu: usize) -> std::io::Result<()> {
     if done == 0 {
         Ok(())
     } else {
-        Err(std::io::Error::last_os_error())
+        let e = std::io::Error::last_os_error();
+        Err(std::io::Error::other(format!(
+            "the collector cannot move to CPU {cpu}: {e}"
+        )))
     }
 }
 
