@@ -45,9 +45,30 @@ pub fn cpu_ns(pid: u32) -> Option<u64> {
     Some(total)
 }
 
-/// CPU time of the benchmark's children that have exited and been waited for (the load
-/// tools: wrk), user + system, in nanoseconds (`getrusage(RUSAGE_CHILDREN)`).
-pub fn children_cpu_ns() -> u64 {
+/// Times the threads of `pid` stopped to wait (`voluntary_ctxt_switches` of each
+/// `/proc/<pid>/task/<tid>/status`). A process that waits with its CPU otherwise idle is
+/// woken by whatever writes to it next, and in a virtual machine that waker pays for the
+/// wake-up (an interrupt to the idle CPU is an exit to the host).
+pub fn sleeps(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(task) = task else { continue };
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(total)
+}
+
+/// CPU time (user + system, in nanoseconds) and sleeps ([`sleeps`]) of the benchmark's
+/// children that have exited and been waited for: the load tools, wrk
+/// (`getrusage(RUSAGE_CHILDREN)`).
+pub fn children_usage() -> (u64, u64) {
     // SAFETY: getrusage writes into the struct it is given and reads nothing else.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
@@ -55,7 +76,10 @@ pub fn children_cpu_ns() -> u64 {
         usage
     };
     let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
-    ns(usage.ru_utime) + ns(usage.ru_stime)
+    (
+        ns(usage.ru_utime) + ns(usage.ru_stime),
+        usage.ru_nvcsw.max(0) as u64,
+    )
 }
 
 /// The whole machine's CPU time from the first line of /proc/stat, in clock ticks: busy

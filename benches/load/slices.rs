@@ -32,8 +32,18 @@ pub struct Slice {
     pub machine_us: f64,
     pub idle: f64,
     pub steal: f64,
+    /// Per request, how often the proxy, the upstream and wrk stopped to wait
+    /// ([`crate::procfs::sleeps`]): each sleep is a wake-up another process pays for.
+    pub sleeps: Sleeps,
     pub rate: f64,
     pub errors: u64,
+}
+
+#[derive(Clone, Copy)]
+pub struct Sleeps {
+    pub proxy: Option<f64>,
+    pub upstream: Option<f64>,
+    pub wrk: f64,
 }
 
 /// The loads a slice can run: wrk's HTTP/1.1 shapes.
@@ -91,15 +101,19 @@ pub async fn run(
                 let url = format!("http://{}{}", target.h1, nginx::PATH);
                 let pid = target.pid();
                 let before = pid.and_then(crate::procfs::cpu_ns);
+                let sleeps_before = pid.and_then(crate::procfs::sleeps);
                 let upstream_before = crate::procfs::cpu_ns(upstream_pid);
-                let wrk_before = crate::procfs::children_cpu_ns();
+                let upstream_sleeps_before = crate::procfs::sleeps(upstream_pid);
+                let (wrk_before, wrk_sleeps_before) = crate::procfs::children_usage();
                 let machine_before = crate::procfs::machine_ticks().unwrap_or_default();
                 let headers = tools::caller_headers(load);
                 let run = tools::wrk(&url, headers, load.wrk_shape(), slice).await?;
                 let after = pid.and_then(crate::procfs::cpu_ns);
+                let sleeps_after = pid.and_then(crate::procfs::sleeps);
                 let upstream_after = crate::procfs::cpu_ns(upstream_pid);
+                let upstream_sleeps_after = crate::procfs::sleeps(upstream_pid);
                 let machine_after = crate::procfs::machine_ticks().unwrap_or_default();
-                let wrk_after = crate::procfs::children_cpu_ns();
+                let (wrk_after, wrk_sleeps_after) = crate::procfs::children_usage();
                 if cycle == 0 {
                     continue;
                 }
@@ -108,6 +122,17 @@ pub async fn run(
                         Some((a - b) as f64 / 1e3 / run.requests.max(1) as f64)
                     }
                     _ => None,
+                };
+                let count = |before: Option<u64>, after: Option<u64>| match (before, after) {
+                    (Some(b), Some(a)) if a >= b => {
+                        Some((a - b) as f64 / run.requests.max(1) as f64)
+                    }
+                    _ => None,
+                };
+                let sleeps = Sleeps {
+                    proxy: count(sleeps_before, sleeps_after),
+                    upstream: count(upstream_sleeps_before, upstream_sleeps_after),
+                    wrk: count(Some(wrk_sleeps_before), Some(wrk_sleeps_after)).unwrap_or(0.0),
                 };
                 let cpu_us = per_request(before, after);
                 let upstream_us = per_request(upstream_before, upstream_after);
@@ -127,6 +152,7 @@ pub async fn run(
                     machine_us: busy * tick_us / requests,
                     idle: idle / all,
                     steal: steal / all,
+                    sleeps,
                     rate: run.rps,
                     errors: run.errors,
                 });
@@ -297,13 +323,15 @@ fn where_the_machine_went(w: &mut String, configs: &[Config], load: Load, slices
         w,
         "The whole machine's CPU per request by process (wrk's from `getrusage`, the rest is \
          `/proc/stat`'s busy time less the three: the collector, the bench, other tasks), and \
-         the shares of the slice's CPU time idle and stolen; medians over cycles.\n"
+         the shares of the slice's CPU time idle and stolen; and how often per request each \
+         process stopped to wait (voluntary context switches), since in a virtual machine \
+         whoever wakes a waiting process on an idle CPU pays for it; medians over cycles.\n"
     );
     let _ = writeln!(
         w,
-        "| configuration | proxy µs/req | upstream µs/req | wrk µs/req | the rest µs/req | machine µs/req | idle | stolen |"
+        "| configuration | proxy µs/req | upstream µs/req | wrk µs/req | the rest µs/req | machine µs/req | idle | stolen | sleeps/req: proxy | upstream | wrk |"
     );
-    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &config in configs {
         let own: Vec<&Slice> = slices
             .iter()
@@ -315,10 +343,11 @@ fn where_the_machine_went(w: &mut String, configs: &[Config], load: Load, slices
         };
         let us = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.2}"));
         let share = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{:.1} %", v * 100.0));
+        let per = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.3}"));
         let rest = |s: &Slice| Some(s.machine_us - s.cpu_us? - s.upstream_us? - s.wrk_us);
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             config.name(),
             us(median(&|s| s.cpu_us)),
             us(median(&|s| s.upstream_us)),
@@ -327,6 +356,9 @@ fn where_the_machine_went(w: &mut String, configs: &[Config], load: Load, slices
             us(median(&|s| Some(s.machine_us))),
             share(median(&|s| Some(s.idle))),
             share(median(&|s| Some(s.steal))),
+            per(median(&|s| s.sleeps.proxy)),
+            per(median(&|s| s.sleeps.upstream)),
+            per(median(&|s| Some(s.sleeps.wrk))),
         );
     }
     let _ = writeln!(w);
