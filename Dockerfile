@@ -8,8 +8,10 @@ COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY config config
 COPY benches benches
-RUN cargo build --profile dist --locked --bin tracecar \
- && cp target/dist/tracecar /tracecar
+COPY scripts scripts
+# The profile-guided release build: a training run on loopback (benches/train.rs), then the
+# `dist` build with its profile; without rustup's llvm-tools it makes the plain `dist` build.
+RUN scripts/dist && cp target/dist/tracecar /tracecar
 
 # distroless/cc: glibc and CA certificates, no shell, uid 65532.
 # The init container of transparent proxying (deploy/kubernetes/web-transparent.yaml): tracecar

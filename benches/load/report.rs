@@ -221,7 +221,7 @@ pub fn render(
          of {} s per run, configurations alternating in the order of the tables. Figures are \
          medians over rounds; CPU is the proxy process's utime+stime from /proc per request \
          (per message for gRPC), all its threads. tracecar is the build users deploy, \
-         `cargo build --profile dist` (or `--binary`), and every tracecar binary is dropped \
+         `scripts/dist`, the profile-guided `dist` build (or `--binary`), and every tracecar binary is dropped \
          from the page cache before it starts, so idle RSS is that of a first start.{}\n",
         crate::nginx::BODY_LEN,
         tools::wrk_args("URL", &[], tools::WrkShape::DEFAULT, options.duration).join(" "),

@@ -126,11 +126,12 @@ pub fn set_binary(binary: std::path::PathBuf) {
 }
 
 /// The tracecar the `tracecar-*` configurations run: `--binary`, else the binary users deploy,
-/// built by `cargo build --profile dist` (thin LTO, one codegen unit), which the Docker image
-/// and the systemd unit ship. The one `cargo bench` builds for its benches is another
-/// program: the dev-dependencies' features are unified into it (the fuzz entry points,
-/// tokio's process driver, …), which made it 5 % larger. So the benchmark builds the binary
-/// itself, into a target directory of its own (`target/load-bench`).
+/// built by `scripts/dist` (the `dist` profile, thin LTO and one codegen unit, optimised with
+/// a profile of its training run), which the Docker image ships. The one `cargo bench` builds
+/// for its benches is another program: the dev-dependencies' features are unified into it
+/// (the fuzz entry points, tokio's process driver, …), which made it 5 % larger. So the
+/// benchmark builds the binary itself, into a target directory of its own
+/// (`target/load-bench`, also the lock the script's own cargo runs take, not this one's).
 pub fn binary() -> anyhow::Result<std::path::PathBuf> {
     if let Some(binary) = UNDER_TEST.get() {
         return Ok(binary.clone());
@@ -138,26 +139,18 @@ pub fn binary() -> anyhow::Result<std::path::PathBuf> {
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let target_dir = manifest.join("target/load-bench");
     eprintln!(
-        "building the binary under test (profile dist) into {}",
+        "building the binary under test (scripts/dist) into {}",
         target_dir.display()
     );
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
+    let status = Command::new(manifest.join("scripts/dist"))
         .current_dir(manifest)
-        .args([
-            "build",
-            "--profile",
-            "dist",
-            "--locked",
-            "--bin",
-            "tracecar",
-            "--target-dir",
-        ])
-        .arg(&target_dir)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        // Its last line, the binary's path, would land in the middle of the report's output.
+        .stdout(Stdio::null())
         .status()
-        .context("run cargo build")?;
+        .context("run scripts/dist")?;
     if !status.success() {
-        bail!("cargo build --profile dist failed ({status})");
+        bail!("scripts/dist failed ({status})");
     }
     let binary = target_dir.join("dist/tracecar");
     let _ = UNDER_TEST.set(binary.clone());
