@@ -10,6 +10,8 @@ mod idle;
 mod nginx;
 #[path = "load/openloop.rs"]
 mod openloop;
+#[path = "load/ports.rs"]
+mod ports;
 #[path = "load/procfs.rs"]
 mod procfs;
 #[path = "load/redirect.rs"]
@@ -446,7 +448,7 @@ async fn bench(options: Options) -> anyhow::Result<()> {
     let environment = report::Environment::collect(&options).await;
     let zipkin = zipkin::start().await?;
     let grpc_address = grpc::serve().await?;
-    let [up_h1, up_h2c] = target::free_ports()?;
+    let [up_h1, up_h2c] = ports::free_ports()?;
     let upstream = tokio::task::spawn_blocking(move || nginx::upstream(up_h1, up_h2c)).await??;
     let upstreams = Upstreams {
         h1: ([127, 0, 0, 1], up_h1).into(),

@@ -13,6 +13,10 @@
 
 #[path = "common/mod.rs"]
 mod common;
+// Only `free_ports`: the load bench uses the rest.
+#[allow(dead_code)]
+#[path = "load/ports.rs"]
+mod ports;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -220,15 +224,16 @@ async fn run_scenario(
     echo: SocketAddr,
     each: Duration,
 ) -> anyhow::Result<u64> {
+    let [http, http2, grpc, tcp, tls, outbound, tls_outbound, admin] = ports::free_ports()?;
     let ports = Ports {
-        http: free_port()?,
-        http2: free_port()?,
-        grpc: free_port()?,
-        tcp: free_port()?,
-        tls: free_port()?,
-        outbound: free_port()?,
-        tls_outbound: free_port()?,
-        admin: free_port()?,
+        http,
+        http2,
+        grpc,
+        tcp,
+        tls,
+        outbound,
+        tls_outbound,
+        admin,
     };
     let dir = tempfile::tempdir()?;
     write_pki(dir.path())?;
@@ -492,12 +497,6 @@ fn write_pki(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("server.pem"), server.pem())?;
     std::fs::write(dir.join("server-key.pem"), key.serialize_pem())?;
     Ok(())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// The proxy process, stopped with SIGTERM when dropped (a failed run leaves none behind).

@@ -34,13 +34,21 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
 /// `/proc/<pid>/task/<tid>/schedstat`. Exact where `utime`+`stime` count whole ticks; a
 /// thread that exited takes its time with it, which the proxies' long-lived threads do not.
 pub fn cpu_ns(pid: u32) -> Option<u64> {
+    sum_over_threads(pid, "schedstat", |stat| {
+        stat.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// `read` of the file `name` of every thread of `pid`, summed: None when any reading fails,
+/// a thread that exited meanwhile skipped.
+fn sum_over_threads(pid: u32, name: &str, read: impl Fn(&str) -> Option<u64>) -> Option<u64> {
     let mut total = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
         let Ok(task) = task else { continue };
-        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+        let Ok(text) = std::fs::read_to_string(task.path().join(name)) else {
             continue;
         };
-        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        total += read(&text)?;
     }
     Some(total)
 }
@@ -50,19 +58,13 @@ pub fn cpu_ns(pid: u32) -> Option<u64> {
 /// woken by whatever writes to it next, and in a virtual machine that waker pays for the
 /// wake-up (an interrupt to the idle CPU is an exit to the host).
 pub fn sleeps(pid: u32) -> Option<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let Ok(task) = task else { continue };
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-            continue;
-        };
-        total += status
+    sum_over_threads(pid, "status", |status| {
+        let switches = status
             .lines()
             .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Some(total)
+            .and_then(|n| n.trim().parse().ok());
+        Some(switches.unwrap_or(0))
+    })
 }
 
 /// CPU time (user + system, in nanoseconds) and sleeps ([`sleeps`]) of the benchmark's

@@ -117,25 +117,22 @@ pub async fn run(
                 if cycle == 0 {
                     continue;
                 }
+                // How much a counter grew per request; CPU nanoseconds become microseconds.
                 let per_request = |before: Option<u64>, after: Option<u64>| match (before, after) {
-                    (Some(b), Some(a)) if a >= b => {
-                        Some((a - b) as f64 / 1e3 / run.requests.max(1) as f64)
-                    }
-                    _ => None,
-                };
-                let count = |before: Option<u64>, after: Option<u64>| match (before, after) {
                     (Some(b), Some(a)) if a >= b => {
                         Some((a - b) as f64 / run.requests.max(1) as f64)
                     }
                     _ => None,
                 };
+                let us = |before, after| per_request(before, after).map(|ns| ns / 1e3);
                 let sleeps = Sleeps {
-                    proxy: count(sleeps_before, sleeps_after),
-                    upstream: count(upstream_sleeps_before, upstream_sleeps_after),
-                    wrk: count(Some(wrk_sleeps_before), Some(wrk_sleeps_after)).unwrap_or(0.0),
+                    proxy: per_request(sleeps_before, sleeps_after),
+                    upstream: per_request(upstream_sleeps_before, upstream_sleeps_after),
+                    wrk: per_request(Some(wrk_sleeps_before), Some(wrk_sleeps_after))
+                        .unwrap_or(0.0),
                 };
-                let cpu_us = per_request(before, after);
-                let upstream_us = per_request(upstream_before, upstream_after);
+                let cpu_us = us(before, after);
+                let upstream_us = us(upstream_before, upstream_after);
                 let requests = run.requests.max(1) as f64;
                 let tick_us = 1e6 / crate::procfs::clock_ticks_per_second() as f64;
                 let busy = machine_after.busy.saturating_sub(machine_before.busy) as f64;
