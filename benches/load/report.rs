@@ -17,6 +17,9 @@ pub struct Environment {
     pub wrk: String,
     pub h2load: String,
     pub clock_ticks: u64,
+    /// How an idle CPU waits (the cpuidle driver, and a KVM guest's halt-polling limit): it
+    /// decides what waking a proxy that went to sleep costs the CPU that wakes it.
+    pub idle: String,
 }
 
 impl Environment {
@@ -49,7 +52,23 @@ impl Environment {
             wrk: tools::version("wrk", "--version").await,
             h2load: tools::version("h2load", "--version").await,
             clock_ticks: crate::procfs::clock_ticks_per_second(),
+            idle: idle_setting(&read),
         }
+    }
+}
+
+/// `cpuidle <driver>`, with `guest_halt_poll_ns <n>` in a guest that has the haltpoll
+/// driver: 0 there means an idle vCPU halts at once, and its waker pays for the wake-up.
+fn idle_setting(read: &dyn Fn(&str) -> String) -> String {
+    let driver = read("/sys/devices/system/cpu/cpuidle/current_driver");
+    let driver = match driver.trim() {
+        "" => "none",
+        driver => driver,
+    };
+    let poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns");
+    match poll.trim() {
+        "" => format!("cpuidle {driver}"),
+        poll => format!("cpuidle {driver}, guest_halt_poll_ns {poll}"),
     }
 }
 
@@ -191,7 +210,7 @@ pub fn render(
     }
     let _ = writeln!(
         w,
-        "Command: `cargo bench --bench load -- {}`  \ncommit {} · {} × {} · Linux {} · load average at start {}  \n{} · {} · {} · CLK_TCK {}\n",
+        "Command: `cargo bench --bench load -- {}`  \ncommit {} · {} × {} · Linux {} · load average at start {}  \n{} · {} · {} · CLK_TCK {} · {}\n",
         options
             .args
             .iter()
@@ -208,6 +227,7 @@ pub fn render(
         env.wrk,
         env.h2load,
         env.clock_ticks,
+        env.idle,
     );
     if options.rounds == 0 {
         // Slices alone (`--rounds 0 --slices N`): their section follows, with its own setup.
