@@ -158,27 +158,16 @@ pub(crate) fn start(
 
 fn bind_both(port: u16) -> anyhow::Result<Vec<TcpListener>> {
     let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
-    let listener = std::net::TcpListener::bind(v4)
+    let listener = super::listener::listen(v4, false)
         .map_err(|e| anyhow::anyhow!("cannot listen on redirect port {v4}: {e}"))?;
-    listener.set_nonblocking(true)?;
-    let mut sockets = vec![TcpListener::from_std(listener)?];
-    match bind_v6_only(port) {
+    let mut sockets = vec![listener];
+    let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+    match super::listener::listen(v6, true) {
         Ok(v6) => sockets.push(v6),
         // A kernel without IPv6 redirects no IPv6 traffic either.
         Err(e) => tracing::info!(port, error = %e, "no IPv6 redirect listener"),
     }
     Ok(sockets)
-}
-
-fn bind_v6_only(port: u16) -> io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_only_v6(true)?;
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port).into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
 }
 
 async fn serve(
