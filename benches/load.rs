@@ -432,6 +432,13 @@ fn main() -> anyhow::Result<()> {
     if files < 4 * held as u64 {
         eprintln!("warning: only {files} open files allowed; the {held}-connection run may fail");
     }
+    // The bench holds as many client connections as the proxy does. Its file table grows as
+    // the proxy's would, each doubling stopping its threads for an RCU grace period, and those
+    // stops would be counted as the proxy's first-response time.
+    let wanted = u32::try_from(held + 1024).unwrap_or(u32::MAX);
+    if let Err(e) = tracecar::proxy::reserve_file_table(wanted) {
+        eprintln!("warning: file table not reserved: {e}");
+    }
     if target::pinned() {
         // Before any thread or child exists: all of them inherit CPU 0.
         target::pin_this_process()?;

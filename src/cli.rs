@@ -351,6 +351,10 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // Before the runtime's threads exist: growing the table later stops them all.
+    if let Err(e) = crate::proxy::reserve_file_table(crate::proxy::FILE_TABLE) {
+        tracing::debug!("file table not reserved: {e}");
+    }
     // One worker: a single-threaded runtime, like one nginx worker, with no cross-thread
     // wakeups on the request path.
     let mut runtime = match args.workers {
