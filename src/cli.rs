@@ -351,6 +351,13 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    match crate::proxy::raise_open_files_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!(before, after, "open-files limit raised to the hard limit");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("open-files limit not raised: {e}"),
+    }
     // Before the runtime's threads exist: growing the table later stops them all.
     if let Err(e) = crate::proxy::reserve_file_table(crate::proxy::FILE_TABLE) {
         tracing::debug!("file table not reserved: {e}");

@@ -5,7 +5,7 @@ mod harness;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::Upstream;
+use harness::{Answer, Collector, Sidecar, SidecarFiles, Upstream};
 
 #[tokio::test]
 async fn run_with_the_example_config_proxies_until_sigterm() {
@@ -76,4 +76,44 @@ async fn run_with_the_example_config_proxies_until_sigterm() {
         "exit status {status:?}; stderr:\n{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The soft and hard open-files limits and the file table's size of process `pid`.
+fn files_of(pid: u32) -> (u64, u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let numbers: Vec<u64> = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .expect("a line for open files")
+        .split_whitespace()
+        .take(2)
+        .map(|v| v.parse().unwrap_or(u64::MAX))
+        .collect();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let table = status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("FDSize");
+    (numbers[0], numbers[1], table)
+}
+
+/// Started under a soft limit of 1,024 (some container runtimes, a login shell), it raises
+/// the limit to the hard one, so that it can hold more connections than that, and sizes its
+/// file table for 16,384 before serving (growing it later stops every thread).
+#[tokio::test]
+async fn a_low_open_files_limit_is_raised_to_the_hard_one_and_the_file_table_sized() {
+    let app = Upstream::start().await;
+    let collector = Collector::start(Answer::Accept).await;
+    let files = SidecarFiles::new(app.address, &[("zipkin", &collector.url())], "zipkin");
+    let sidecar = Sidecar::start_wrapped(
+        &["sh", "-c", "ulimit -S -n 1024 && exec \"$0\" \"$@\""],
+        &files.dataplane,
+        &files.policy,
+        &[],
+    )
+    .await;
+    let (soft, hard, table) = files_of(sidecar.id());
+    assert_eq!(soft, hard.min(1 << 20), "soft limit raised");
+    assert!(table >= soft.min(16_384), "FDSize {table}");
 }

@@ -257,6 +257,31 @@ where
 /// its retransmission.
 pub(crate) const LISTEN_BACKLOG: i32 = 1024;
 
+/// The most open files tracecar raises its own limit to: Linux's default `fs.nr_open`.
+const MAX_OPEN_FILES: u64 = 1 << 20;
+
+/// Raises the soft open-files limit to the hard one (at most [`MAX_OPEN_FILES`]), as Go
+/// programs do at start: under the soft limit of 1,024 that some container runtimes and
+/// login shells set, a sidecar would refuse connections past about a thousand. Returns the
+/// limit before and after.
+pub fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let soft = limit.current.unwrap_or(u64::MAX);
+    let wanted = limit.maximum.unwrap_or(u64::MAX).min(MAX_OPEN_FILES);
+    if soft >= wanted {
+        return Ok((soft, soft));
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(wanted),
+            maximum: limit.maximum,
+        },
+    )?;
+    Ok((soft, wanted))
+}
+
 /// Descriptors the process's file table is sized for at start (fewer under a lower open-files
 /// limit): 10,000 connections and their upstreams with room to spare, for 128 KiB of kernel
 /// memory. The kernel grows the table at each power of two, and in a process with more than one

@@ -28,7 +28,7 @@ use crate::policy::resource::{Dataplane, Protocol};
 use connect::{UpstreamTls, Wire};
 use limits::{Limits, UpstreamSettings};
 use listener::Handler;
-pub use listener::{FILE_TABLE, reserve_file_table};
+pub use listener::{FILE_TABLE, raise_open_files_limit, reserve_file_table};
 use observe::{ListenerInfo, Observer};
 use upstream::Upstream;
 
