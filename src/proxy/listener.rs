@@ -299,12 +299,16 @@ pub fn reserve_file_table(wanted: u32) -> std::io::Result<u32> {
         .current
         .unwrap_or(u64::MAX);
     let size = u32::try_from(limit.min(u64::from(wanted))).unwrap_or(wanted);
-    let Some(top) = size.checked_sub(1).filter(|top| *top > 3) else {
+    let Some(top) = size
+        .checked_sub(1)
+        .filter(|top| *top > 3)
+        .and_then(|top| i32::try_from(top).ok())
+    else {
         return Ok(size);
     };
     let (any, _other_end) = std::io::pipe()?;
     // Lands at `top` or above, unless the process already has that many open.
-    let placed = rustix::io::fcntl_dupfd_cloexec(&any, top as i32)?;
+    let placed = rustix::io::fcntl_dupfd_cloexec(&any, top)?;
     drop(placed);
     Ok(size)
 }
