@@ -427,7 +427,9 @@ fn main() -> anyhow::Result<()> {
     // Built (or named) before anything is measured; the report names it.
     let binary = target::binary()?;
     eprintln!("tracecar under test: {}", binary.display());
-    let files = procfs::raise_open_files_limit();
+    // Children (wrk, nginx) inherit it: 1,000 held connections need more than the usual
+    // soft 1,024.
+    let files = tracecar::proxy::raise_open_files_limit().map_or(0, |(_, after)| after);
     let held = idle_connections();
     if files < 4 * held as u64 {
         eprintln!("warning: only {files} open files allowed; the {held}-connection run may fail");

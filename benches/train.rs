@@ -68,9 +68,10 @@ fn main() -> anyhow::Result<()> {
     let mut binary = None;
     let mut seconds = 2.0_f64;
     let mut benching = false;
-    // The training run logs as users run it; the short run under `cargo test` keeps the
-    // seven proxies' start-up lines out of the suite's output, and still shows warnings.
-    let mut log = "info";
+    // The training run logs as its caller's `TRACECAR_LOG` says; the short run under `cargo
+    // test` keeps the seven proxies' start-up lines out of the suite's output, and still
+    // shows warnings.
+    let mut log = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--binary" => binary = args.next(),
@@ -97,7 +98,7 @@ fn main() -> anyhow::Result<()> {
         // takes (a training run that fails stops the release build).
         None => {
             seconds = 0.2;
-            log = "warn";
+            log = Some("warn");
             env!("CARGO_BIN_EXE_tracecar").to_string()
         }
     };
@@ -110,8 +111,8 @@ fn main() -> anyhow::Result<()> {
 
 /// Every scenario in turn, each a proxy of its own, against one application, one TCP echo and
 /// two collectors (HTTP, and OTLP's gRPC) that outlive them all.
-/// `log` is the proxies' log filter (`TRACECAR_LOG`).
-async fn train(binary: &str, each: Duration, log: &str) -> anyhow::Result<()> {
+/// `log` is the proxies' log filter (`TRACECAR_LOG`), when not the caller's.
+async fn train(binary: &str, each: Duration, log: Option<&str>) -> anyhow::Result<()> {
     let app = serve_app().await?;
     let echo = serve_echo().await?;
     let (http_collector, http_received) = common::start_receiver(false).await;
@@ -228,7 +229,7 @@ async fn run_scenario(
     app: SocketAddr,
     echo: SocketAddr,
     each: Duration,
-    log: &str,
+    log: Option<&str>,
 ) -> anyhow::Result<u64> {
     let [http, http2, grpc, tcp, tls, outbound, tls_outbound, admin] = ports::free_ports()?;
     let ports = Ports {
@@ -247,8 +248,12 @@ async fn run_scenario(
     let policy_file = dir.path().join("policy.yaml");
     std::fs::write(&dataplane, dataplane_yaml(&ports, app, echo))?;
     std::fs::write(&policy_file, policy)?;
+    let mut command = Command::new(binary);
+    if let Some(log) = log {
+        command.env("TRACECAR_LOG", log);
+    }
     let mut proxy = Proxy(
-        Command::new(binary)
+        command
             .arg("run")
             .arg("--dataplane")
             .arg(&dataplane)
@@ -256,7 +261,6 @@ async fn run_scenario(
             .arg(&policy_file)
             .args(["--admin", &format!("127.0.0.1:{}", ports.admin)])
             .args(["--workers", "1"])
-            .env("TRACECAR_LOG", log)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -353,14 +353,16 @@ fn run(args: RunArgs) -> ExitCode {
     };
     match crate::proxy::raise_open_files_limit() {
         Ok((before, after)) if after > before => {
-            tracing::info!(before, after, "open-files limit raised to the hard limit");
+            tracing::info!(before, after, "open-files limit raised");
         }
         Ok(_) => {}
         Err(e) => tracing::warn!("open-files limit not raised: {e}"),
     }
     // Before the runtime's threads exist: growing the table later stops them all.
     if let Err(e) = crate::proxy::reserve_file_table(crate::proxy::FILE_TABLE) {
-        tracing::debug!("file table not reserved: {e}");
+        tracing::warn!(
+            "file table not sized at start ({e}): each time it doubles, connections wait"
+        );
     }
     // One worker: a single-threaded runtime, like one nginx worker, with no cross-thread
     // wakeups on the request path.

@@ -78,8 +78,8 @@ async fn run_with_the_example_config_proxies_until_sigterm() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// The soft and hard open-files limits and the file table's size of process `pid`.
-fn files_of(pid: u32) -> (u64, u64, u64) {
+/// The soft and hard open-files limits and the file table's size of process `pid` (`self`).
+fn files_of(pid: &str) -> (u64, u64, u64) {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
     let numbers: Vec<u64> = limits
         .lines()
@@ -98,22 +98,32 @@ fn files_of(pid: u32) -> (u64, u64, u64) {
     (numbers[0], numbers[1], table)
 }
 
-/// Started under a soft limit of 1,024 (some container runtimes, a login shell), it raises
-/// the limit to the hard one, so that it can hold more connections than that, and sizes its
-/// file table for 16,384 before serving (growing it later stops every thread).
-#[tokio::test]
-async fn a_low_open_files_limit_is_raised_to_the_hard_one_and_the_file_table_sized() {
+/// `tracecar run` through `wrapper` (which ends by executing the rest of its command line).
+async fn sidecar_through(wrapper: &[&str]) -> (Sidecar, (Upstream, Collector, SidecarFiles)) {
     let app = Upstream::start().await;
     let collector = Collector::start(Answer::Accept).await;
     let files = SidecarFiles::new(app.address, &[("zipkin", &collector.url())], "zipkin");
-    let sidecar = Sidecar::start_wrapped(
-        &["sh", "-c", "ulimit -S -n 1024 && exec \"$0\" \"$@\""],
-        &files.dataplane,
-        &files.policy,
-        &[],
-    )
-    .await;
-    let (soft, hard, table) = files_of(sidecar.id());
-    assert_eq!(soft, hard.min(1 << 20), "soft limit raised");
-    assert!(table >= soft.min(16_384), "FDSize {table}");
+    let sidecar = Sidecar::start_wrapped(wrapper, &files.dataplane, &files.policy, &[]).await;
+    (sidecar, (app, collector, files))
+}
+
+/// Started under a low soft limit (1,024 in some container runtimes and login shells: about a
+/// thousand connections), it raises the limit to the hard one.
+#[tokio::test]
+async fn a_low_soft_open_files_limit_is_raised_to_the_hard_one() {
+    let (_, hard, _) = files_of("self");
+    let low = (hard / 2).min(1024);
+    let lower = format!("ulimit -S -n {low} && exec \"$0\" \"$@\"");
+    let (sidecar, _peers) = sidecar_through(&["sh", "-c", &lower]).await;
+    let (soft, hard, _) = files_of(&sidecar.id().to_string());
+    assert_eq!(soft, hard.min(1 << 20));
+}
+
+/// The file table holds 16,384 descriptors (or the limit) before the first connection:
+/// growing it later, with threads running, stops every one of them.
+#[tokio::test]
+async fn the_file_table_is_sized_before_the_first_connection() {
+    let (sidecar, _peers) = sidecar_through(&[]).await;
+    let (soft, _, table) = files_of(&sidecar.id().to_string());
+    assert!(table >= soft.min(16_384), "FDSize {table}, limit {soft}");
 }

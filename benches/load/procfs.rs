@@ -139,26 +139,6 @@ impl CpuMeter {
     }
 }
 
-/// Raises the soft open-files limit to the hard one (children inherit it): 1,000 held
-/// connections need more than the usual 1,024 descriptors. Returns the new soft limit.
-pub fn raise_open_files_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write to and read from a valid rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        limit.rlim_cur = limit.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        }
-    }
-    limit.rlim_cur
-}
-
 /// Makes this thread's sleeps end within about a microsecond of their deadline instead of the
 /// default 50 µs slack, for the open-loop generator's schedule.
 pub fn tighten_timer_slack() {
