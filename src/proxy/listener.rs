@@ -286,7 +286,7 @@ pub fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
 /// limit): 10,000 connections and their upstreams with room to spare, for 128 KiB of kernel
 /// memory. The kernel grows the table at each power of two, and in a process with more than one
 /// thread each growth waits for an RCU grace period with the table locked: every accept and
-/// connect stops, here for 6–35 ms, at 256, 512, … descriptors. Past this size that still
+/// connect stops, here for up to 35 ms, at 256, 512, … descriptors. Past this size that still
 /// happens, once per doubling.
 pub const FILE_TABLE: u32 = 16_384;
 
